@@ -1,0 +1,28 @@
+//! Ferrule's policy model, shared by the control plane, the sidecar and the CLI.
+//!
+//! # Layout
+//! - [`resource`]: the typed resources (`Service`, `Endpoint`, routes, traffic policy) and the
+//!   rules that make them valid.
+//! - [`decode`]: a reader over generic JSON values that reports every bad field with its path.
+//! - [`document`]: multi-document YAML and JSON files.
+//! - [`snapshot`]: the versioned set of resources one proxy needs.
+//! - [`push`]: the messages of the sidecar <-> control plane stream.
+//! - [`duration`]: `250ms`-style durations.
+
+pub mod decode;
+pub mod document;
+pub mod duration;
+pub mod push;
+pub mod resource;
+pub mod snapshot;
+
+pub use decode::{Errors, FieldError};
+pub use document::parse_documents;
+pub use resource::{
+    Backend, Endpoint, Kind, LoadBalancer, Protocol, Resource, Route, RouteMatch, Service,
+    TrafficPolicy,
+};
+pub use snapshot::Snapshot;
+
+#[cfg(test)]
+mod tests;

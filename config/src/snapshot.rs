@@ -1,0 +1,74 @@
+//! The snapshot: everything one proxy needs, compiled by the control plane into one versioned
+//! document so that a proxy never sees half an update.
+//!
+//! The proxy validates a snapshot with the same rules the control plane applies to resources,
+//! so a snapshot from a newer or broken control plane is refused whole (NACK) rather than
+//! applied in part.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::decode::{Diag, Errors, Obj};
+use crate::resource::{Endpoint, Kind, Resource, Service};
+
+/// A consistent set of resources at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Snapshot {
+    /// Monotonically increasing across the life of the control plane's store.
+    pub version: u64,
+    /// Every destination service.
+    pub services: Vec<Service>,
+    /// Every live endpoint.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Snapshot {
+    /// Serialises the snapshot as compact JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("snapshots always serialise")
+    }
+
+    /// Parses and validates a snapshot, reporting every bad field of every resource.
+    pub fn from_json(bytes: &[u8]) -> Result<Snapshot, Errors> {
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| Errors::one("snapshot", "", format!("invalid JSON: {e}")))?;
+        Self::from_value(&v)
+    }
+
+    /// Validates a snapshot held as a generic value.
+    pub fn from_value(v: &Value) -> Result<Snapshot, Errors> {
+        let d = Diag::default();
+        let mut o = Obj::new(&d, String::new(), v);
+        let version = o.uint("version", 1..=u64::MAX);
+        if version.is_none() && !o.has("version") {
+            o.missing("version");
+        }
+        let mut errs = Vec::new();
+        let mut resources = Vec::new();
+        for (key, kind) in [("services", Kind::Service), ("endpoints", Kind::Endpoint)] {
+            for (item, path) in o.list(key) {
+                match Resource::from_value(item, Some(kind), &path) {
+                    Ok(r) => resources.push(r),
+                    Err(e) => errs.extend(e),
+                }
+            }
+        }
+        o.finish();
+        errs.extend(d.into_errors("snapshot"));
+        crate::document::check_unique(&resources, &mut errs);
+        if !errs.is_empty() {
+            return Err(Errors(errs));
+        }
+        let mut snap = Snapshot {
+            version: version.unwrap_or_default(),
+            ..Default::default()
+        };
+        for r in resources {
+            match r {
+                Resource::Service(s) => snap.services.push(s),
+                Resource::Endpoint(e) => snap.endpoints.push(e),
+            }
+        }
+        Ok(snap)
+    }
+}
