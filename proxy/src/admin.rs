@@ -1,0 +1,109 @@
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`. Loopback by default; read-only
+//! in this version (mutations, when they come, are POST-only).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::http::ProxyBody;
+use crate::policy::Policy;
+
+/// Lifecycle flags the admin endpoint reports.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Every listener is bound.
+    pub listening: AtomicBool,
+    /// Shutting down: no longer ready.
+    pub draining: AtomicBool,
+    /// The push stream to the control plane is up.
+    pub connected: AtomicBool,
+}
+
+/// Serves admin requests.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    policy: Arc<Policy>,
+    life: Arc<Lifecycle>,
+    proxy_id: Arc<str>,
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Either::Right(Full::new(body.into())))
+        .expect("static response parts are valid")
+}
+
+impl Admin {
+    /// An admin handler.
+    pub fn new(policy: Arc<Policy>, life: Arc<Lifecycle>, proxy_id: &str) -> Self {
+        Admin {
+            policy,
+            life,
+            proxy_id: proxy_id.into(),
+        }
+    }
+
+    /// Handles one admin request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+        }
+        match req.uri().path() {
+            "/live" => reply(StatusCode::OK, "text/plain", "live\n"),
+            "/ready" => self.ready(),
+            "/metrics" => reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.policy.metrics.encode(),
+            ),
+            "/config" => self.config(),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found; try /live, /ready, /metrics, /config\n",
+            ),
+        }
+    }
+
+    fn ready(&self) -> Response<ProxyBody> {
+        let version = self.policy.version();
+        let listening = self.life.listening.load(Ordering::Relaxed);
+        let draining = self.life.draining.load(Ordering::Relaxed);
+        if version > 0 && listening && !draining {
+            return reply(StatusCode::OK, "text/plain", format!("ready (policy version {version})\n"));
+        }
+        let why = if draining {
+            "draining".to_string()
+        } else if !listening {
+            "listeners not bound yet".to_string()
+        } else {
+            "no policy snapshot yet (control plane unreachable and none persisted?)".to_string()
+        };
+        reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n"))
+    }
+
+    fn config(&self) -> Response<ProxyBody> {
+        let tables = self.policy.load();
+        let status = self.policy.status();
+        let body = serde_json::json!({
+            "proxy": &*self.proxy_id,
+            "version": tables.version,
+            "source": status.source,
+            "controlPlaneConnected": self.life.connected.load(Ordering::Relaxed),
+            "lastNack": status.last_nack.as_ref().map(|e| serde_json::json!({
+                "version": status.last_nack_version,
+                "error": e,
+            })),
+            "snapshot": tables.snapshot.as_deref(),
+        });
+        let mut text = serde_json::to_vec_pretty(&body).expect("JSON values serialise");
+        text.push(b'\n');
+        reply(StatusCode::OK, "application/json", text)
+    }
+}

@@ -1,0 +1,221 @@
+//! Wiring: parses the sidecar's settings, binds its three listeners, starts the discovery
+//! client, and runs until SIGTERM/SIGINT, then drains.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ferrule_config::Endpoint;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{Admin, Lifecycle};
+use crate::discovery::{self, Registration};
+use crate::inbound::Inbound;
+use crate::metrics::Metrics;
+use crate::outbound::Outbound;
+use crate::policy::Policy;
+use crate::server;
+
+/// Settings of one sidecar; every flag can also come from a `FERRULE_*` variable.
+#[derive(Debug, Parser)]
+#[command(name = "ferrule-proxy", version, about = "Ferrule sidecar proxy")]
+pub struct Args {
+    /// Control plane URL, e.g. http://127.0.0.1:7070.
+    #[arg(long, env = "FERRULE_CONTROL_PLANE")]
+    pub control_plane: http::Uri,
+    /// Service this instance belongs to.
+    #[arg(long, env = "FERRULE_SERVICE")]
+    pub service: String,
+    /// Where the last good snapshot is kept.
+    #[arg(long, env = "FERRULE_DATA_DIR", default_value = "ferrule-proxy-data")]
+    pub data_dir: PathBuf,
+    /// Inbound listener: peers' requests for the local app.
+    #[arg(long, env = "FERRULE_INBOUND", default_value = "127.0.0.1:4143")]
+    pub inbound: SocketAddr,
+    /// The local app's address.
+    #[arg(long, env = "FERRULE_APP")]
+    pub app: SocketAddr,
+    /// Outbound listener: the local app's requests to other services (an HTTP proxy).
+    #[arg(long, env = "FERRULE_OUTBOUND", default_value = "127.0.0.1:4140")]
+    pub outbound: SocketAddr,
+    /// Admin listener: /ready, /live, /metrics, /config.
+    #[arg(long, env = "FERRULE_ADMIN", default_value = "127.0.0.1:4191")]
+    pub admin: SocketAddr,
+    /// Address peers should use to reach the inbound listener (default: its bound address).
+    #[arg(long, env = "FERRULE_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+    /// Zone (locality) of this instance.
+    #[arg(long, env = "FERRULE_ZONE")]
+    pub zone: Option<String>,
+    /// Labels of this instance, `k=v,k2=v2` (route subsets select on them).
+    #[arg(long, env = "FERRULE_LABELS", value_parser = parse_labels, default_value = "")]
+    pub labels: BTreeMap<String, String>,
+    /// Stable proxy identity (default: service, address and port).
+    #[arg(long, env = "FERRULE_PROXY_ID")]
+    pub id: Option<String>,
+    /// How long in-flight requests get to finish on shutdown.
+    #[arg(long, env = "FERRULE_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "FERRULE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label {pair:?} is not k=v"))?;
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    ferrule_config::duration::parse(s)
+}
+
+/// Sets up logging to stderr in the chosen format.
+pub fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Runs the sidecar until a shutdown signal.
+pub async fn run(args: Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", args.data_dir.display()))?;
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot bind the {what} listener on {addr}: {e}"))
+    };
+    let inbound_l = bind(args.inbound, "inbound").await?;
+    let outbound_l = bind(args.outbound, "outbound").await?;
+    let admin_l = bind(args.admin, "admin").await?;
+    let local = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
+    let (inbound_addr, outbound_addr, admin_addr) = (local(&inbound_l), local(&outbound_l), local(&admin_l));
+
+    let advertise = args.advertise.unwrap_or(inbound_addr);
+    if advertise.ip().is_unspecified() {
+        return Err(format!(
+            "the inbound listener is bound to {inbound_addr}; pass --advertise IP:PORT so peers know where to reach it"
+        ));
+    }
+    let proxy_id = args.id.clone().unwrap_or_else(|| default_id(&args.service, advertise));
+    ferrule_config::resource::check_name(&proxy_id).map_err(|e| format!("--id: {e}"))?;
+    ferrule_config::resource::check_name(&args.service).map_err(|e| format!("--service: {e}"))?;
+
+    let metrics = Arc::new(Metrics::new());
+    let policy = Arc::new(Policy::new(&args.service, metrics));
+    let life = Arc::new(Lifecycle::default());
+    discovery::load_persisted(&policy, &args.data_dir);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let outbound = Outbound::new(policy.clone());
+    let inbound = Inbound::new(policy.clone(), &args.service, args.app);
+    let admin = Admin::new(policy.clone(), life.clone(), &proxy_id);
+    let grace = args.drain_timeout;
+    let servers = [
+        tokio::spawn(server::serve(
+            outbound_l,
+            move |req| {
+                let o = outbound.clone();
+                async move { o.handle(req).await }
+            },
+            stop_rx.clone(),
+            grace,
+        )),
+        tokio::spawn(server::serve(
+            inbound_l,
+            move |req| {
+                let i = inbound.clone();
+                async move { i.handle(req).await }
+            },
+            stop_rx.clone(),
+            grace,
+        )),
+    ];
+    // The admin listener outlives the drain so /ready can say "draining".
+    let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(server::serve(
+        admin_l,
+        move |req| {
+            let a = admin.clone();
+            async move { a.handle(req).await }
+        },
+        admin_stop_rx,
+        Duration::from_millis(100),
+    ));
+    life.listening.store(true, Ordering::Relaxed);
+    println!("ferrule-proxy listening inbound={inbound_addr} outbound={outbound_addr} admin={admin_addr}");
+    tracing::info!(%proxy_id, service = %args.service, %inbound_addr, %outbound_addr, %admin_addr, app = %args.app, "sidecar started");
+
+    let registration = Registration {
+        proxy_id: proxy_id.clone(),
+        service: args.service.clone(),
+        endpoint: Endpoint {
+            name: proxy_id.clone(),
+            revision: 0,
+            service: args.service.clone(),
+            address: advertise,
+            zone: args.zone.clone(),
+            weight: 1,
+            labels: args.labels.clone(),
+            sidecar: true,
+        },
+    };
+    let discovery = tokio::spawn(discovery::run(
+        args.control_plane.clone(),
+        registration,
+        policy.clone(),
+        life.clone(),
+        args.data_dir.clone(),
+        stop_rx.clone(),
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: deregistering and draining");
+    life.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let _ = discovery.await;
+    for s in servers {
+        let _ = s.await;
+    }
+    let _ = admin_stop_tx.send(true);
+    let _ = admin_task.await;
+    Ok(())
+}
+
+fn default_id(service: &str, addr: SocketAddr) -> String {
+    let ip: String = addr
+        .ip()
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{service}-{ip}-{}", addr.port()).to_ascii_lowercase()
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,318 @@
+//! The sidecar's side of the push protocol (see `ferrule_config::push`): one long-lived
+//! HTTP/2 stream to the control plane that registers this instance, receives snapshots,
+//! answers ACK/NACK and renews the lease; reconnects with exponential backoff and jitter.
+//!
+//! Static stability: every applied snapshot is also written to the data dir, and a sidecar
+//! that starts while the control plane is down serves from that file. The control plane being
+//! unreachable never takes the current policy away.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrule_config::push::{self, ControlMessage, ProxyMessage};
+use ferrule_config::{Endpoint, Snapshot};
+use http::{Method, Request, StatusCode, Uri};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::admin::Lifecycle;
+use crate::policy::Policy;
+
+const SNAPSHOT_FILE: &str = "snapshot.json";
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// What the discovery client needs to know about this sidecar.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Proxy identity.
+    pub proxy_id: String,
+    /// Service this instance belongs to.
+    pub service: String,
+    /// The endpoint to register under a lease.
+    pub endpoint: Endpoint,
+}
+
+/// Loads the persisted snapshot, if any, into `policy`. Returns whether one was applied.
+pub fn load_persisted(policy: &Policy, data_dir: &Path) -> bool {
+    let path = data_dir.join(SNAPSHOT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read persisted snapshot");
+            return false;
+        }
+    };
+    match Snapshot::from_json(&bytes) {
+        Ok(snap) => {
+            tracing::info!(version = snap.version, "serving the persisted snapshot until the control plane answers");
+            policy.apply(snap, "disk");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring invalid persisted snapshot");
+            false
+        }
+    }
+}
+
+/// Writes the snapshot atomically (temp file, fsync, rename) so a crash never leaves half a file.
+fn persist(data_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = data_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&snap.to_json())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, data_dir.join(SNAPSHOT_FILE))?;
+    Ok(())
+}
+
+/// A request body fed from a channel: the proxy's half of the push stream.
+struct ChannelBody(mpsc::UnboundedReceiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Runs the discovery client until `stop` turns true; then says goodbye (deregistering the
+/// endpoint) if connected.
+pub async fn run(
+    control_plane: Uri,
+    reg: Registration,
+    policy: Arc<Policy>,
+    life: Arc<Lifecycle>,
+    data_dir: PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let session = Session {
+            control_plane: &control_plane,
+            reg: &reg,
+            policy: &policy,
+            life: &life,
+            data_dir: &data_dir,
+        };
+        let res = session.run(&mut stop).await;
+        life.connected.store(false, Ordering::Relaxed);
+        policy.metrics.control_plane_connected.set(0);
+        match res {
+            Ok(Ended::Stopped) => return,
+            Ok(Ended::Healthy) => failures = 0,
+            Ok(Ended::Failed(msg)) | Err(msg) => {
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %msg, control_plane = %control_plane, "control plane stream lost; serving the last good snapshot");
+            }
+        }
+        // Full jitter: spreads the reconnects of a whole fleet after a control-plane restart.
+        let cap = BACKOFF_BASE
+            .saturating_mul(1 << failures.min(16))
+            .min(BACKOFF_MAX);
+        let wait = rand::rng().random_range(BACKOFF_BASE / 2..=cap.max(BACKOFF_BASE));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+enum Ended {
+    /// Asked to stop (goodbye sent if connected).
+    Stopped,
+    /// The stream had worked (a snapshot arrived) before it ended: reconnect promptly.
+    Healthy,
+    /// The stream ended before doing anything useful.
+    Failed(String),
+}
+
+struct Session<'a> {
+    control_plane: &'a Uri,
+    reg: &'a Registration,
+    policy: &'a Arc<Policy>,
+    life: &'a Arc<Lifecycle>,
+    data_dir: &'a Path,
+}
+
+impl Session<'_> {
+    async fn run(&self, stop: &mut watch::Receiver<bool>) -> Result<Ended, String> {
+        let authority = self
+            .control_plane
+            .authority()
+            .ok_or("control plane URL has no host:port")?
+            .clone();
+        let addr = authority.as_str().to_owned();
+        let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Notice a control plane that vanished without closing the connection.
+            .keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .handshake::<_, ChannelBody>(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with {addr}: {e}"))?;
+        let conn_task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let _abort = AbortOnDrop(conn_task);
+
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let hello = ProxyMessage::Hello {
+            proxy: self.reg.proxy_id.clone(),
+            service: self.reg.service.clone(),
+            endpoint: Some(self.reg.endpoint.clone()),
+            version: self.policy.version(),
+        };
+        let _ = tx.send(push::to_line(&hello).into());
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(push::STREAM_PATH)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(ChannelBody(rx))
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::select! {
+            r = sender.send_request(req) => r.map_err(|e| format!("opening the push stream: {e}"))?,
+            _ = stop.changed() => return Ok(Ended::Stopped),
+        };
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(format!(
+                "control plane refused the push stream: {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            ));
+        }
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        let mut got_snapshot = false;
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        loop {
+            tokio::select! {
+                frame = body.frame() => {
+                    let frame = match frame {
+                        Some(Ok(f)) => f,
+                        Some(Err(e)) => return self.ended(got_snapshot, format!("push stream failed: {e}")),
+                        None => return self.ended(got_snapshot, "control plane closed the push stream".into()),
+                    };
+                    let Ok(data) = frame.into_data() else { continue };
+                    buf.extend_from_slice(&data);
+                    for line in push::take_lines(&mut buf) {
+                        let msg: ControlMessage = match serde_json::from_slice(&line) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "ignoring an unreadable message from the control plane");
+                                continue;
+                            }
+                        };
+                        let ControlMessage::Snapshot { version, nonce, snapshot, heartbeat_ms } = msg;
+                        if !got_snapshot {
+                            got_snapshot = true;
+                            self.life.connected.store(true, Ordering::Relaxed);
+                            self.policy.metrics.control_plane_connected.set(1);
+                            tracing::info!(version, "connected to the control plane");
+                        }
+                        let every = Duration::from_millis(heartbeat_ms.clamp(200, 60_000));
+                        if heartbeat.period() != every {
+                            heartbeat = tokio::time::interval(every);
+                            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            heartbeat.reset();
+                        }
+                        let reply = self.apply(version, nonce, &snapshot);
+                        let _ = tx.send(push::to_line(&reply).into());
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let _ = tx.send(push::to_line(&ProxyMessage::Heartbeat).into());
+                }
+                _ = stop.changed() => {
+                    // Deregister now rather than leave peers calling us until the lease runs out.
+                    let _ = tx.send(push::to_line(&ProxyMessage::Goodbye).into());
+                    drop(tx);
+                    // Wait (briefly) for the control plane to close its side: it has read the goodbye.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Some(Ok(_)) = body.frame().await {}
+                    }).await;
+                    return Ok(Ended::Stopped);
+                }
+            }
+        }
+    }
+
+    fn ended(&self, got_snapshot: bool, msg: String) -> Result<Ended, String> {
+        if got_snapshot {
+            tracing::warn!(error = %msg, "control plane stream ended; reconnecting");
+            Ok(Ended::Healthy)
+        } else {
+            Ok(Ended::Failed(msg))
+        }
+    }
+
+    /// Validates and applies one pushed snapshot; the reply is the ACK or NACK to send.
+    fn apply(&self, version: u64, nonce: String, snapshot: &serde_json::Value) -> ProxyMessage {
+        let snap = match Snapshot::from_value(snapshot) {
+            Ok(s) if s.version == version => s,
+            Ok(s) => {
+                let error = format!("message version {version} differs from the snapshot's {}", s.version);
+                return self.nack(version, nonce, error);
+            }
+            Err(e) => return self.nack(version, nonce, e.to_string()),
+        };
+        let current = self.policy.load();
+        if current.snapshot.as_deref() == Some(&snap) {
+            // Unchanged (e.g. a reconnect): keep the compiled tables as they are.
+            return ProxyMessage::Ack { version, nonce };
+        }
+        if version < current.version {
+            tracing::warn!(version, current = current.version, "control plane sent an older version (was its store reset?); applying it");
+        }
+        if let Err(e) = persist(self.data_dir, &snap) {
+            tracing::warn!(error = %e, dir = %self.data_dir.display(), "cannot persist the snapshot; a restart without the control plane would start empty");
+        }
+        self.policy.apply(snap, "control-plane");
+        tracing::info!(version, "applied policy snapshot");
+        ProxyMessage::Ack { version, nonce }
+    }
+
+    fn nack(&self, version: u64, nonce: String, error: String) -> ProxyMessage {
+        tracing::warn!(version, %error, "refused policy snapshot; the previous one keeps serving");
+        self.policy.record_nack(version, error.clone());
+        ProxyMessage::Nack { version, nonce, error }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,100 @@
+//! The inbound direction: requests from peer sidecars (HTTP/2) or direct clients, forwarded to
+//! the local app.
+//!
+//! The app is spoken to in its own service's protocol from the snapshot; for `auto` (or before
+//! any snapshot) the client's original version is restored from `ferrule-orig-proto`, so an
+//! HTTP/1.1 app never sees HTTP/2 just because two sidecars multiplexed its traffic.
+//! Authorization and rate limits slot in before the forward when their issues land.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferrule_config::Protocol;
+use http::{Request, Response, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+use crate::errors::{ProxyError, Reason};
+use crate::http::{self as h, ProxyBody, Wire};
+use crate::metrics::{Direction, ServiceMetrics};
+use crate::outbound::record;
+use crate::policy::Policy;
+use crate::upstream::{SendError, Upstream};
+
+/// Forwards inbound requests to the local app.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    policy: Arc<Policy>,
+    app: Arc<Upstream>,
+    metrics: ServiceMetrics,
+}
+
+impl Inbound {
+    /// A handler that forwards to the app at `app`.
+    pub fn new(policy: Arc<Policy>, service: &str, app: SocketAddr) -> Self {
+        let metrics = policy.metrics.service(Direction::Inbound, service);
+        Inbound {
+            policy,
+            app: Upstream::new(app),
+            metrics,
+        }
+    }
+
+    /// Forwards one request; every failure becomes a response here.
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let grpc = h::is_grpc(req.headers());
+        let from_http1 = h::take_orig_proto(req.headers_mut()) || req.version() < Version::HTTP_2;
+        let protocol = self
+            .policy
+            .load()
+            .local
+            .as_ref()
+            .map(|s| s.protocol)
+            .unwrap_or_default();
+        let wire = match protocol {
+            Protocol::Http => Wire::Http1,
+            Protocol::Http2 | Protocol::Grpc => Wire::Http2,
+            Protocol::Auto | Protocol::Tcp if from_http1 && !grpc => Wire::Http1,
+            Protocol::Auto | Protocol::Tcp => Wire::Http2,
+        };
+        let result = self.forward(req, wire).await;
+        let (resp, error) = match result {
+            Ok(r) => (r, ""),
+            Err(e) => {
+                tracing::debug!(reason = e.reason.as_str(), detail = %e.detail, "inbound request failed");
+                let reason = e.reason.as_str();
+                (e.into_response(grpc), reason)
+            }
+        };
+        record(&self.policy, &self.metrics, &resp, error, start);
+        resp
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        wire: Wire,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let authority = h::authority(&req)
+            .map(str::to_owned)
+            .unwrap_or_else(|| self.app.addr().to_string());
+        h::strip_hop_by_hop(req.headers_mut(), wire == Wire::Http2);
+        h::set_wire(&mut req, wire, &authority).map_err(|e| ProxyError::new(Reason::BadRequest, e))?;
+        match self.app.send(wire, req).await {
+            Ok(mut resp) => {
+                h::strip_hop_by_hop(resp.headers_mut(), false);
+                Ok(resp.map(Either::Left))
+            }
+            Err(SendError::Connect(e, _)) => Err(ProxyError::new(
+                Reason::AppUnavailable,
+                format!("the local app is not accepting connections: {e}"),
+            )),
+            Err(SendError::Failed(e)) => Err(ProxyError::new(
+                Reason::UpstreamError,
+                format!("the local app failed the request: {e}"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics of the sidecar, served as text on the admin `/metrics`.
+//!
+//! Label values are bounded: `service` is a service from the snapshot or `unknown` (never the
+//! raw Host header, which a client controls), `status` is a status code and `error` one of
+//! the fixed reason codes. Handles for a service's request counter and latency histogram are
+//! resolved when a snapshot is compiled, so the request path does not hash label sets for them.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    /// From the local app, to another service.
+    Outbound,
+    /// From a peer, to the local app.
+    Inbound,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    direction: Direction,
+    service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    direction: Direction,
+    service: String,
+    status: u16,
+    error: &'static str,
+}
+
+/// Handles of one service's per-request metrics.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    /// Requests received.
+    pub requests: Counter,
+    /// Time to response headers, seconds.
+    pub latency: Histogram,
+    direction: Direction,
+    service: String,
+}
+
+/// The sidecar's metric registry.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<ServiceLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Version of the applied snapshot.
+    pub snapshot_version: Gauge<u64, AtomicU64>,
+    /// Snapshots refused.
+    pub snapshot_nacks: Counter,
+    /// Snapshots applied.
+    pub snapshot_applies: Counter,
+    /// 1 while the push stream to the control plane is up.
+    pub control_plane_connected: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ferrule");
+        let requests = Family::<ServiceLabels, Counter>::default();
+        let responses = Family::<ResponseLabels, Counter>::default();
+        let latency = Family::<ServiceLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let snapshot_version = Gauge::<u64, AtomicU64>::default();
+        let snapshot_nacks = Counter::default();
+        let snapshot_applies = Counter::default();
+        let control_plane_connected = Gauge::default();
+        registry.register("requests", "Requests received", requests.clone());
+        registry.register(
+            "responses",
+            "Responses sent, by status and proxy error reason",
+            responses.clone(),
+        );
+        registry.register(
+            "response_latency_seconds",
+            "Time from request received to response headers sent",
+            latency.clone(),
+        );
+        registry.register(
+            "snapshot_version",
+            "Version of the applied policy snapshot",
+            snapshot_version.clone(),
+        );
+        registry.register(
+            "snapshot_rejected",
+            "Snapshots refused (NACKed)",
+            snapshot_nacks.clone(),
+        );
+        registry.register(
+            "snapshot_applied",
+            "Snapshots applied",
+            snapshot_applies.clone(),
+        );
+        registry.register(
+            "control_plane_connected",
+            "1 while the push stream to the control plane is up",
+            control_plane_connected.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            responses,
+            latency,
+            snapshot_version,
+            snapshot_nacks,
+            snapshot_applies,
+            control_plane_connected,
+        }
+    }
+
+    /// Resolves the per-request handles of one service (done at snapshot compile time).
+    pub fn service(&self, direction: Direction, service: &str) -> ServiceMetrics {
+        let labels = ServiceLabels {
+            direction,
+            service: service.to_owned(),
+        };
+        ServiceMetrics {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            direction,
+            service: service.to_owned(),
+        }
+    }
+
+    /// Counts one response.
+    pub fn response(&self, svc: &ServiceMetrics, status: u16, error: &'static str) {
+        self.responses
+            .get_or_create(&ResponseLabels {
+                direction: svc.direction,
+                service: svc.service.clone(),
+                status,
+                error,
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

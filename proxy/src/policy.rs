@@ -1,0 +1,409 @@
+//! The proxy's runtime policy: a snapshot compiled into lookup tables, held in one `ArcSwap`.
+//!
+//! A snapshot is validated whole and compiled here, off the request path; requests load the
+//! current [`Tables`] once and keep that `Arc` until they finish, so a swap never changes the
+//! policy under a request in flight. Compiling reuses the previous tables' per-endpoint
+//! [`Upstream`]s (pooled connections, load) and round-robin cursors wherever the endpoint or
+//! backend is unchanged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use ferrule_config::{Protocol, Snapshot};
+use http::{HeaderName, HeaderValue, Method, Request};
+use rand::Rng;
+
+use crate::balance::{Balancer, Member};
+use crate::errors::{ProxyError, Reason};
+use crate::metrics::{Direction, Metrics, ServiceMetrics};
+use crate::upstream::Upstream;
+
+/// One backend destination: a service's endpoints, narrowed to a label subset.
+#[derive(Debug)]
+pub struct Target {
+    /// The destination service.
+    pub service: Arc<str>,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its endpoints.
+    pub balancer: Balancer,
+}
+
+#[derive(Debug)]
+struct CompiledMatch {
+    path_exact: Option<String>,
+    path_prefix: Option<String>,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl CompiledMatch {
+    fn matches<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        if let Some(p) = &self.path_exact {
+            if path != p {
+                return false;
+            }
+        }
+        if let Some(p) = &self.path_prefix {
+            // Segment-aware: `/v2` takes `/v2` and `/v2/x`, not `/v20`.
+            let ok = path.starts_with(p.as_str())
+                && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/');
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(m) = &self.method {
+            if req.method() != m {
+                return false;
+            }
+        }
+        self.headers
+            .iter()
+            .all(|(k, v)| req.headers().get_all(k).iter().any(|have| have == v))
+    }
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// The route's name, if it has one.
+    pub name: Option<Arc<str>>,
+    matcher: CompiledMatch,
+    /// Cumulative weights and their targets (weight-0 backends left out).
+    backends: Vec<(u32, Arc<Target>)>,
+    total: u32,
+    /// Deadline for response headers.
+    pub timeout: Option<Duration>,
+}
+
+impl RouteTable {
+    /// Chooses a backend by weight.
+    pub fn pick_backend(&self) -> &Arc<Target> {
+        if self.backends.len() == 1 {
+            return &self.backends[0].1;
+        }
+        let r = rand::rng().random_range(0..self.total);
+        self.backends
+            .iter()
+            .find(|(cum, _)| r < *cum)
+            .map(|(_, t)| t)
+            .unwrap_or(&self.backends[self.backends.len() - 1].1)
+    }
+}
+
+/// A compiled destination service.
+#[derive(Debug)]
+pub struct ServiceTable {
+    /// Name.
+    pub name: Arc<str>,
+    /// Protocol.
+    pub protocol: Protocol,
+    routes: Vec<RouteTable>,
+    /// Every endpoint of the service: used when it has no routes.
+    default_route: RouteTable,
+    /// Per-request metric handles for outbound traffic to this service.
+    pub metrics: ServiceMetrics,
+}
+
+impl ServiceTable {
+    /// The first route that matches, or the whole service when it has no routes.
+    pub fn route<B>(&self, req: &Request<B>) -> Result<&RouteTable, ProxyError> {
+        if self.routes.is_empty() {
+            return Ok(&self.default_route);
+        }
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(req))
+            .ok_or_else(|| {
+                ProxyError::new(
+                    Reason::NoRoute,
+                    format!(
+                        "no route of service {} matches {} {}",
+                        self.name,
+                        req.method(),
+                        req.uri().path()
+                    ),
+                )
+            })
+    }
+}
+
+/// Everything the request path needs, at one snapshot version.
+#[derive(Debug)]
+pub struct Tables {
+    /// Snapshot version (0 = none yet).
+    pub version: u64,
+    /// The snapshot itself, for `/config`.
+    pub snapshot: Option<Arc<Snapshot>>,
+    services: HashMap<String, Arc<ServiceTable>>,
+    /// This proxy's own service, if the snapshot defines it (gives the inbound protocol).
+    pub local: Option<Arc<ServiceTable>>,
+    upstreams: HashMap<SocketAddr, Arc<Upstream>>,
+    cursors: HashMap<(String, BTreeMap<String, String>), Arc<AtomicUsize>>,
+    /// Metric handles for requests to hosts that name no service.
+    pub unknown_metrics: ServiceMetrics,
+}
+
+impl Tables {
+    /// Tables with no snapshot: every outbound request gets `no-config`.
+    pub fn empty(metrics: &Metrics) -> Self {
+        Tables {
+            version: 0,
+            snapshot: None,
+            services: HashMap::new(),
+            local: None,
+            upstreams: HashMap::new(),
+            cursors: HashMap::new(),
+            unknown_metrics: metrics.service(Direction::Outbound, "unknown"),
+        }
+    }
+
+    /// Finds the destination service named by a request's host.
+    pub fn service(&self, host: &str) -> Option<&Arc<ServiceTable>> {
+        self.services.get(host)
+    }
+
+    /// Names of every known service (for error messages).
+    pub fn service_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.services.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Compiles a validated snapshot, reusing `prev`'s per-endpoint state where unchanged.
+    pub fn compile(snap: Snapshot, prev: &Tables, local_service: &str, metrics: &Metrics) -> Self {
+        let mut upstreams = HashMap::new();
+        let mut cursors = HashMap::new();
+        let protocols: HashMap<&str, Protocol> = snap
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.protocol))
+            .collect();
+        let lbs: HashMap<&str, ferrule_config::LoadBalancer> = snap
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.traffic_policy.load_balancer))
+            .collect();
+
+        // Endpoints grouped by service, each with its (reused) upstream state.
+        let mut by_service: HashMap<&str, Vec<(&ferrule_config::Endpoint, Arc<Upstream>)>> =
+            HashMap::new();
+        for ep in &snap.endpoints {
+            let up = upstreams
+                .entry(ep.address)
+                .or_insert_with(|| {
+                    prev.upstreams
+                        .get(&ep.address)
+                        .cloned()
+                        .unwrap_or_else(|| Upstream::new(ep.address))
+                })
+                .clone();
+            by_service.entry(ep.service.as_str()).or_default().push((ep, up));
+        }
+        for eps in by_service.values_mut() {
+            eps.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        }
+
+        // Targets are shared by every route that names the same (service, subset).
+        let mut targets: HashMap<(String, BTreeMap<String, String>), Arc<Target>> = HashMap::new();
+        let mut target = |service: &str, subset: &BTreeMap<String, String>| -> Arc<Target> {
+            let key = (service.to_owned(), subset.clone());
+            if let Some(t) = targets.get(&key) {
+                return t.clone();
+            }
+            let members: Vec<Member> = by_service
+                .get(service)
+                .map(|eps| {
+                    eps.iter()
+                        .filter(|(ep, _)| subset.iter().all(|(k, v)| ep.labels.get(k) == Some(v)))
+                        .map(|(ep, up)| Member {
+                            name: ep.name.as_str().into(),
+                            upstream: up.clone(),
+                            weight: ep.weight.max(1),
+                            sidecar: ep.sidecar,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let cursor = prev
+                .cursors
+                .get(&key)
+                .cloned()
+                .unwrap_or_default();
+            cursors.insert(key.clone(), cursor.clone());
+            let t = Arc::new(Target {
+                service: service.into(),
+                protocol: protocols.get(service).copied().unwrap_or_default(),
+                balancer: Balancer::new(
+                    lbs.get(service).copied().unwrap_or_default(),
+                    members,
+                    cursor,
+                ),
+            });
+            targets.insert(key, t.clone());
+            t
+        };
+
+        let mut services = HashMap::new();
+        for svc in &snap.services {
+            let routes = svc
+                .routes
+                .iter()
+                .map(|r| {
+                    let mut backends = Vec::new();
+                    let mut total = 0;
+                    if r.backends.is_empty() {
+                        total = 1;
+                        backends.push((1, target(&svc.name, &BTreeMap::new())));
+                    }
+                    for b in r.backends.iter().filter(|b| b.weight > 0) {
+                        total += b.weight;
+                        let svc_name = b.service.as_deref().unwrap_or(&svc.name);
+                        backends.push((total, target(svc_name, &b.subset)));
+                    }
+                    RouteTable {
+                        name: r.name.as_deref().map(Arc::from),
+                        matcher: CompiledMatch {
+                            path_exact: r.match_.path_exact.clone(),
+                            path_prefix: r.match_.path_prefix.clone(),
+                            method: r
+                                .match_
+                                .method
+                                .as_deref()
+                                .and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
+                            // Validated by the config crate: names and values parse.
+                            headers: r
+                                .match_
+                                .headers
+                                .iter()
+                                .filter_map(|(k, v)| {
+                                    Some((
+                                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                                        HeaderValue::from_str(v).ok()?,
+                                    ))
+                                })
+                                .collect(),
+                        },
+                        backends,
+                        total,
+                        timeout: r.timeout,
+                    }
+                })
+                .collect();
+            let default_route = RouteTable {
+                name: None,
+                matcher: CompiledMatch {
+                    path_exact: None,
+                    path_prefix: None,
+                    method: None,
+                    headers: Vec::new(),
+                },
+                backends: vec![(1, target(&svc.name, &BTreeMap::new()))],
+                total: 1,
+                timeout: None,
+            };
+            services.insert(
+                svc.name.clone(),
+                Arc::new(ServiceTable {
+                    name: svc.name.as_str().into(),
+                    protocol: svc.protocol,
+                    routes,
+                    default_route,
+                    metrics: metrics.service(Direction::Outbound, &svc.name),
+                }),
+            );
+        }
+        let local = services.get(local_service).cloned();
+        Tables {
+            version: snap.version,
+            snapshot: Some(Arc::new(snap)),
+            services,
+            local,
+            upstreams,
+            cursors,
+            unknown_metrics: prev.unknown_metrics.clone(),
+        }
+    }
+}
+
+/// What the admin endpoint shows about policy besides the tables.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PolicyStatus {
+    /// The last refused snapshot's error, if any (cleared by the next good one).
+    pub last_nack: Option<String>,
+    /// Version of the last refused snapshot.
+    pub last_nack_version: Option<u64>,
+    /// Where the applied snapshot came from: `control-plane` or `disk`.
+    pub source: Option<&'static str>,
+}
+
+/// The swappable current policy.
+pub struct Policy {
+    current: ArcSwap<Tables>,
+    status: Mutex<PolicyStatus>,
+    local_service: String,
+    /// Metrics registry (snapshot compile resolves handles from it).
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("version", &self.current.load().version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// No snapshot yet.
+    pub fn new(local_service: &str, metrics: Arc<Metrics>) -> Self {
+        Policy {
+            current: ArcSwap::from_pointee(Tables::empty(&metrics)),
+            status: Mutex::new(PolicyStatus::default()),
+            local_service: local_service.to_owned(),
+            metrics,
+        }
+    }
+
+    /// The tables a request should use, for its whole life.
+    pub fn load(&self) -> Arc<Tables> {
+        self.current.load_full()
+    }
+
+    /// Version of the applied snapshot (0 = none).
+    pub fn version(&self) -> u64 {
+        self.current.load().version
+    }
+
+    /// Compiles and swaps in a validated snapshot.
+    pub fn apply(&self, snap: Snapshot, source: &'static str) {
+        let prev = self.current.load_full();
+        let version = snap.version;
+        let tables = Tables::compile(snap, &prev, &self.local_service, &self.metrics);
+        self.current.store(Arc::new(tables));
+        self.metrics.snapshot_version.set(version);
+        self.metrics.snapshot_applies.inc();
+        let mut st = self.status.lock().expect("status lock poisoned");
+        st.source = Some(source);
+        st.last_nack = None;
+        st.last_nack_version = None;
+    }
+
+    /// Records a refused snapshot.
+    pub fn record_nack(&self, version: u64, error: String) {
+        self.metrics.snapshot_nacks.inc();
+        let mut st = self.status.lock().expect("status lock poisoned");
+        st.last_nack = Some(error);
+        st.last_nack_version = Some(version);
+    }
+
+    /// Status for the admin endpoint.
+    pub fn status(&self) -> PolicyStatus {
+        self.status.lock().expect("status lock poisoned").clone()
+    }
+}

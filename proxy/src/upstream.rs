@@ -1,0 +1,281 @@
+//! Connections to one upstream address: a pool of idle HTTP/1.1 connections and one shared,
+//! multiplexed HTTP/2 connection, plus the counters the balancer reads.
+//!
+//! Written by hand rather than with hyper-util's pooled `Client` because the balancer must
+//! know that a connection was refused *before* the request is handed over: the request body
+//! is a stream that cannot be replayed, and hyper-util's client consumes the request whether
+//! or not it could connect. Here, getting a connection and sending on it are separate steps,
+//! so a refused connection moves the request to another endpoint untouched.
+//!
+//! The state lives in an [`Upstream`] shared through an `Arc`; a snapshot swap that keeps an
+//! endpoint keeps its `Upstream`, so its pooled connections and load survive the reload.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::http::Wire;
+
+/// Most idle HTTP/1.1 connections kept per upstream; more are closed when they fall idle.
+const MAX_IDLE_H1: usize = 256;
+/// How long a connect may take before the endpoint counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// An endpoint whose connect failed this recently is avoided while others are available.
+const FAILURE_MEMORY: Duration = Duration::from_secs(2);
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed or timed out.
+    #[error("connect to {addr}: {source}")]
+    Tcp {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP handshake failed.
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+}
+
+/// Failure of an exchange on an established connection.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made; the request is returned untouched.
+    Connect(ConnectError, Box<Request<Incoming>>),
+    /// The request was (possibly) sent and then failed.
+    Failed(hyper::Error),
+}
+
+/// Shared connection state and load of one upstream address.
+#[derive(Debug)]
+pub struct Upstream {
+    addr: SocketAddr,
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` of the last failed connect, 0 if none.
+    last_failure_ms: AtomicU64,
+    epoch: Instant,
+    idle_h1: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    /// Serialises HTTP/2 connects so a burst of first requests opens one connection, not many.
+    h2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl Upstream {
+    /// Connection state for `addr`; nothing is connected until the first request.
+    pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(Upstream {
+            addr,
+            in_flight: AtomicUsize::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            idle_h1: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Requests in flight (sent, response headers not yet received).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connect to this address failed within the last few seconds.
+    pub fn recently_failed(&self) -> bool {
+        let at = self.last_failure_ms.load(Ordering::Relaxed);
+        at != 0 && self.epoch.elapsed().as_millis() as u64 - at < FAILURE_MEMORY.as_millis() as u64
+    }
+
+    fn note_failure(&self) {
+        let ms = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.last_failure_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sends `req` on a connection of the given protocol, connecting if needed.
+    pub async fn send(
+        self: &Arc<Self>,
+        wire: Wire,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let _guard = InFlight::new(&self.in_flight);
+        match wire {
+            Wire::Http1 => self.send_h1(req).await,
+            Wire::Http2 => self.send_h2(req).await,
+        }
+    }
+
+    async fn send_h1(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+        // A pooled connection can die between checkout and use (the peer's idle timeout);
+        // hyper hands the request back in that case, so try the next one.
+        loop {
+            let mut conn = match self.checkout_h1() {
+                Some(c) => c,
+                None => match self.connect_h1().await {
+                    Ok(c) => c,
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                },
+            };
+            match conn.try_send_request(req).await {
+                Ok(resp) => {
+                    self.checkin_h1(conn);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+    }
+
+    fn checkout_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = self.idle_h1.lock().expect("pool lock poisoned");
+        while let Some(c) = idle.pop() {
+            if c.is_ready() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection to the pool once its current response body has been read.
+    fn checkin_h1(self: &Arc<Self>, mut conn: http1::SendRequest<Incoming>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if conn.ready().await.is_ok() {
+                let mut idle = this.idle_h1.lock().expect("pool lock poisoned");
+                if idle.len() < MAX_IDLE_H1 {
+                    idle.push(conn);
+                }
+            }
+        });
+    }
+
+    async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
+        let addr = self.addr;
+        let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
+        let stream = match res {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                self.note_failure();
+                return Err(ConnectError::Tcp { addr, source });
+            }
+            Err(_) => {
+                self.note_failure();
+                return Err(ConnectError::Tcp {
+                    addr,
+                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+                });
+            }
+        };
+        // Requests are small and latency-bound: never wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, ConnectError> {
+        let io = self.connect_tcp().await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+        // One retry covers a connection that closed (GOAWAY) just before use.
+        for _ in 0..2 {
+            let mut conn = match self.h2_conn().await {
+                Ok(c) => c,
+                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+            };
+            match conn.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => {
+                        req = back;
+                        self.h2.lock().expect("h2 lock poisoned").take();
+                    }
+                    None => return Err(SendError::Failed(e.into_error())),
+                },
+            }
+        }
+        let mut conn = match self.h2_conn().await {
+            Ok(c) => c,
+            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        };
+        conn.send_request(req).await.map_err(SendError::Failed)
+    }
+
+    fn cached_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+        let slot = self.h2.lock().expect("h2 lock poisoned");
+        slot.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    async fn h2_conn(&self) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+        if let Some(c) = self.cached_h2() {
+            return Ok(c);
+        }
+        let _connecting = self.h2_connecting.lock().await;
+        if let Some(c) = self.cached_h2() {
+            return Ok(c);
+        }
+        let io = self.connect_tcp().await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            // Detect a dead peer sidecar even when no request is in flight.
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .adaptive_window(true)
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *self.h2.lock().expect("h2 lock poisoned") = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+/// Counts a request in flight for as long as it lives (also when its future is dropped).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
