@@ -1,0 +1,89 @@
+//! Demo apps for tests: HTTP/1.1 + h2c servers that say who they are and what they received.
+//!
+//! `GET` answers a JSON description of the request as the app saw it (HTTP version, host,
+//! path, headers), so a test can check what crossed the sidecars; other methods echo the
+//! request body back, streamed. Every response carries `x-app: <name>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// A running echo app; it stops when the test's runtime ends or when dropped.
+#[derive(Debug)]
+pub struct EchoApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for EchoApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an echo app named `name` on `127.0.0.1:0`.
+pub async fn echo_app(name: &str) -> EchoApp {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding an app");
+    let addr = listener.local_addr().expect("bound address");
+    let name: std::sync::Arc<str> = name.into();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let name = name.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(name.clone(), req));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    EchoApp { addr, task }
+}
+
+async fn handle(
+    name: std::sync::Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody<Bytes, hyper::Error>>, Infallible> {
+    let builder = Response::builder().header("x-app", &*name);
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
+                )
+            })
+            .collect();
+        let body = serde_json::json!({
+            "app": &*name,
+            "version": format!("{:?}", req.version()),
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "path": req.uri().path(),
+            "host": req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()),
+            "headers": headers,
+        });
+        let body = Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed();
+        return Ok(builder
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .expect("valid response"));
+    }
+    Ok(builder
+        .body(req.into_body().boxed())
+        .expect("valid response"))
+}
