@@ -52,7 +52,11 @@ impl std::error::Error for Errors {}
 
 impl Errors {
     /// A single error that is not tied to a field.
-    pub fn one(resource: impl Into<String>, path: impl Into<String>, msg: impl Into<String>) -> Self {
+    pub fn one(
+        resource: impl Into<String>,
+        path: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
         Errors(vec![FieldError {
             resource: resource.into(),
             path: path.into(),
@@ -123,7 +127,10 @@ impl<'a> Obj<'a> {
         let map = match v {
             Value::Object(m) => Some(m),
             other => {
-                d.err(&path, format!("must be a mapping, found {}", type_name(other)));
+                d.err(
+                    &path,
+                    format!("must be a mapping, found {}", type_name(other)),
+                );
                 None
             }
         };
@@ -172,8 +179,10 @@ impl<'a> Obj<'a> {
         match v {
             Value::String(s) => Some((s.clone(), path)),
             other => {
-                self.d
-                    .err(&path, format!("must be a string, found {}", type_name(other)));
+                self.d.err(
+                    &path,
+                    format!("must be a string, found {}", type_name(other)),
+                );
                 None
             }
         }

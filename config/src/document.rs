@@ -54,8 +54,9 @@ pub fn parse_values(text: &str, source: &str) -> Result<Vec<Value>, Errors> {
     Ok(out)
 }
 
-/// Two documents naming the same resource would make the result depend on their order.
-pub(crate) fn check_unique(resources: &[Resource], errs: &mut Vec<FieldError>) {
+/// Reports resources named more than once: with two documents for one resource the result
+/// would depend on their order.
+pub fn check_unique(resources: &[Resource], errs: &mut Vec<FieldError>) {
     let mut seen = std::collections::HashSet::new();
     for r in resources {
         if !seen.insert((r.kind(), r.name())) {

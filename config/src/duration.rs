@@ -22,11 +22,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 /// Formats a duration in the largest unit that represents it exactly.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 3_600_000 == 0 && ms > 0 {
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(1_000) && ms > 0 {
         format!("{}s", ms / 1_000)
     } else {
         format!("{ms}ms")

@@ -298,7 +298,10 @@ impl Resource {
                     Some(kind)
                 }
                 _ => {
-                    d.err(&path, format!("unknown kind {k:?} (expected Service or Endpoint)"));
+                    d.err(
+                        &path,
+                        format!("unknown kind {k:?} (expected Service or Endpoint)"),
+                    );
                     None
                 }
             },
@@ -308,9 +311,7 @@ impl Resource {
                 None
             }
         };
-        let name = o
-            .map_name()
-            .unwrap_or_else(|| fallback_label.to_string());
+        let name = o.map_name().unwrap_or_else(|| fallback_label.to_string());
         let label = match kind {
             Some(k) => format!("{k}/{name}"),
             None => name,
@@ -375,7 +376,13 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
     let revision = decode_revision(o);
     let protocol = match o.str("protocol") {
         Some((p, path)) => Protocol::parse(&p).or_else(|| {
-            d.err(&path, format!("unknown protocol {p:?} (expected one of: {})", Protocol::NAMES));
+            d.err(
+                &path,
+                format!(
+                    "unknown protocol {p:?} (expected one of: {})",
+                    Protocol::NAMES
+                ),
+            );
             None
         }),
         None => Some(Protocol::default()),
@@ -404,7 +411,10 @@ fn decode_traffic_policy(d: &Diag, path: String, v: &Value) -> Option<TrafficPol
         Some((s, path)) => LoadBalancer::parse(&s).or_else(|| {
             d.err(
                 &path,
-                format!("unknown load balancer {s:?} (expected one of: {})", LoadBalancer::NAMES),
+                format!(
+                    "unknown load balancer {s:?} (expected one of: {})",
+                    LoadBalancer::NAMES
+                ),
             );
             None
         }),
@@ -469,8 +479,13 @@ fn check_path(d: &Diag, path: &str, p: &str) -> bool {
         d.err(path, format!("{p:?} must start with '/'"));
         return false;
     }
-    if p.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#') {
-        d.err(path, format!("{p:?} must not contain spaces, control characters, '?' or '#'"));
+    if p.bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+    {
+        d.err(
+            path,
+            format!("{p:?} must not contain spaces, control characters, '?' or '#'"),
+        );
         return false;
     }
     true
@@ -493,7 +508,10 @@ fn decode_match(d: &Diag, path: String, v: &Value) -> Option<RouteMatch> {
     }
     let method = o.str("method").map(|(m, path)| {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
-            d.err(&path, format!("{m:?} must be an upper-case HTTP method such as GET"));
+            d.err(
+                &path,
+                format!("{m:?} must be an upper-case HTTP method such as GET"),
+            );
             ok = false;
         }
         m
@@ -502,11 +520,17 @@ fn decode_match(d: &Diag, path: String, v: &Value) -> Option<RouteMatch> {
     let hpath = crate::decode::join(&o.path, "headers");
     for (k, v) in &headers {
         if http_header_name(k).is_err() {
-            d.err(&crate::decode::join(&hpath, k), "is not a valid lower-case header name");
+            d.err(
+                &crate::decode::join(&hpath, k),
+                "is not a valid lower-case header name",
+            );
             ok = false;
         }
         if v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
-            d.err(&crate::decode::join(&hpath, k), "value has control characters");
+            d.err(
+                &crate::decode::join(&hpath, k),
+                "value has control characters",
+            );
             ok = false;
         }
     }
@@ -521,9 +545,8 @@ fn decode_match(d: &Diag, path: String, v: &Value) -> Option<RouteMatch> {
 
 /// Header names in matches must be lower-case tokens (HTTP/2 forbids upper case on the wire).
 fn http_header_name(k: &str) -> Result<(), ()> {
-    let tchar = |b: u8| {
-        b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-    };
+    let tchar =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
     if !k.is_empty() && k.bytes().all(tchar) {
         Ok(())
     } else {
@@ -565,19 +588,25 @@ fn decode_endpoint(o: &mut Obj<'_>) -> Option<Endpoint> {
     let name = name_field(o, "name");
     let revision = decode_revision(o);
     let service = name_field(o, "service");
-    let address = o.req_str("address").and_then(|(a, path)| {
-        match a.parse::<SocketAddr>() {
+    let address = o
+        .req_str("address")
+        .and_then(|(a, path)| match a.parse::<SocketAddr>() {
             Ok(addr) if addr.port() != 0 && !addr.ip().is_unspecified() => Some(addr),
             Ok(_) => {
-                d.err(&path, format!("{a:?} must name a reachable IP and a port other than 0"));
+                d.err(
+                    &path,
+                    format!("{a:?} must name a reachable IP and a port other than 0"),
+                );
                 None
             }
             Err(_) => {
-                d.err(&path, format!("{a:?} is not an IP:port address (e.g. 10.0.0.7:8080)"));
+                d.err(
+                    &path,
+                    format!("{a:?} is not an IP:port address (e.g. 10.0.0.7:8080)"),
+                );
                 None
             }
-        }
-    });
+        });
     let zone = o.str("zone").map(|(z, _)| z);
     let weight = if o.has("weight") {
         o.uint("weight", 1..=1000).map(|w| w as u32)

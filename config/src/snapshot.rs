@@ -71,4 +71,35 @@ impl Snapshot {
         }
         Ok(snap)
     }
+
+    /// Checks what only the whole set can tell: every route backend names a service that is
+    /// in the snapshot. The control plane accepts resources in any order (a route may be applied
+    /// before the service it splits to), so this is checked where the set is used: a proxy
+    /// refuses such a snapshot whole and keeps serving its last good one, as Envoy refuses a
+    /// route table that names an unknown cluster.
+    pub fn check_references(&self) -> Result<(), Errors> {
+        let names: std::collections::HashSet<&str> =
+            self.services.iter().map(|s| s.name.as_str()).collect();
+        let mut errs = Vec::new();
+        for svc in &self.services {
+            for (i, route) in svc.routes.iter().enumerate() {
+                for (j, b) in route.backends.iter().enumerate() {
+                    if let Some(target) = &b.service {
+                        if !names.contains(target.as_str()) {
+                            errs.push(crate::FieldError {
+                                resource: format!("Service/{}", svc.name),
+                                path: format!("routes[{i}].backends[{j}].service"),
+                                message: format!("service {target:?} does not exist"),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(Errors(errs))
+        }
+    }
 }

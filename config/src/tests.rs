@@ -101,15 +101,23 @@ fn unknown_kind_and_missing_fields() {
 fn duplicates_are_refused() {
     let doc = "kind: Service\nname: a\n---\nkind: Service\nname: a\n";
     let errs = parse_documents(doc, "f").unwrap_err();
-    assert!(errs.to_string().contains("Service/a: name: is defined more than once"));
+    assert!(errs
+        .to_string()
+        .contains("Service/a: name: is defined more than once"));
 }
 
 #[test]
 fn syntax_errors_name_the_file() {
     let errs = parse_documents("kind: [unclosed", "x.yaml").unwrap_err();
-    assert!(errs.to_string().starts_with("x.yaml: invalid YAML"), "{errs}");
+    assert!(
+        errs.to_string().starts_with("x.yaml: invalid YAML"),
+        "{errs}"
+    );
     let errs = parse_documents("{\"kind\": ", "x.json").unwrap_err();
-    assert!(errs.to_string().starts_with("x.json: invalid JSON"), "{errs}");
+    assert!(
+        errs.to_string().starts_with("x.json: invalid JSON"),
+        "{errs}"
+    );
 }
 
 #[test]
@@ -143,5 +151,7 @@ fn snapshot_round_trip_and_validation() {
 fn all_zero_weights_are_refused() {
     let doc = "kind: Service\nname: a\nroutes:\n - backends: [{weight: 0, subset: {v: a}}, {weight: 0}]\n";
     let errs = parse_documents(doc, "f").unwrap_err();
-    assert!(errs.to_string().contains("routes[0].backends: at least one backend"));
+    assert!(errs
+        .to_string()
+        .contains("routes[0].backends: at least one backend"));
 }

@@ -32,12 +32,16 @@ impl Drop for EchoApp {
 
 /// Starts an echo app named `name` on `127.0.0.1:0`.
 pub async fn echo_app(name: &str) -> EchoApp {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding an app");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding an app");
     let addr = listener.local_addr().expect("bound address");
     let name: std::sync::Arc<str> = name.into();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let name = name.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| handle(name.clone(), req));

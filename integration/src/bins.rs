@@ -24,7 +24,14 @@ pub fn bin(name: &str) -> PathBuf {
         let dir = bin_dir();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins", "-p", "ferrule-proxy", "-p", "ferrule-control"]);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "ferrule-proxy",
+            "-p",
+            "ferrule-control",
+        ]);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }

@@ -3,8 +3,8 @@
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper::client::conn::http2;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,7 +47,11 @@ impl TestClient {
         body: Bytes,
     ) -> Result<Reply, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let addr = uri.authority().ok_or("URL has no host")?.as_str().to_owned();
+        let addr = uri
+            .authority()
+            .ok_or("URL has no host")?
+            .as_str()
+            .to_owned();
         let resp = match &self.h1 {
             Some(client) => {
                 let mut req = Request::builder().method(method).uri(uri);

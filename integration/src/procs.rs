@@ -24,7 +24,9 @@ impl Proc {
     fn spawn(mut cmd: Command, name: &str, log: PathBuf) -> (Proc, String) {
         let err = std::fs::File::create(&log).expect("creating a log file");
         cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -41,7 +43,10 @@ impl Proc {
         };
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(line) => (proc, line),
-            Err(_) => panic!("{name} printed nothing within 20 s; its log:\n{}", proc.log_text()),
+            Err(_) => panic!(
+                "{name} printed nothing within 20 s; its log:\n{}",
+                proc.log_text()
+            ),
         }
     }
 

@@ -71,7 +71,10 @@ async fn http1_and_h2c_cross_two_sidecars() {
     assert_eq!(seen["version"], "HTTP/1.1");
     assert_eq!(seen["host"], "echo");
     assert_eq!(seen["uri"], "/hello?x=1");
-    assert!(seen["headers"].get("ferrule-orig-proto").is_none(), "{seen}");
+    assert!(
+        seen["headers"].get("ferrule-orig-proto").is_none(),
+        "{seen}"
+    );
 
     // curl routed by Host, and over h2c prior knowledge.
     let (body, ok) = curl(&["-H", "Host: echo", &format!("http://{out}/by-host")]);
@@ -85,7 +88,10 @@ async fn http1_and_h2c_cross_two_sidecars() {
     ]);
     assert!(ok, "{body}");
     let seen = json(body.as_bytes());
-    assert_eq!(seen["version"], "HTTP/1.1", "an http service gets HTTP/1.1: {seen}");
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "an http service gets HTTP/1.1: {seen}"
+    );
     assert_eq!(seen["host"], "echo");
 
     // hyper clients, both protocols, both services.
@@ -94,7 +100,12 @@ async fn http1_and_h2c_cross_two_sidecars() {
             .get(&format!("http://{out}/hyper"), Some("echo"))
             .await
             .unwrap();
-        assert_eq!(status, 200, "{client_kind}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "{client_kind}: {}",
+            String::from_utf8_lossy(&body)
+        );
         assert_eq!(headers["x-app"], "echo-app");
         let (status, _, body) = c
             .get(&format!("http://{out}/two"), Some("echo2"))
@@ -103,7 +114,10 @@ async fn http1_and_h2c_cross_two_sidecars() {
         assert_eq!(status, 200);
         let seen = json(&body);
         assert_eq!(seen["app"], "echo2-app");
-        assert_eq!(seen["version"], "HTTP/2.0", "an http2 service gets HTTP/2: {seen}");
+        assert_eq!(
+            seen["version"], "HTTP/2.0",
+            "an http2 service gets HTTP/2: {seen}"
+        );
 
         // A 1 MiB body streams through both sidecars and back unchanged.
         let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
@@ -118,7 +132,11 @@ async fn http1_and_h2c_cross_two_sidecars() {
                 .await
                 .unwrap();
             assert_eq!(status, 200, "{client_kind} POST to {svc}");
-            assert!(body == big, "{client_kind}: echoed body differs ({} bytes)", body.len());
+            assert!(
+                body == big,
+                "{client_kind}: echoed body differs ({} bytes)",
+                body.len()
+            );
         }
     }
 

@@ -75,7 +75,10 @@ async fn count_by_app(client: &Sidecar, n: usize) -> HashMap<String, usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_spreads_evenly_and_splits_follow_weights() {
-    let m = mesh("kind: Service\nname: echo\nprotocol: http\ntrafficPolicy: { loadBalancer: round_robin }\n").await;
+    let m = mesh(
+        "kind: Service\nname: echo\nprotocol: http\ntrafficPolicy: { loadBalancer: round_robin }\n",
+    )
+    .await;
     let counts = count_by_app(&m.client, 300).await;
     assert_eq!(counts.len(), 3, "{counts:?}");
     for (app, n) in &counts {
@@ -165,7 +168,11 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
                     ),
                     Err(e) => (0, e),
                 };
-                samples.lock().unwrap().push(Sample { sent, status, version });
+                samples.lock().unwrap().push(Sample {
+                    sent,
+                    status,
+                    version,
+                });
             }
         }));
     }
@@ -182,11 +189,18 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
         let out = tokio::task::spawn_blocking(move || {
             let file = dir.with_extension(format!("push{i}.yaml"));
             std::fs::write(&file, policy).unwrap();
-            ferrule_integration::procs::ferrulectl(&cp_url, &["apply", "-f", file.to_str().unwrap()])
+            ferrule_integration::procs::ferrulectl(
+                &cp_url,
+                &["apply", "-f", file.to_str().unwrap()],
+            )
         })
         .await
         .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         pushes.push((Instant::now(), version));
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -203,7 +217,13 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
     let rate = samples.len() as f64 / span.as_secs_f64();
     assert!(span >= Duration::from_secs(10), "load lasted only {span:?}");
     assert!(rate >= 200.0, "only {rate:.0} requests/s");
-    assert!(failed.is_empty(), "{} of {} requests failed, e.g. {:?}", failed.len(), samples.len(), &failed[..failed.len().min(3)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(3)]
+    );
 
     // After each push, traffic must settle on the new subset within 1 s (and before the next
     // push): the last request that still went to the old subset was sent less than 1 s after

@@ -31,7 +31,11 @@ pub struct Admin {
     proxy_id: Arc<str>,
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<ProxyBody> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ProxyBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, content_type)
@@ -76,7 +80,11 @@ impl Admin {
         let listening = self.life.listening.load(Ordering::Relaxed);
         let draining = self.life.draining.load(Ordering::Relaxed);
         if version > 0 && listening && !draining {
-            return reply(StatusCode::OK, "text/plain", format!("ready (policy version {version})\n"));
+            return reply(
+                StatusCode::OK,
+                "text/plain",
+                format!("ready (policy version {version})\n"),
+            );
         }
         let why = if draining {
             "draining".to_string()
@@ -85,7 +93,11 @@ impl Admin {
         } else {
             "no policy snapshot yet (control plane unreachable and none persisted?)".to_string()
         };
-        reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n"))
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("not ready: {why}\n"),
+        )
     }
 
     fn config(&self) -> Response<ProxyBody> {

@@ -61,6 +61,9 @@ pub struct Args {
     /// How long in-flight requests get to finish on shutdown.
     #[arg(long, env = "FERRULE_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Time a client has to send a complete request head (slowloris protection).
+    #[arg(long, env = "FERRULE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
     /// Log format: `text` or `json`.
     #[arg(long, env = "FERRULE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -108,7 +111,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     let outbound_l = bind(args.outbound, "outbound").await?;
     let admin_l = bind(args.admin, "admin").await?;
     let local = |l: &TcpListener| l.local_addr().expect("bound listener has an address");
-    let (inbound_addr, outbound_addr, admin_addr) = (local(&inbound_l), local(&outbound_l), local(&admin_l));
+    let (inbound_addr, outbound_addr, admin_addr) =
+        (local(&inbound_l), local(&outbound_l), local(&admin_l));
 
     let advertise = args.advertise.unwrap_or(inbound_addr);
     if advertise.ip().is_unspecified() {
@@ -116,7 +120,10 @@ pub async fn run(args: Args) -> Result<(), String> {
             "the inbound listener is bound to {inbound_addr}; pass --advertise IP:PORT so peers know where to reach it"
         ));
     }
-    let proxy_id = args.id.clone().unwrap_or_else(|| default_id(&args.service, advertise));
+    let proxy_id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| default_id(&args.service, advertise));
     ferrule_config::resource::check_name(&proxy_id).map_err(|e| format!("--id: {e}"))?;
     ferrule_config::resource::check_name(&args.service).map_err(|e| format!("--service: {e}"))?;
 
@@ -130,6 +137,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     let inbound = Inbound::new(policy.clone(), &args.service, args.app);
     let admin = Admin::new(policy.clone(), life.clone(), &proxy_id);
     let grace = args.drain_timeout;
+    let limits = server::Limits {
+        header_read_timeout: args.header_read_timeout,
+    };
     let servers = [
         tokio::spawn(server::serve(
             outbound_l,
@@ -139,6 +149,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             },
             stop_rx.clone(),
             grace,
+            limits,
         )),
         tokio::spawn(server::serve(
             inbound_l,
@@ -148,6 +159,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             },
             stop_rx.clone(),
             grace,
+            limits,
         )),
     ];
     // The admin listener outlives the drain so /ready can say "draining".
@@ -160,6 +172,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         },
         admin_stop_rx,
         Duration::from_millis(100),
+        limits,
     ));
     life.listening.store(true, Ordering::Relaxed);
     println!("ferrule-proxy listening inbound={inbound_addr} outbound={outbound_addr} admin={admin_addr}");

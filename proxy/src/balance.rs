@@ -189,7 +189,11 @@ mod tests {
 
     #[test]
     fn round_robin_cycles_and_skips_tried() {
-        let b = Balancer::new(LoadBalancer::RoundRobin, members(&[1, 1, 1]), Default::default());
+        let b = Balancer::new(
+            LoadBalancer::RoundRobin,
+            members(&[1, 1, 1]),
+            Default::default(),
+        );
         let picks: Vec<_> = (0..6).map(|_| b.pick(&[]).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(b.pick(&[0, 1]), Some(2));
@@ -198,7 +202,11 @@ mod tests {
 
     #[test]
     fn p2c_spreads_and_honours_tried() {
-        let b = Balancer::new(LoadBalancer::LeastRequest, members(&[1, 1, 1, 1]), Default::default());
+        let b = Balancer::new(
+            LoadBalancer::LeastRequest,
+            members(&[1, 1, 1, 1]),
+            Default::default(),
+        );
         let mut seen = [0; 4];
         for _ in 0..400 {
             seen[b.pick(&[]).unwrap()] += 1;

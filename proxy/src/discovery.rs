@@ -54,7 +54,10 @@ pub fn load_persisted(policy: &Policy, data_dir: &Path) -> bool {
     };
     match Snapshot::from_json(&bytes) {
         Ok(snap) => {
-            tracing::info!(version = snap.version, "serving the persisted snapshot until the control plane answers");
+            tracing::info!(
+                version = snap.version,
+                "serving the persisted snapshot until the control plane answers"
+            );
             policy.apply(snap, "disk");
             true
         }
@@ -118,7 +121,13 @@ pub async fn run(
             Ok(Ended::Healthy) => failures = 0,
             Ok(Ended::Failed(msg)) | Err(msg) => {
                 failures = failures.saturating_add(1);
-                tracing::warn!(error = %msg, control_plane = %control_plane, "control plane stream lost; serving the last good snapshot");
+                let held = policy.version();
+                // Say it loudly once per outage, then quietly on each retry.
+                if failures == 1 {
+                    tracing::warn!(error = %msg, control_plane = %control_plane, policy_version = held, "control plane unreachable; keeping the current policy and retrying");
+                } else {
+                    tracing::debug!(error = %msg, failures, "control plane still unreachable");
+                }
             }
         }
         // Full jitter: spreads the reconnects of a whole fleet after a control-plane restart.
@@ -158,10 +167,13 @@ impl Session<'_> {
             .ok_or("control plane URL has no host:port")?
             .clone();
         let addr = authority.as_str().to_owned();
-        let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(&addr))
-            .await
-            .map_err(|_| format!("connect to {addr} timed out"))?
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let stream = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(&addr),
+        )
+        .await
+        .map_err(|_| format!("connect to {addr} timed out"))?
+        .map_err(|e| format!("connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -203,7 +215,12 @@ impl Session<'_> {
         };
         if resp.status() != StatusCode::OK {
             let status = resp.status();
-            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             return Err(format!(
                 "control plane refused the push stream: {status}: {}",
                 String::from_utf8_lossy(&body).trim()
@@ -279,20 +296,30 @@ impl Session<'_> {
     /// Validates and applies one pushed snapshot; the reply is the ACK or NACK to send.
     fn apply(&self, version: u64, nonce: String, snapshot: &serde_json::Value) -> ProxyMessage {
         let snap = match Snapshot::from_value(snapshot) {
-            Ok(s) if s.version == version => s,
-            Ok(s) => {
-                let error = format!("message version {version} differs from the snapshot's {}", s.version);
-                return self.nack(version, nonce, error);
-            }
+            Ok(s) => s,
             Err(e) => return self.nack(version, nonce, e.to_string()),
         };
+        if snap.version != version {
+            let error = format!(
+                "message version {version} differs from the snapshot's {}",
+                snap.version
+            );
+            return self.nack(version, nonce, error);
+        }
+        if let Err(e) = snap.check_references() {
+            return self.nack(version, nonce, e.to_string());
+        }
         let current = self.policy.load();
         if current.snapshot.as_deref() == Some(&snap) {
             // Unchanged (e.g. a reconnect): keep the compiled tables as they are.
             return ProxyMessage::Ack { version, nonce };
         }
         if version < current.version {
-            tracing::warn!(version, current = current.version, "control plane sent an older version (was its store reset?); applying it");
+            tracing::warn!(
+                version,
+                current = current.version,
+                "control plane sent an older version (was its store reset?); applying it"
+            );
         }
         if let Err(e) = persist(self.data_dir, &snap) {
             tracing::warn!(error = %e, dir = %self.data_dir.display(), "cannot persist the snapshot; a restart without the control plane would start empty");
@@ -305,7 +332,11 @@ impl Session<'_> {
     fn nack(&self, version: u64, nonce: String, error: String) -> ProxyMessage {
         tracing::warn!(version, %error, "refused policy snapshot; the previous one keeps serving");
         self.policy.record_nack(version, error.clone());
-        ProxyMessage::Nack { version, nonce, error }
+        ProxyMessage::Nack {
+            version,
+            nonce,
+            error,
+        }
     }
 }
 

@@ -72,7 +72,9 @@ impl FramingGuard {
                 .header(http::header::CONNECTION, "close")
                 .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .header(&FERRULE_ERROR, "bad-request")
-                .body(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))))
+                .body(Either::Right(Full::new(Bytes::from_static(
+                    body.as_bytes(),
+                ))))
                 .expect("static response parts are valid"),
         )
     }
@@ -97,10 +99,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             if let Some(index) = this.scanner.feed(&buf.filled()[before..]) {
-                let _ = this
-                    .shared
-                    .bad
-                    .compare_exchange(NONE, index, Ordering::Relaxed, Ordering::Relaxed);
+                let _ = this.shared.bad.compare_exchange(
+                    NONE,
+                    index,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
         }
         res
@@ -108,7 +112,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Scanned<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -259,9 +267,7 @@ impl Scanner {
             return None;
         }
         if !line.is_empty() {
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                return None;
-            };
+            let colon = line.iter().position(|b| *b == b':')?;
             let name = &line[..colon];
             let value = trim(&line[colon + 1..]);
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -272,7 +278,11 @@ impl Scanner {
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 self.transfer_encoding = true;
-                let last = value.rsplit(|b| *b == b',').next().map(trim).unwrap_or_default();
+                let last = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .map(trim)
+                    .unwrap_or_default();
                 self.chunked = last.eq_ignore_ascii_case(b"chunked");
             } else if name.eq_ignore_ascii_case(b"upgrade") {
                 self.upgrade = true;
@@ -335,7 +345,11 @@ GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext\r\nhello\r\n0\r\nx-t: 1\r\n\r\n\
 POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         for piece in [1, 2, 7, 64, input.len()] {
-            assert_eq!(scan_in_pieces(input, piece), (Some(3), 4), "piece size {piece}");
+            assert_eq!(
+                scan_in_pieces(input, piece),
+                (Some(3), 4),
+                "piece size {piece}"
+            );
         }
     }
 

@@ -77,14 +77,18 @@ impl Inbound {
         mut req: Request<Incoming>,
         wire: Wire,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let downstream = req.version();
         let authority = h::authority(&req)
             .map(str::to_owned)
             .unwrap_or_else(|| self.app.addr().to_string());
         h::strip_hop_by_hop(req.headers_mut(), wire == Wire::Http2);
-        h::set_wire(&mut req, wire, &authority).map_err(|e| ProxyError::new(Reason::BadRequest, e))?;
+        h::set_wire(&mut req, wire, &authority)
+            .map_err(|e| ProxyError::new(Reason::BadRequest, e))?;
         match self.app.send(wire, req).await {
             Ok(mut resp) => {
                 h::strip_hop_by_hop(resp.headers_mut(), false);
+                // The client gets its own HTTP version back, whatever the upstream spoke.
+                *resp.version_mut() = downstream;
                 Ok(resp.map(Either::Left))
             }
             Err(SendError::Connect(e, _)) => Err(ProxyError::new(

@@ -77,7 +77,10 @@ pub(crate) fn record(
 async fn forward(
     tables: &Tables,
     mut req: Request<Incoming>,
-) -> (Result<Response<ProxyBody>, ProxyError>, Option<&ServiceMetrics>) {
+) -> (
+    Result<Response<ProxyBody>, ProxyError>,
+    Option<&ServiceMetrics>,
+) {
     if tables.version == 0 {
         let e = ProxyError::new(
             Reason::NoConfig,
@@ -93,7 +96,10 @@ async fn forward(
         return (Err(e), None);
     }
     let Some(authority) = h::authority(&req).map(str::to_owned) else {
-        let e = ProxyError::new(Reason::BadRequest, "request has no Host header or authority");
+        let e = ProxyError::new(
+            Reason::BadRequest,
+            "request has no Host header or authority",
+        );
         return (Err(e), None);
     };
     let host = h::host_of(&authority);
@@ -123,7 +129,10 @@ async fn forward(
             Ok(r) => r,
             Err(_) => Err(ProxyError::new(
                 Reason::Timeout,
-                format!("no response from {} within the route's {t:?} timeout", svc.name),
+                format!(
+                    "no response from {} within the route's {t:?} timeout",
+                    svc.name
+                ),
             )),
         },
         None => send.await,
@@ -142,13 +151,18 @@ async fn send_to_target(
     if members.is_empty() {
         return Err(ProxyError::new(
             Reason::NoEndpoints,
-            format!("service {} has no endpoints in the selected subset", target.service),
+            format!(
+                "service {} has no endpoints in the selected subset",
+                target.service
+            ),
         ));
     }
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = String::new();
     while tried.len() < MAX_CONNECT_ATTEMPTS {
-        let Some(i) = target.balancer.pick(&tried) else { break };
+        let Some(i) = target.balancer.pick(&tried) else {
+            break;
+        };
         let member = &members[i];
         let wire = if member.sidecar {
             Wire::Http2
@@ -171,6 +185,8 @@ async fn send_to_target(
         match member.upstream.send(wire, req).await {
             Ok(mut resp) => {
                 h::strip_hop_by_hop(resp.headers_mut(), false);
+                // The client gets its own HTTP version back, whatever the upstream spoke.
+                *resp.version_mut() = downstream;
                 return Ok(resp.map(Either::Left));
             }
             Err(SendError::Connect(e, back)) => {

@@ -203,7 +203,10 @@ impl Tables {
                         .unwrap_or_else(|| Upstream::new(ep.address))
                 })
                 .clone();
-            by_service.entry(ep.service.as_str()).or_default().push((ep, up));
+            by_service
+                .entry(ep.service.as_str())
+                .or_default()
+                .push((ep, up));
         }
         for eps in by_service.values_mut() {
             eps.sort_by(|a, b| a.0.name.cmp(&b.0.name));
@@ -230,11 +233,7 @@ impl Tables {
                         .collect()
                 })
                 .unwrap_or_default();
-            let cursor = prev
-                .cursors
-                .get(&key)
-                .cloned()
-                .unwrap_or_default();
+            let cursor = prev.cursors.get(&key).cloned().unwrap_or_default();
             cursors.insert(key.clone(), cursor.clone());
             let t = Arc::new(Target {
                 service: service.into(),

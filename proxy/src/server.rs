@@ -19,17 +19,30 @@ use tokio::sync::watch;
 use crate::framing::FramingGuard;
 use crate::http::ProxyBody;
 
-/// Time a client has to send a complete request head. Without hyper's timer this timeout
-/// does nothing, and a client trickling header bytes (slowloris) holds a connection forever.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted; bigger ones get 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-fn builder() -> auto::Builder<TokioExecutor> {
+/// Limits every listener applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client has to send a complete request head. Without hyper's timer this timeout
+    /// does nothing, and a client trickling header bytes (slowloris) holds a connection forever.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
         .keep_alive(true);
     b.http2()
@@ -49,11 +62,12 @@ pub async fn serve<H, Fut>(
     handler: H,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    limits: Limits,
 ) where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let builder = Arc::new(builder());
+    let builder = Arc::new(builder(limits));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {

@@ -122,7 +122,10 @@ impl Upstream {
         }
     }
 
-    async fn send_h1(self: &Arc<Self>, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, SendError> {
         // A pooled connection can die between checkout and use (the peer's idle timeout);
         // hyper hands the request back in that case, so try the next one.
         loop {
@@ -196,7 +199,10 @@ impl Upstream {
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
-            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| ConnectError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
@@ -253,7 +259,10 @@ impl Upstream {
             .adaptive_window(true)
             .handshake(io)
             .await
-            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| ConnectError::Handshake {
+                addr: self.addr,
+                source,
+            })?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");

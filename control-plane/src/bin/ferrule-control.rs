@@ -1,1 +1,127 @@
-fn main(){}
+//! `ferrule-control`: the Ferrule control plane (see [`ferrule_control`]).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ferrule_control::{Config, Server};
+
+/// Command line of `ferrule-control`.
+#[derive(Debug, Parser)]
+#[command(name = "ferrule-control", version, about = "The Ferrule control plane")]
+struct Args {
+    /// Address for the API and the push streams (HTTP/1.1 and h2c on one port).
+    #[arg(long, env = "FERRULE_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Directory of the store (ferrule.redb); created if missing.
+    #[arg(long, env = "FERRULE_DATA_DIR", default_value = "./ferrule-data")]
+    data_dir: PathBuf,
+    /// File holding the token that writes must present (`Authorization: Bearer`); without
+    /// it, writes are open.
+    #[arg(long, env = "FERRULE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// How long a sidecar's endpoint lease lasts without a heartbeat (e.g. 15s, 500ms).
+    #[arg(long, env = "FERRULE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+    /// Log format on stderr.
+    #[arg(long, env = "FERRULE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    ferrule_config::duration::parse(s)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let admin_token = match &args.admin_token_file {
+        Some(path) => match ferrule_control::auth::read_token_file(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => {
+            tracing::warn!("no --admin-token-file: API writes are not authenticated");
+            None
+        }
+    };
+    let config = Config {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        admin_token,
+        lease_ttl: args.lease_ttl,
+    };
+    let server = match Server::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The one line on stdout: scripts and tests read the real port from it.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(
+        stdout,
+        "ferrule-control listening on http://{}",
+        server.local_addr()
+    );
+    let _ = stdout.flush();
+    drop(stdout);
+    server.run(shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

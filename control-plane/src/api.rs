@@ -1,0 +1,300 @@
+//! The HTTP API: routing and the `/v1` handlers.
+//!
+//! | path | methods |
+//! |---|---|
+//! | `/healthz` | GET -> `ok` |
+//! | `/v1/version` | GET -> `{"version": snapshot version, "revision": store revision}` |
+//! | `/v1/proxies` | GET -> every connected proxy ([`crate::proxies::ProxyStatus`]) |
+//! | `/v1/stream` | POST: the push stream ([`crate::push`]) |
+//! | `/v1/apply` | POST a list of resources -> `[{kind, name, revision, action}]` |
+//! | `/v1/{services,endpoints}` | GET list, POST create |
+//! | `/v1/{services,endpoints}/{name}` | GET, PUT (revision-checked replace), DELETE (`?revision=N`) |
+//!
+//! Reads are open; writes need the admin token when one is configured (the push stream is
+//! authenticated by the sidecar's identity in a later step, not by the operators' token).
+//! Handlers return `Result<_, ApiError>` and [`handle`] turns errors into responses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrule_config::{FieldError, Kind, Resource};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::auth;
+use crate::body::{self, Body};
+use crate::error::ApiError;
+use crate::server::State;
+use crate::store::{Action, Applied};
+
+/// The largest request body the API reads (a large `apply` is well under this).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The API's routes, resolved from the path.
+enum Route {
+    Health,
+    Version,
+    Proxies,
+    Stream,
+    Apply,
+    Collection(Kind),
+    Item(Kind, String),
+}
+
+fn route(path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let kind = |s: &str| Kind::ALL.into_iter().find(|k| k.plural() == s);
+    Some(match segs.as_slice() {
+        ["healthz"] => Route::Health,
+        ["v1", "version"] => Route::Version,
+        ["v1", "proxies"] => Route::Proxies,
+        ["v1", "stream"] => Route::Stream,
+        ["v1", "apply"] => Route::Apply,
+        ["v1", k] => Route::Collection(kind(k)?),
+        ["v1", k, name] if !name.is_empty() => Route::Item(kind(k)?, (*name).to_owned()),
+        _ => return None,
+    })
+}
+
+/// Serves one request; every error becomes a JSON error response here.
+pub(crate) async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    match dispatch(state, req, peer).await {
+        Ok(resp) => {
+            tracing::debug!(%method, %path, status = %resp.status(), "request");
+            resp
+        }
+        Err(e) => {
+            tracing::debug!(%method, %path, status = %e.status(), "request failed");
+            e.into_response()
+        }
+    }
+}
+
+async fn dispatch(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
+    let path = req.uri().path().to_owned();
+    let route = route(&path).ok_or_else(|| ApiError::no_route(&path))?;
+    let method = req.method().clone();
+    let not_allowed = |allow| Err(ApiError::method_not_allowed(&method, &path, allow));
+    let st = &state;
+    match (route, &method) {
+        (Route::Health, &Method::GET) => Ok(body::text(StatusCode::OK, "ok\n")),
+        (Route::Health, _) => not_allowed("GET"),
+        (Route::Version, &Method::GET) => Ok(body::json(
+            StatusCode::OK,
+            &json!({
+                "version": st.snapshots.borrow().version,
+                "revision": st.store.revision(),
+            }),
+        )),
+        (Route::Version, _) => not_allowed("GET"),
+        (Route::Proxies, &Method::GET) => Ok(body::json(StatusCode::OK, &st.proxies.list())),
+        (Route::Proxies, _) => not_allowed("GET"),
+        (Route::Stream, &Method::POST) => {
+            Ok(crate::push::stream(Arc::clone(st), req.into_body(), peer))
+        }
+        (Route::Stream, _) => not_allowed("POST"),
+        (Route::Apply, &Method::POST) => {
+            authorize(st, &req)?;
+            apply(st, read_json(req).await?).await
+        }
+        (Route::Apply, _) => not_allowed("POST"),
+        (Route::Collection(kind), &Method::GET) => {
+            let list = st.store.run(move |s| s.list(kind)).await?;
+            Ok(body::json(StatusCode::OK, &list))
+        }
+        (Route::Collection(kind), &Method::POST) => {
+            authorize(st, &req)?;
+            let r = decode(kind, &read_json(req).await?, None)?;
+            let created = st.store.run(move |s| s.create(r)).await?;
+            Ok(body::json(StatusCode::CREATED, &created))
+        }
+        (Route::Collection(_), _) => not_allowed("GET, POST"),
+        (Route::Item(kind, name), &Method::GET) => {
+            let found = {
+                let name = name.clone();
+                st.store.run(move |s| s.get(kind, &name)).await?
+            };
+            let r = found.ok_or_else(|| not_found(kind, &name))?;
+            Ok(body::json(StatusCode::OK, &r))
+        }
+        (Route::Item(kind, name), &Method::PUT) => {
+            authorize(st, &req)?;
+            let r = decode(kind, &read_json(req).await?, Some(&name))?;
+            let (stored, action) = st.store.run(move |s| s.replace(r)).await?;
+            let status = match action {
+                Action::Created => StatusCode::CREATED,
+                _ => StatusCode::OK,
+            };
+            Ok(body::json(status, &stored))
+        }
+        (Route::Item(kind, name), &Method::DELETE) => {
+            authorize(st, &req)?;
+            let expected = revision_param(req.uri().query())?;
+            let revision = {
+                let name = name.clone();
+                st.store
+                    .run(move |s| s.delete(kind, &name, expected))
+                    .await?
+            };
+            let done = Applied {
+                kind: kind.as_str().to_owned(),
+                name,
+                revision,
+                action: Action::Deleted,
+            };
+            Ok(body::json(StatusCode::OK, &done))
+        }
+        (Route::Item(..), _) => not_allowed("GET, PUT, DELETE"),
+    }
+}
+
+fn not_found(kind: Kind, name: &str) -> ApiError {
+    crate::store::StoreError::NotFound(format!("{kind}/{name}")).into()
+}
+
+fn authorize(st: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
+    auth::check_bearer(st.admin_token.as_deref(), req.headers())
+}
+
+/// Reads the whole body (bounded) and parses it as JSON.
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::too_large(MAX_BODY));
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(format!(
+                "cannot read request body: {e}"
+            )))
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+}
+
+/// Validates one resource of `kind`; for a PUT, its name must be the one in the URL.
+fn decode(kind: Kind, v: &Value, url_name: Option<&str>) -> Result<Resource, ApiError> {
+    let fallback = url_name.map_or_else(|| "request body".to_owned(), str::to_owned);
+    let r = Resource::from_value(v, Some(kind), &fallback)
+        .map_err(|errs| ApiError::invalid(format!("invalid {kind}: {}", count(&errs)), errs))?;
+    if let Some(url_name) = url_name.filter(|n| *n != r.name()) {
+        return Err(ApiError::invalid(
+            format!("invalid {kind}: the name in the body differs from the URL"),
+            vec![FieldError {
+                resource: r.label(),
+                path: "name".into(),
+                message: format!("must equal the name in the URL ({url_name:?})"),
+            }],
+        ));
+    }
+    Ok(r)
+}
+
+fn count(errs: &[FieldError]) -> String {
+    match errs.len() {
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    }
+}
+
+fn revision_param(query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let mut rev = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("revision", v)) => {
+                rev = Some(v.parse::<u64>().map_err(|_| {
+                    ApiError::bad_request(format!("revision must be a number, found {v:?}"))
+                })?);
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {pair:?} (expected revision=N)"
+                )))
+            }
+        }
+    }
+    Ok(rev)
+}
+
+/// `POST /v1/apply`: validates every document first, then writes them all in one transaction.
+async fn apply(st: &State, body: Value) -> Result<Response<Body>, ApiError> {
+    let docs = match body {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "apply takes a JSON list of resources, found {}",
+                match other {
+                    Value::Null => "null",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    _ => "a string",
+                }
+            )))
+        }
+    };
+    let mut resources = Vec::with_capacity(docs.len());
+    let mut errs = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        match Resource::from_value(doc, None, &format!("document {}", i + 1)) {
+            Ok(r) => resources.push(r),
+            Err(e) => errs.extend(e),
+        }
+    }
+    ferrule_config::document::check_unique(&resources, &mut errs);
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(
+            format!(
+                "nothing applied: {} in {} document{}",
+                count(&errs),
+                docs.len(),
+                if docs.len() == 1 { "" } else { "s" }
+            ),
+            errs,
+        ));
+    }
+    let applied = st.store.run(move |s| s.apply(resources)).await?;
+    Ok(body::json(StatusCode::OK, &applied))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_params() {
+        assert!(matches!(route("/healthz"), Some(Route::Health)));
+        assert!(matches!(
+            route("/v1/services"),
+            Some(Route::Collection(Kind::Service))
+        ));
+        assert!(matches!(
+            route("/v1/endpoints/"),
+            Some(Route::Collection(Kind::Endpoint))
+        ));
+        assert!(
+            matches!(route("/v1/services/echo"), Some(Route::Item(Kind::Service, ref n)) if n == "echo")
+        );
+        assert!(route("/v1/widgets").is_none());
+        assert!(route("/v1/services/a/b").is_none());
+        assert!(route("/").is_none());
+        assert_eq!(revision_param(Some("revision=7")).unwrap(), Some(7));
+        assert_eq!(revision_param(None).unwrap(), None);
+        assert!(revision_param(Some("revision=x")).is_err());
+        assert!(revision_param(Some("rev=1")).is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! Authentication of writes: a bearer token shared by operators, read from a file so that it
+//! never appears in a process listing or shell history.
+
+use std::path::Path;
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use crate::error::ApiError;
+
+/// Reads a token file: the first line, trimmed. An empty file is an error, because an empty
+/// token would quietly accept any `Authorization: Bearer ` header.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// Checks `Authorization: Bearer <token>` against the admin token, if one is configured.
+pub fn check_bearer(expected: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "this control plane requires a token for writes: send `Authorization: Bearer \
+             <token>` (ferrulectl: --token-file or FERRULE_TOKEN_FILE)",
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(p) if constant_time_eq(p.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized(
+            "the bearer token is not valid for this control plane",
+        )),
+        None => Err(ApiError::unauthorized(
+            "the Authorization header must be `Bearer <token>`",
+        )),
+    }
+}
+
+/// Compares in time that depends only on the length of `presented`, so that response timing
+/// does not reveal how many leading bytes of a guess were right.
+fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+    let mut diff = presented.len() ^ expected.len();
+    for (i, b) in presented.iter().enumerate() {
+        let e = expected.get(i).copied().unwrap_or(0);
+        diff |= usize::from(b ^ e);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn bearer_checks() {
+        let mut h = HeaderMap::new();
+        assert!(check_bearer(None, &h).is_ok());
+        assert!(check_bearer(Some("s3cret"), &h).is_err());
+        for (v, ok) in [
+            ("Bearer s3cret", true),
+            ("Bearer s3cre", false),
+            ("Bearer s3cret0", false),
+            ("Bearer ", false),
+            ("Basic s3cret", false),
+        ] {
+            h.insert(AUTHORIZATION, HeaderValue::from_static(v));
+            assert_eq!(check_bearer(Some("s3cret"), &h).is_ok(), ok, "{v}");
+        }
+    }
+}

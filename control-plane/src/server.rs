@@ -1,0 +1,260 @@
+//! The server: opens the store, binds the listener, serves HTTP/1.1 and prior-knowledge h2c on
+//! the same port (the API for operators and `curl`, the push streams for sidecars), runs the
+//! snapshot builder and lease expiry, and shuts down cleanly.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::leases::Leases;
+use crate::proxies::Proxies;
+use crate::snapshot::{self, Published};
+use crate::store::{Store, StoreError};
+
+/// A request must send its headers within this long: a client that connects and stalls
+/// would otherwise hold a connection (and a file descriptor) forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings find push streams whose sidecar vanished without closing its socket.
+const H2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// How long in-flight requests get to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory holding `ferrule.redb`; created if missing.
+    pub data_dir: PathBuf,
+    /// Token that writes must present as `Authorization: Bearer`; writes are open if `None`.
+    pub admin_token: Option<String>,
+    /// How long a sidecar's endpoint lease lasts without a heartbeat.
+    pub lease_ttl: Duration,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    /// The store could not be opened or read.
+    #[error("cannot open store {0}: {1}")]
+    Store(PathBuf, StoreError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The lease TTL is too short to be useful.
+    #[error("lease TTL {0:?} is too short (minimum 30ms)")]
+    LeaseTtl(Duration),
+}
+
+/// What every request handler and push stream shares.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) store: Arc<Store>,
+    pub(crate) leases: Arc<Leases>,
+    pub(crate) proxies: Proxies,
+    pub(crate) snapshots: watch::Receiver<Arc<Published>>,
+    pub(crate) admin_token: Option<String>,
+    /// Becomes true when the server shuts down; push streams end on it.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// A bound, not yet running, control plane.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: Arc<State>,
+    snapshots: watch::Sender<Arc<Published>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Opens the store, loads the leases and the first snapshot, and binds the listener.
+    pub async fn bind(config: Config) -> Result<Server, StartError> {
+        if config.lease_ttl < Duration::from_millis(30) {
+            return Err(StartError::LeaseTtl(config.lease_ttl));
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        let path = config.data_dir.join("ferrule.redb");
+        let store_err = |e| StartError::Store(path.clone(), e);
+        let store = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))
+                .and_then(|r| r)
+                .map_err(store_err)?
+        };
+        let store = Arc::new(store);
+        // Every stored lease gets a fresh deadline: sidecars reconnect within the TTL, so a
+        // control-plane restart does not make their endpoints flap.
+        let leases = Leases::load(Arc::clone(&store), config.lease_ttl, Instant::now())
+            .map_err(store_err)?;
+        let heartbeat = leases.heartbeat_interval();
+        let first = store
+            .run(move |s| Published::build(s, heartbeat))
+            .await
+            .map_err(store_err)?;
+        tracing::info!(
+            path = %path.display(),
+            revision = first.version,
+            leases = leases.len(),
+            "store opened"
+        );
+        let (snapshots, snapshots_rx) = watch::channel(Arc::new(first));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.listen, e))?;
+        let state = Arc::new(State {
+            store,
+            leases: Arc::new(leases),
+            proxies: Proxies::default(),
+            snapshots: snapshots_rx,
+            admin_token: config.admin_token,
+            shutdown: shutdown_rx,
+        });
+        Ok(Server {
+            listener,
+            local_addr,
+            state,
+            snapshots,
+            shutdown,
+        })
+    }
+
+    /// The address actually bound (with the real port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `signal` completes, then stops accepting, ends the push streams (sidecars
+    /// reconnect to whichever control plane comes back) and gives in-flight requests a short
+    /// grace period. Every acknowledged write is already on disk, so nothing is lost.
+    pub async fn run(self, signal: impl Future<Output = ()>) {
+        let Server {
+            listener,
+            local_addr,
+            state,
+            snapshots,
+            shutdown,
+        } = self;
+        let store_closed = state.store.on_close();
+        tokio::spawn(snapshot::run_builder(
+            Arc::clone(&state.store),
+            snapshots,
+            state.leases.heartbeat_interval(),
+            shutdown.subscribe(),
+        ));
+        tokio::spawn(Arc::clone(&state.leases).run_expiry(shutdown.subscribe()));
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(H2_KEEPALIVE)
+            .keep_alive_timeout(H2_KEEPALIVE);
+        let builder = Arc::new(builder);
+
+        // Each connection task holds a clone of `alive`; when all are gone, `done` resolves.
+        let (alive, mut done) = mpsc::channel::<()>(1);
+        tokio::pin!(signal);
+        tracing::info!(addr = %local_addr, "serving");
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = &mut signal => break,
+                r = listener.accept() => match r {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Typically EMFILE: back off instead of spinning on the error.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(serve_connection(
+                Arc::clone(&builder),
+                Arc::clone(&state),
+                tcp,
+                peer,
+                alive.clone(),
+            ));
+        }
+
+        tracing::info!("shutting down");
+        drop(listener);
+        shutdown.send_replace(true);
+        drop(alive);
+        drop(state);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        if tokio::time::timeout_at(deadline, done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not finish within the grace period");
+        }
+        // Every task holding the store ends on the shutdown signal; waiting for the file to
+        // close lets a caller reopen the same data directory as soon as `run` returns.
+        if tokio::time::timeout_at(deadline, store_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the store is still in use after the grace period");
+        }
+    }
+}
+
+/// Completes once `rx` turns true (or its sender is gone). The guard `wait_for` returns is
+/// dropped here, so callers stay `Send` across the await.
+pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn serve_connection(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    _alive: mpsc::Sender<()>,
+) {
+    let mut shutdown = state.shutdown.clone();
+    let svc = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(crate::api::handle(state, req, peer).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = until_shutdown(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

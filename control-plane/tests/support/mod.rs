@@ -1,0 +1,281 @@
+//! Test harness: an in-process control plane on 127.0.0.1:0 over a temporary directory, an
+//! HTTP/1.1 API client, and a push-stream client speaking h2c like a sidecar.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferrule_config::push::{take_lines, to_line, ControlMessage, ProxyMessage};
+use ferrule_config::Snapshot;
+use ferrule_control::body::ChannelBody;
+use ferrule_control::{Config, Server};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// A unique directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "ferrule-it-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl ControlPlane {
+    pub async fn start(dir: &Path, token: Option<&str>, lease_ttl: Duration) -> ControlPlane {
+        let server = Server::bind(Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.to_owned(),
+            admin_token: token.map(str::to_owned),
+            lease_ttl,
+        })
+        .await
+        .expect("control plane starts");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        ControlPlane {
+            addr,
+            token: token.map(str::to_owned),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the server and waits until it has shut down.
+    pub async fn stop(mut self) {
+        let started = Instant::now();
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("server stops in time")
+            .unwrap();
+        eprintln!("control plane stopped in {:?}", started.elapsed());
+    }
+
+    /// A request with the admin token (if any).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        request(self.addr, method, path, body, self.token.as_deref()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None).await
+    }
+}
+
+/// Sends one HTTP/1.1 request; a JSON answer is parsed, any other is returned as a string.
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
+    let resp = client
+        .request(req.body(Full::new(Bytes::from(bytes))).unwrap())
+        .await
+        .expect("request succeeds");
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = if is_json {
+        serde_json::from_slice(&bytes).expect("valid JSON")
+    } else {
+        Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    (status, value)
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A snapshot push as received.
+#[derive(Debug, Clone)]
+pub struct Push {
+    pub version: u64,
+    pub nonce: String,
+    pub heartbeat_ms: u64,
+    pub snapshot: Snapshot,
+}
+
+impl Push {
+    pub fn has_endpoint(&self, name: &str) -> bool {
+        self.snapshot.endpoints.iter().any(|e| e.name == name)
+    }
+
+    pub fn has_service(&self, name: &str) -> bool {
+        self.snapshot.services.iter().any(|s| s.name == name)
+    }
+}
+
+/// A sidecar's end of the push stream, over HTTP/2 with prior knowledge.
+pub struct Sidecar {
+    tx: mpsc::Sender<Bytes>,
+    pub pushes: mpsc::UnboundedReceiver<Push>,
+    conn: JoinHandle<()>,
+    reader: JoinHandle<()>,
+}
+
+impl Sidecar {
+    pub async fn connect(addr: SocketAddr) -> Sidecar {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("h2 handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let (tx, body) = ChannelBody::channel(16);
+        let req = Request::post(format!("http://{addr}/v1/stream"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("stream opens");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let (push_tx, pushes) = mpsc::unbounded_channel();
+        let mut body = resp.into_body();
+        let reader = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                buf.extend_from_slice(&data);
+                for line in take_lines(&mut buf) {
+                    let ControlMessage::Snapshot {
+                        version,
+                        nonce,
+                        snapshot,
+                        heartbeat_ms,
+                    } = serde_json::from_slice(&line).expect("a control message");
+                    let snapshot = Snapshot::from_value(&snapshot).expect("a valid snapshot");
+                    assert_eq!(snapshot.version, version);
+                    let _ = push_tx.send(Push {
+                        version,
+                        nonce,
+                        heartbeat_ms,
+                        snapshot,
+                    });
+                }
+            }
+        });
+        Sidecar {
+            tx,
+            pushes,
+            conn,
+            reader,
+        }
+    }
+
+    pub async fn send(&self, msg: &ProxyMessage) {
+        self.tx
+            .send(Bytes::from(to_line(msg)))
+            .await
+            .expect("stream open");
+    }
+
+    /// Waits for a push that satisfies `pred`, skipping others.
+    pub async fn push_where(&mut self, what: &str, pred: impl Fn(&Push) -> bool) -> Push {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, self.pushes.recv()).await {
+                Ok(Some(p)) if pred(&p) => return p,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("stream ended while waiting for {what}"),
+                Err(_) => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    /// Drops the connection without a goodbye, like a sidecar killed with SIGKILL.
+    pub fn crash(self) {
+        self.conn.abort();
+        self.reader.abort();
+    }
+}
+
+pub fn hello(proxy: &str, service: &str, endpoint: Option<(&str, u16)>) -> ProxyMessage {
+    ProxyMessage::Hello {
+        proxy: proxy.into(),
+        service: service.into(),
+        endpoint: endpoint.map(|(name, port)| {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "service": service, "address": format!("127.0.0.1:{port}"), "sidecar": true
+            }))
+            .unwrap()
+        }),
+        version: 0,
+    }
+}
