@@ -75,6 +75,8 @@ pub enum Command {
     },
     /// Show the control plane's version and every connected proxy.
     Status,
+    /// Run a demo mesh on loopback: control plane, three services with sidecars, traffic.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Output formats of `get`.
@@ -117,6 +119,10 @@ impl std::fmt::Display for CliError {
 /// Parses the command line, runs it, prints the outcome; the entry point of the binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Demo(demo) = args.command {
+        // Long-running, with its own runtime and live output.
+        return crate::demo::main(demo);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -164,6 +170,7 @@ pub async fn run(args: Args, out: &mut Vec<u8>) -> Result<(), CliError> {
             Ok(())
         }
         Command::Status => status(&api, out).await,
+        Command::Demo(_) => Err(CliError::new("`demo` runs from the command line only")),
     }
 }
 

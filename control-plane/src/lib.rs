@@ -13,6 +13,7 @@
 //! - [`leases`]: endpoints registered by sidecars, renewed by heartbeat, removed on expiry.
 //! - [`body`]: response bodies (buffered JSON, and the streaming body of the push stream).
 //! - [`cli`]: `ferrulectl`, the operator CLI over the API.
+//! - [`demo`]: `ferrulectl demo`, a whole mesh on loopback in one command.
 //!
 //! # Consistency model
 //! Every write is one redb transaction committed with fsync before its HTTP response is sent,
@@ -24,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod cli;
+pub mod demo;
 pub mod error;
 pub mod leases;
 pub mod proxies;

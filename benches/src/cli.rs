@@ -1,0 +1,189 @@
+//! The command line: the `upstream`, `load` and `run` subcommands, their flags and defaults,
+//! and the duration syntax (`500ms`, `2s`, `1.5m`) the flags accept.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load benchmarks for Ferrule: direct vs through one and two sidecars.
+#[derive(Debug, Parser)]
+#[command(name = "ferrule-bench", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Serve a fixed body over HTTP/1.1 and prior-knowledge h2c (the benchmark's application).
+    Upstream(UpstreamArgs),
+    /// Generate load against one URL and report throughput, errors and latency percentiles.
+    Load(LoadArgs),
+    /// Start upstream, control plane and two sidecars and measure direct vs 1 vs 2 sidecars.
+    ///
+    /// Needs the release binaries next to this executable: run `cargo build --release
+    /// --workspace` first, or use `benches/run.sh`, which does both.
+    Run(RunArgs),
+}
+
+/// Flags of `ferrule-bench upstream`.
+#[derive(Debug, Args)]
+pub(crate) struct UpstreamArgs {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) listen: SocketAddr,
+    /// Size in bytes of the body every response carries.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) body_size: usize,
+}
+
+/// Flags of `ferrule-bench load`.
+#[derive(Debug, Args)]
+pub(crate) struct LoadArgs {
+    /// URL to request (`http://IP:PORT/path`); every request is a GET of this URL.
+    #[arg(long)]
+    pub(crate) url: String,
+    /// Value of the Host header (HTTP/1.1) or :authority (h2); defaults to the URL's authority.
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// Open loop: requests per second, sent on a fixed schedule whatever the responses do.
+    #[arg(
+        long,
+        required_unless_present = "closed_loop",
+        conflicts_with = "closed_loop"
+    )]
+    pub(crate) rate: Option<f64>,
+    /// Closed loop: every connection sends its next request as soon as the last one finished.
+    #[arg(long)]
+    pub(crate) closed_loop: bool,
+    /// TCP connections [default: 32 open loop, 64 closed loop].
+    #[arg(long)]
+    pub(crate) connections: Option<usize>,
+    /// With --http2: requests in flight at once on each connection.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) streams: usize,
+    /// How long to measure, after the warmup (e.g. `20s`, `500ms`, `1m`).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// How long to send load before measuring (warms connections, caches, allocators).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) warmup: Duration,
+    /// Per-request timeout; a request that takes longer counts as a transport error.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Speak prior-knowledge HTTP/2 (h2c) and multiplex requests on each connection.
+    #[arg(long)]
+    pub(crate) http2: bool,
+    /// Print one JSON object instead of the human-readable summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Allow a URL whose address is not loopback (refused by default so that a typo cannot
+    /// point a load generator at someone else's server).
+    #[arg(long)]
+    pub(crate) allow_non_loopback: bool,
+}
+
+/// Flags of `ferrule-bench run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Short runs at a low rate, to check that the harness works (CI); numbers mean little.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Open-loop rate in requests per second [default: 1000; 200 with --quick].
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Measured duration of every run [default: 20s; 2s with --quick].
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) duration: Option<Duration>,
+    /// Warmup before every run [default: 2s; 500ms with --quick].
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) warmup: Option<Duration>,
+    /// Connections of the open-loop runs.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) connections: usize,
+    /// Connections of the closed-loop (max throughput) runs.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) max_connections: usize,
+    /// Size of the upstream's response body in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) body_size: usize,
+    /// Directory for the JSON and markdown results and the children's logs
+    /// [default: target/bench-results, next to the release directory].
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Directory holding ferrule-proxy, ferrule-control and ferrulectl
+    /// [default: the directory of this executable].
+    #[arg(long)]
+    pub(crate) bin_dir: Option<PathBuf>,
+}
+
+/// Parses a duration: a number followed by `h`, `m`/`min`, `s` (the default), `ms` or `us`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic() || c == 'µ')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try `20s`, `500ms` or `1m`)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}` (use h, m, s, ms or us)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("`{text}` is not a non-negative, finite duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn bad_durations_are_rejected() {
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 weeks").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn rate_and_closed_loop_are_exclusive() {
+        let both = Cli::try_parse_from([
+            "ferrule-bench",
+            "load",
+            "--url",
+            "http://127.0.0.1:1/",
+            "--rate",
+            "10",
+            "--closed-loop",
+        ]);
+        assert!(both.is_err());
+        let neither =
+            Cli::try_parse_from(["ferrule-bench", "load", "--url", "http://127.0.0.1:1/"]);
+        assert!(neither.is_err());
+    }
+}
