@@ -160,6 +160,24 @@ async fn http1_and_h2c_cross_two_sidecars() {
     assert!(seen["headers"].get("keep-alive").is_none(), "{seen}");
     assert_eq!(seen["headers"]["x-kept"], "yes");
 
+    // An endpoint registered through the API, with no sidecar in front of it: the client
+    // sidecar talks to the app directly, in the service's protocol.
+    let plain = echo_app("plain-app").await;
+    cp.apply(&format!(
+        "kind: Service\nname: plain\nprotocol: http\n---\nkind: Endpoint\nname: plain-1\nservice: plain\naddress: {}\n",
+        plain.addr
+    ));
+    client.wait_endpoints("plain", 1).await;
+    let (status, _, body) = TestClient::http2()
+        .get(&format!("http://{out}/direct"), Some("plain"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen = json(&body);
+    assert_eq!(seen["app"], "plain-app");
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["host"], "plain");
+
     // Proxy-made responses say why.
     let (status, headers, body) = TestClient::http1()
         .get(&format!("http://{out}/"), Some("nope"))

@@ -58,7 +58,7 @@ pub fn load_persisted(policy: &Policy, data_dir: &Path) -> bool {
                 version = snap.version,
                 "serving the persisted snapshot until the control plane answers"
             );
-            policy.apply(snap, "disk");
+            policy.apply(Arc::new(snap), "disk");
             true
         }
         Err(e) => {
@@ -77,6 +77,22 @@ fn persist(data_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, data_dir.join(SNAPSHOT_FILE))?;
     Ok(())
+}
+
+/// Writes each applied snapshot to disk on a blocking thread, latest first: an fsync must not
+/// stall a runtime worker that also serves requests, and if snapshots arrive faster than the
+/// disk takes them, only the newest matters.
+async fn persister(data_dir: PathBuf, mut rx: watch::Receiver<Option<Arc<Snapshot>>>) {
+    while rx.changed().await.is_ok() {
+        let Some(snap) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let dir = data_dir.clone();
+        let res = tokio::task::spawn_blocking(move || persist(&dir, &snap)).await;
+        if let Ok(Err(e)) = res {
+            tracing::warn!(error = %e, dir = %data_dir.display(), "cannot persist the snapshot; a restart without the control plane would start empty");
+        }
+    }
 }
 
 /// A request body fed from a channel: the proxy's half of the push stream.
@@ -104,6 +120,22 @@ pub async fn run(
     data_dir: PathBuf,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (persist_tx, persist_rx) = watch::channel(None);
+    let persist_task = tokio::spawn(persister(data_dir, persist_rx));
+    run_sessions(control_plane, reg, policy, life, &persist_tx, &mut stop).await;
+    // Let the last snapshot reach the disk before the process exits.
+    drop(persist_tx);
+    let _ = persist_task.await;
+}
+
+async fn run_sessions(
+    control_plane: Uri,
+    reg: Registration,
+    policy: Arc<Policy>,
+    life: Arc<Lifecycle>,
+    persist: &watch::Sender<Option<Arc<Snapshot>>>,
+    stop: &mut watch::Receiver<bool>,
+) {
     let mut failures: u32 = 0;
     loop {
         let session = Session {
@@ -111,9 +143,9 @@ pub async fn run(
             reg: &reg,
             policy: &policy,
             life: &life,
-            data_dir: &data_dir,
+            persist,
         };
-        let res = session.run(&mut stop).await;
+        let res = session.run(stop).await;
         life.connected.store(false, Ordering::Relaxed);
         policy.metrics.control_plane_connected.set(0);
         match res {
@@ -156,7 +188,7 @@ struct Session<'a> {
     reg: &'a Registration,
     policy: &'a Arc<Policy>,
     life: &'a Arc<Lifecycle>,
-    data_dir: &'a Path,
+    persist: &'a watch::Sender<Option<Arc<Snapshot>>>,
 }
 
 impl Session<'_> {
@@ -321,9 +353,8 @@ impl Session<'_> {
                 "control plane sent an older version (was its store reset?); applying it"
             );
         }
-        if let Err(e) = persist(self.data_dir, &snap) {
-            tracing::warn!(error = %e, dir = %self.data_dir.display(), "cannot persist the snapshot; a restart without the control plane would start empty");
-        }
+        let snap = Arc::new(snap);
+        self.persist.send_replace(Some(snap.clone()));
         self.policy.apply(snap, "control-plane");
         tracing::info!(version, "applied policy snapshot");
         ProxyMessage::Ack { version, nonce }

@@ -176,7 +176,12 @@ impl Tables {
     }
 
     /// Compiles a validated snapshot, reusing `prev`'s per-endpoint state where unchanged.
-    pub fn compile(snap: Snapshot, prev: &Tables, local_service: &str, metrics: &Metrics) -> Self {
+    pub fn compile(
+        snap: Arc<Snapshot>,
+        prev: &Tables,
+        local_service: &str,
+        metrics: &Metrics,
+    ) -> Self {
         let mut upstreams = HashMap::new();
         let mut cursors = HashMap::new();
         let protocols: HashMap<&str, Protocol> = snap
@@ -320,7 +325,7 @@ impl Tables {
         let local = services.get(local_service).cloned();
         Tables {
             version: snap.version,
-            snapshot: Some(Arc::new(snap)),
+            snapshot: Some(snap),
             services,
             local,
             upstreams,
@@ -380,7 +385,7 @@ impl Policy {
     }
 
     /// Compiles and swaps in a validated snapshot.
-    pub fn apply(&self, snap: Snapshot, source: &'static str) {
+    pub fn apply(&self, snap: Arc<Snapshot>, source: &'static str) {
         let prev = self.current.load_full();
         let version = snap.version;
         let tables = Tables::compile(snap, &prev, &self.local_service, &self.metrics);
@@ -404,5 +409,90 @@ impl Policy {
     /// Status for the admin endpoint.
     pub fn status(&self) -> PolicyStatus {
         self.status.lock().expect("status lock poisoned").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrule_config::parse_documents;
+
+    fn snapshot(version: u64, yaml: &str) -> Arc<Snapshot> {
+        let mut snap = Snapshot {
+            version,
+            ..Default::default()
+        };
+        for r in parse_documents(yaml, "test").unwrap() {
+            match r {
+                ferrule_config::Resource::Service(s) => snap.services.push(s),
+                ferrule_config::Resource::Endpoint(e) => snap.endpoints.push(e),
+            }
+        }
+        Arc::new(snap)
+    }
+
+    const TWO: &str = "kind: Service\nname: echo\ntrafficPolicy: {loadBalancer: round_robin}\n---\nkind: Endpoint\nname: a\nservice: echo\naddress: 127.0.0.1:1001\n---\nkind: Endpoint\nname: b\nservice: echo\naddress: 127.0.0.1:1002\n";
+
+    fn upstream_of(t: &Tables, addr: &str) -> Arc<Upstream> {
+        t.upstreams[&addr.parse::<SocketAddr>().unwrap()].clone()
+    }
+
+    #[test]
+    fn reload_keeps_state_of_unchanged_endpoints() {
+        let m = Metrics::new();
+        let first = Tables::compile(snapshot(1, TWO), &Tables::empty(&m), "echo", &m);
+        let cursor = first.cursors.values().next().unwrap().clone();
+        cursor.store(7, std::sync::atomic::Ordering::Relaxed);
+
+        // b changes labels, c is new, a is unchanged.
+        let next_yaml = TWO.replace(
+            "address: 127.0.0.1:1002\n",
+            "address: 127.0.0.1:1002\nlabels: {v: x}\n",
+        )
+            + "---\nkind: Endpoint\nname: c\nservice: echo\naddress: 127.0.0.1:1003\n";
+        let second = Tables::compile(snapshot(2, &next_yaml), &first, "echo", &m);
+        assert!(Arc::ptr_eq(
+            &upstream_of(&first, "127.0.0.1:1001"),
+            &upstream_of(&second, "127.0.0.1:1001")
+        ));
+        assert!(Arc::ptr_eq(
+            &upstream_of(&first, "127.0.0.1:1002"),
+            &upstream_of(&second, "127.0.0.1:1002")
+        ));
+        assert_eq!(second.upstreams.len(), 3);
+        let svc = second.service("echo").unwrap();
+        let route = svc.route(&Request::new(())).unwrap();
+        let balancer = &route.pick_backend().balancer;
+        assert_eq!(balancer.members().len(), 3);
+        assert!(
+            Arc::ptr_eq(balancer.cursor(), &cursor),
+            "round-robin position was reset"
+        );
+        assert_eq!(second.local.as_ref().map(|s| &*s.name), Some("echo"));
+    }
+
+    #[test]
+    fn routes_match_in_order_with_segment_aware_prefixes() {
+        let m = Metrics::new();
+        let yaml = "kind: Service\nname: echo\nroutes:\n  - name: exact\n    match: {pathExact: /x}\n  - name: v2\n    match: {pathPrefix: /v2, method: POST, headers: {x-canary: 'yes'}}\n  - name: api\n    match: {pathPrefix: /api/}\n";
+        let t = Tables::compile(snapshot(1, yaml), &Tables::empty(&m), "none", &m);
+        let svc = t.service("echo").unwrap();
+        let name = |method: &str, path: &str, canary: bool| {
+            let mut b = Request::builder().method(method).uri(path);
+            if canary {
+                b = b.header("x-canary", "yes");
+            }
+            svc.route(&b.body(()).unwrap())
+                .ok()
+                .and_then(|r| r.name.as_deref().map(str::to_owned))
+        };
+        assert_eq!(name("GET", "/x", false).as_deref(), Some("exact"));
+        assert_eq!(name("POST", "/v2/a", true).as_deref(), Some("v2"));
+        assert_eq!(name("POST", "/v2", true).as_deref(), Some("v2"));
+        assert_eq!(name("POST", "/v20", true), None);
+        assert_eq!(name("GET", "/v2", true), None);
+        assert_eq!(name("POST", "/v2", false), None);
+        assert_eq!(name("GET", "/api/users", false).as_deref(), Some("api"));
+        assert_eq!(name("GET", "/x/y", false), None);
     }
 }
