@@ -24,7 +24,8 @@ pub enum Protocol {
     Http2,
     /// gRPC: HTTP/2 with trailers.
     Grpc,
-    /// Opaque TCP: reached through `CONNECT` on the outbound listener in explicit mode.
+    /// Opaque TCP. Accepted in policy now; sidecars carry it once transparent interception
+    /// lands (explicit mode only proxies HTTP).
     Tcp,
     /// The protocol of each request is kept as the client sent it.
     #[default]

@@ -2,7 +2,8 @@
 //!
 //! `GET` answers a JSON description of the request as the app saw it (HTTP version, host,
 //! path, headers), so a test can check what crossed the sidecars; other methods echo the
-//! request body back, streamed. Every response carries `x-app: <name>`.
+//! request body back, streamed. `/slow/<ms>` answers after a delay. Every response carries
+//! `x-app: <name>`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,6 +60,15 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody<Bytes, hyper::Error>>, Infallible> {
     let builder = Response::builder().header("x-app", &*name);
+    // `/slow/<ms>` answers after that many milliseconds (for timeout tests).
+    if let Some(ms) = req
+        .uri()
+        .path()
+        .strip_prefix("/slow/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.min(30_000))).await;
+    }
     if req.method() == Method::GET || req.method() == Method::HEAD {
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers()

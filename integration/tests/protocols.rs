@@ -178,6 +178,44 @@ async fn http1_and_h2c_cross_two_sidecars() {
     assert_eq!(seen["version"], "HTTP/1.1");
     assert_eq!(seen["host"], "plain");
 
+    // A route's timeout answers 504 when the app is slower; other paths match no route.
+    cp.apply(
+        "kind: Service\nname: echo\nprotocol: http\nroutes:\n  - match: { pathPrefix: /slow }\n    timeout: 200ms\n  - match: { pathPrefix: /hyper }\n",
+    );
+    let url = format!("http://{}/config", client.admin);
+    ferrule_integration::eventually(
+        std::time::Duration::from_secs(10),
+        "timeout route applied",
+        || {
+            let url = url.clone();
+            async move {
+                let (_, _, body) = ferrule_integration::client::get(&url, None).await;
+                String::from_utf8_lossy(&body).contains("200ms")
+            }
+        },
+    )
+    .await;
+    let c = TestClient::http1();
+    let started = std::time::Instant::now();
+    let (status, headers, _) = c
+        .get(&format!("http://{out}/slow/2000"), Some("echo"))
+        .await
+        .unwrap();
+    assert_eq!(status, 504);
+    assert_eq!(headers["ferrule-error"], "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+    let (status, _, _) = c
+        .get(&format!("http://{out}/slow/10"), Some("echo"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, headers, _) = c
+        .get(&format!("http://{out}/elsewhere"), Some("echo"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(headers["ferrule-error"], "no-route");
+
     // Proxy-made responses say why.
     let (status, headers, body) = TestClient::http1()
         .get(&format!("http://{out}/"), Some("nope"))
