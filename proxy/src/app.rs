@@ -64,6 +64,10 @@ pub struct Args {
     /// Time a client has to send a complete request head (slowloris protection).
     #[arg(long, env = "FERRULE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// Worker threads; 1 runs everything on one thread, which suits a sidecar that shares its
+    /// pod's CPU with the app (no cross-thread wakeups, no idle workers spinning).
+    #[arg(long, env = "FERRULE_THREADS", default_value_t = 1)]
+    pub threads: usize,
     /// Log format: `text` or `json`.
     #[arg(long, env = "FERRULE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -61,8 +61,9 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     req.headers().get(header::HOST)?.to_str().ok()
 }
 
-/// The host part of an authority, lower-cased, without port or userinfo.
-pub fn host_of(authority: &str) -> String {
+/// The host part of an authority, lower-cased, without port or userinfo. Borrowed when it is
+/// already lower case, as nearly every host is, to keep an allocation off the request path.
+pub fn host_of(authority: &str) -> std::borrow::Cow<'_, str> {
     let a = authority.rsplit('@').next().unwrap_or(authority);
     let host = if let Some(rest) = a.strip_prefix('[') {
         // IPv6 literal: keep the brackets' content.
@@ -70,7 +71,11 @@ pub fn host_of(authority: &str) -> String {
     } else {
         a.split(':').next().unwrap_or(a)
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 /// Whether the request is gRPC (then proxy errors are reported as gRPC statuses).

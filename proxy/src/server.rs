@@ -50,8 +50,7 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(1024)
         .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .adaptive_window(true);
+        .keep_alive_timeout(Duration::from_secs(10));
     b
 }
 

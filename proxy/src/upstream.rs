@@ -256,7 +256,6 @@ impl Upstream {
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true)
-            .adaptive_window(true)
             .handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake {
