@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Load benchmarks for Ferrule: direct vs through one and two sidecars.
+use crate::protocol::Protocol;
+use crate::target::TargetKey;
+
+/// Load benchmarks for Ferrule: direct, through sidecars, and through HAProxy and nginx.
 #[derive(Debug, Parser)]
 #[command(name = "ferrule-bench", version, about, long_about = None)]
 pub(crate) struct Cli {
@@ -23,7 +26,8 @@ pub(crate) enum Command {
     Upstream(UpstreamArgs),
     /// Generate load against one URL and report throughput, errors and latency percentiles.
     Load(LoadArgs),
-    /// Start upstream, control plane and two sidecars and measure direct vs 1 vs 2 sidecars.
+    /// Measure every target (direct, Ferrule, nginx, HAProxy; 1 and 2 hops, TLS between hops)
+    /// over HTTP/1.1, HTTP/2 and gRPC, plus the control plane's fan-out.
     ///
     /// Needs the release binaries next to this executable: run `cargo build --release
     /// --workspace` first, or use `benches/run.sh`, which does both.
@@ -44,7 +48,8 @@ pub(crate) struct UpstreamArgs {
 /// Flags of `ferrule-bench load`.
 #[derive(Debug, Args)]
 pub(crate) struct LoadArgs {
-    /// URL to request (`http://IP:PORT/path`); every request is a GET of this URL.
+    /// URL to request (`http://IP:PORT/path`): a GET of it (HTTP/1.1, HTTP/2) or a unary
+    /// call to its path (gRPC).
     #[arg(long)]
     pub(crate) url: String,
     /// Value of the Host header (HTTP/1.1) or :authority (h2); defaults to the URL's authority.
@@ -63,7 +68,7 @@ pub(crate) struct LoadArgs {
     /// TCP connections [default: 32 open loop, 64 closed loop].
     #[arg(long)]
     pub(crate) connections: Option<usize>,
-    /// With --http2: requests in flight at once on each connection.
+    /// HTTP/2 and gRPC: requests in flight at once on each connection.
     #[arg(long, default_value_t = 8)]
     pub(crate) streams: usize,
     /// How long to measure, after the warmup (e.g. `20s`, `500ms`, `1m`).
@@ -75,9 +80,10 @@ pub(crate) struct LoadArgs {
     /// Per-request timeout; a request that takes longer counts as a transport error.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
-    /// Speak prior-knowledge HTTP/2 (h2c) and multiplex requests on each connection.
-    #[arg(long)]
-    pub(crate) http2: bool,
+    /// `http1` (keep-alive), `http2` (h2c with prior knowledge, requests multiplexed on each
+    /// connection) or `grpc` (unary calls over h2c; ok only with grpc-status 0).
+    #[arg(long, default_value = "http1")]
+    pub(crate) protocol: Protocol,
     /// Print one JSON object instead of the human-readable summary.
     #[arg(long)]
     pub(crate) json: bool,
@@ -90,25 +96,58 @@ pub(crate) struct LoadArgs {
 /// Flags of `ferrule-bench run`.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Short runs at a low rate, to check that the harness works (CI); numbers mean little.
+    /// Every target and protocol for ~2 s at a low rate, and the fan-out at N=100: checks that
+    /// the harness works (CI); the numbers mean little.
     #[arg(long)]
     pub(crate) quick: bool,
-    /// Open-loop rate in requests per second [default: 1000; 200 with --quick].
-    #[arg(long)]
-    pub(crate) rate: Option<f64>,
-    /// Measured duration of every run [default: 20s; 2s with --quick].
+    /// Targets to measure, comma-separated [default: all]: direct, ferrule-1, ferrule-2,
+    /// nginx-1, nginx-2, nginx-2-tls, haproxy-1, haproxy-2, haproxy-2-tls (ferrule-2-mtls is
+    /// listed as not run until mTLS lands).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) targets: Vec<TargetKey>,
+    /// Protocols, comma-separated [default: all]: http1, http2, grpc.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) protocols: Vec<Protocol>,
+    /// Open-loop rates in requests per second, comma-separated [default: 1000,5000; 200 with
+    /// --quick].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) rates: Vec<f64>,
+    /// Measured duration of every open-loop run [default: 15s; 2s with --quick].
     #[arg(long, value_parser = parse_duration)]
     pub(crate) duration: Option<Duration>,
+    /// Measured duration of every closed-loop (max throughput) run [default: 10s; 1s with
+    /// --quick].
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) max_duration: Option<Duration>,
     /// Warmup before every run [default: 2s; 500ms with --quick].
     #[arg(long, value_parser = parse_duration)]
     pub(crate) warmup: Option<Duration>,
-    /// Connections of the open-loop runs.
+    /// Requests in flight in the open-loop runs: HTTP/1.1 connections, or HTTP/2 streams
+    /// spread over connections of --streams each.
     #[arg(long, default_value_t = 32)]
     pub(crate) connections: usize,
-    /// Connections of the closed-loop (max throughput) runs.
+    /// Requests in flight in the closed-loop runs (same rule as --connections).
     #[arg(long, default_value_t = 64)]
     pub(crate) max_connections: usize,
-    /// Size of the upstream's response body in bytes.
+    /// HTTP/2 and gRPC: requests multiplexed on each connection.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) streams: usize,
+    /// Worker threads of every proxy in the comparison: nginx worker_processes, HAProxy
+    /// nbthread, ferrule-proxy --threads.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) proxy_threads: usize,
+    /// Control-plane fan-out sizes (simulated proxies), comma-separated [default: 100,1000;
+    /// 100 with --quick].
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) fanout: Vec<usize>,
+    /// Skip the control-plane fan-out.
+    #[arg(long)]
+    pub(crate) no_fanout: bool,
+    /// Do not try `apt-get install haproxy nginx` when they are missing (their rows are then
+    /// left out, and the report says why).
+    #[arg(long)]
+    pub(crate) no_install: bool,
+    /// Size of the upstream's response body (and gRPC reply message) in bytes.
     #[arg(long, default_value_t = 1024)]
     pub(crate) body_size: usize,
     /// Directory for the JSON and markdown results and the children's logs
@@ -185,5 +224,37 @@ mod tests {
         let neither =
             Cli::try_parse_from(["ferrule-bench", "load", "--url", "http://127.0.0.1:1/"]);
         assert!(neither.is_err());
+    }
+
+    #[test]
+    fn run_filters_are_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "ferrule-bench",
+            "run",
+            "--targets",
+            "direct,nginx-2,haproxy-2-tls,ferrule-2",
+            "--protocols",
+            "http1,grpc",
+            "--rates",
+            "1000,5000",
+            "--duration",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not a run")
+        };
+        assert_eq!(
+            args.targets,
+            [
+                TargetKey::Direct,
+                TargetKey::Nginx2,
+                TargetKey::Haproxy2Tls,
+                TargetKey::Ferrule2
+            ]
+        );
+        assert_eq!(args.protocols, [Protocol::Http1, Protocol::Grpc]);
+        assert_eq!(args.rates, [1000.0, 5000.0]);
+        assert!(Cli::try_parse_from(["ferrule-bench", "run", "--targets", "envoy"]).is_err());
     }
 }

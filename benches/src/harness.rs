@@ -1,18 +1,21 @@
 //! `ferrule-bench run`: the measurement plan.
 //!
-//! Starts the stack, then measures every target the same way, in this order (each run after
-//! the previous one, never overlapping, since they share the machine's cores):
+//! Starts the upstream, then whatever the selected targets need (the Ferrule mesh; nginx and
+//! HAProxy, installed first if missing; TLS material), and measures every target the same way,
+//! one run after another (never overlapping: they share the machine's cores):
 //!
-//! 1. a probe request through every target, so a broken path fails the run up front with its
-//!    reason instead of producing a row of errors;
-//! 2. sidecar memory while idle;
-//! 3. open loop at `--rate` for `--duration` against each target (direct, 1 sidecar,
-//!    2 sidecars), sampling the CPU time of every process around each run;
-//! 4. sidecar memory right after the two-sidecar load;
-//! 5. closed loop (maximum throughput) against the targets that ask for it.
+//! 1. every proxy process's memory while idle;
+//! 2. for each protocol: the Ferrule Service switched to it (both sidecars confirm), a probe
+//!    request through every target (a broken path is reported once, and its rows skipped,
+//!    instead of producing rows of errors), then open loop at each rate against each target,
+//!    then closed loop (maximum throughput) against each target — with the CPU time of every
+//!    involved process sampled around each run;
+//! 3. every proxy process's memory at the end (RSS now, and VmHWM: the peak over all runs);
+//! 4. with every load process stopped, the control-plane fan-out at each N (see `fanout`).
 //!
-//! Adding a target (a peer proxy, TLS) means adding it to the list `measure` receives; the plan
-//! and the report need no change.
+//! A row that cannot be measured (a target that fails its probe, a run where not one request
+//! succeeded) is recorded as a failure; the report is written anyway and the command exits
+//! non-zero. Slow numbers are never a failure.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,40 +23,65 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cli::RunArgs;
-use crate::client::{get, Endpoint};
+use crate::client::{once, Endpoint};
+use crate::fanout;
 use crate::load::{self, LoadSpec, Mode};
-use crate::procs::{cpu_seconds, memory};
-use crate::report::{CpuUse, Machine, Measurement, MemoryRow, Report};
-use crate::stack::{poll_until, Binaries, MeshStack};
-use crate::target::Target;
+use crate::peers::{self, Kind, Peer, Plan};
+use crate::procs::{cpu_seconds, memory, Supervisor};
+use crate::protocol::Protocol;
+use crate::report::{
+    CpuUse, Failure, Machine, Measurement, MemoryRow, Report, Skipped, TargetInfo,
+};
+use crate::stack::{poll_until, start_upstream, Binaries, MeshStack, TempDir, Upstream};
+use crate::target::{Charged, Family, Lane, Target, TargetKey};
+use crate::tls;
 use crate::Result;
 
-/// Pause between runs, so that one run's stragglers (closing connections, freed buffers) do
-/// not land in the next.
-const SETTLE: Duration = Duration::from_millis(500);
+/// Why the mTLS row is not measured yet.
+const MTLS_PENDING: &str =
+    "mutual TLS between sidecars is not implemented yet (a later issue); this row is measured \
+     once it lands";
 
 /// The resolved parameters of a harness run (flags with `--quick` and defaults applied).
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Settings {
     /// Short smoke-test runs.
     pub(crate) quick: bool,
-    /// Open-loop rate, requests per second.
-    pub(crate) rate: f64,
-    /// Measured duration of every run, seconds.
+    /// Targets, in report order.
+    pub(crate) targets: Vec<TargetKey>,
+    /// Protocols, in report order.
+    pub(crate) protocols: Vec<Protocol>,
+    /// Open-loop rates, requests per second.
+    pub(crate) rates: Vec<f64>,
+    /// Measured duration of every open-loop run, seconds.
     #[serde(serialize_with = "seconds")]
     pub(crate) duration: Duration,
+    /// Measured duration of every closed-loop run, seconds.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) max_duration: Duration,
     /// Warmup of every run, seconds.
     #[serde(serialize_with = "seconds")]
     pub(crate) warmup: Duration,
     /// Per-request timeout, seconds.
     #[serde(serialize_with = "seconds")]
     pub(crate) timeout: Duration,
-    /// Open-loop connections.
+    /// Open-loop requests in flight.
     pub(crate) connections: usize,
-    /// Closed-loop connections.
+    /// Closed-loop requests in flight.
     pub(crate) max_connections: usize,
+    /// HTTP/2 and gRPC requests per connection.
+    pub(crate) streams: usize,
+    /// Worker threads/processes of every proxy.
+    pub(crate) proxy_threads: usize,
+    /// Fan-out sizes.
+    pub(crate) fanout: Vec<usize>,
+    /// Whether missing peers may be installed with apt-get.
+    pub(crate) install: bool,
     /// Upstream response body size, bytes.
     pub(crate) body_size: usize,
+    /// Pause between runs, seconds.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) settle: Duration,
     /// Where results and logs go.
     #[serde(skip)]
     pub(crate) out: PathBuf,
@@ -68,10 +96,9 @@ fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S
 
 impl Settings {
     fn from_args(args: RunArgs) -> Result<Self> {
-        let (rate, duration, warmup) = if args.quick {
-            (200.0, Duration::from_secs(2), Duration::from_millis(500))
-        } else {
-            (1000.0, Duration::from_secs(20), Duration::from_secs(2))
+        let quick = args.quick;
+        let or = |given: Option<Duration>, full: Duration, short: Duration| {
+            given.unwrap_or(if quick { short } else { full })
         };
         let out = match args.out {
             Some(out) => out,
@@ -82,26 +109,88 @@ impl Settings {
                 .ok_or("cannot derive the default --out directory; pass --out")?
                 .join("bench-results"),
         };
+        let mut targets = if args.targets.is_empty() {
+            TargetKey::ALL.to_vec()
+        } else {
+            args.targets
+        };
+        targets.sort_unstable();
+        targets.dedup();
+        let mut protocols = if args.protocols.is_empty() {
+            Protocol::ALL.to_vec()
+        } else {
+            args.protocols
+        };
+        protocols.sort_unstable();
+        protocols.dedup();
+        let rates = match (args.rates.is_empty(), quick) {
+            (false, _) => args.rates,
+            (true, true) => vec![200.0],
+            (true, false) => vec![1000.0, 5000.0],
+        };
+        if rates.iter().any(|r| r.is_nan() || *r <= 0.0) {
+            return Err("--rates must all be above 0".into());
+        }
+        let fanout = match (args.no_fanout, args.fanout.is_empty(), quick) {
+            (true, _, _) => Vec::new(),
+            (false, false, _) => args.fanout,
+            (false, true, true) => vec![100],
+            (false, true, false) => vec![100, 1000],
+        };
+        if args.proxy_threads == 0 || args.streams == 0 {
+            return Err("--proxy-threads and --streams must be at least 1".into());
+        }
         Ok(Settings {
-            quick: args.quick,
-            rate: args.rate.unwrap_or(rate),
-            duration: args.duration.unwrap_or(duration),
-            warmup: args.warmup.unwrap_or(warmup),
-            timeout: Duration::from_secs(if args.quick { 5 } else { 10 }),
+            quick,
+            targets,
+            protocols,
+            rates,
+            duration: or(
+                args.duration,
+                Duration::from_secs(15),
+                Duration::from_secs(2),
+            ),
+            max_duration: or(
+                args.max_duration,
+                Duration::from_secs(10),
+                Duration::from_secs(1),
+            ),
+            warmup: or(
+                args.warmup,
+                Duration::from_secs(2),
+                Duration::from_millis(500),
+            ),
+            timeout: Duration::from_secs(if quick { 5 } else { 10 }),
             connections: args.connections,
             max_connections: args.max_connections,
+            streams: args.streams,
+            proxy_threads: args.proxy_threads,
+            fanout,
+            install: !args.no_install,
             body_size: args.body_size,
+            settle: Duration::from_millis(if quick { 200 } else { 500 }),
             out,
             bin_dir: args.bin_dir,
         })
+    }
+
+    /// Connections and streams per connection for `in_flight` requests of `protocol`:
+    /// HTTP/1.1 needs a connection per request; h2 multiplexes `streams` per connection.
+    fn connections_for(&self, protocol: Protocol, in_flight: usize) -> (usize, usize) {
+        if protocol.is_h2() {
+            let streams = self.streams.min(in_flight).max(1);
+            (in_flight.div_ceil(streams), streams)
+        } else {
+            (in_flight, 1)
+        }
     }
 }
 
 /// Runs `ferrule-bench run`.
 pub(crate) async fn run_cli(args: RunArgs) -> Result<()> {
     let settings = Settings::from_args(args)?;
-    // A signal becomes an error here so that `run` is dropped and with it the stack, whose
-    // Drop kills every child; dying from the signal itself would leave them running.
+    // A signal becomes an error here so that `run` is dropped and with it the supervisors,
+    // whose Drop kills every child; dying from the signal itself would leave them running.
     tokio::select! {
         result = run(&settings) => result,
         signal = interrupted() => Err(signal?.into()),
@@ -117,115 +206,424 @@ async fn interrupted() -> Result<&'static str> {
     }
 }
 
+/// The command line as typed, quoted for a shell where needed.
+fn command_line() -> String {
+    std::env::args()
+        .map(|arg| {
+            let plain = !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c));
+            if plain {
+                arg
+            } else {
+                format!("'{}'", arg.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The open-files limit the fan-out needs: a socket per simulated proxy plus headroom.
+fn ensure_open_files(fanout: &[usize]) -> Result<()> {
+    let Some(&largest) = fanout.iter().max() else {
+        return Ok(());
+    };
+    let needed = largest as u64 + 1024;
+    // Raise the soft limit to the hard one; children (the control plane) inherit it.
+    let limit = rlimit::increase_nofile_limit(u64::MAX)
+        .map_err(|e| format!("cannot read or raise the open-files limit: {e}"))?;
+    if limit < needed {
+        return Err(format!(
+            "the open-files limit is {limit}, and the fan-out to {largest} proxies needs about \
+             {needed}: raise it (`ulimit -n {needed}`, as root if the hard limit is lower) or \
+             pass smaller --fanout sizes"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 async fn run(settings: &Settings) -> Result<()> {
     let bins = Binaries::locate(settings.bin_dir.as_deref())?;
+    ensure_open_files(&settings.fanout)?;
     let machine = Machine::detect();
     let started_unix_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
     let log_dir = settings.out.join("logs");
-    eprintln!("starting the mesh (logs in {})", log_dir.display());
-    let stack = MeshStack::start(&bins, &log_dir, settings.body_size).await?;
-    let measured = measure(&stack, stack.targets(), settings).await;
-    stack.shutdown().await;
-    let (open_loop, max_throughput, memory) = measured?;
-
-    let report = Report {
+    let dir = TempDir::new()?;
+    let mut report = Report {
         started_unix_s,
+        command: command_line(),
         machine,
         settings: settings.clone(),
-        open_loop,
-        max_throughput,
-        memory,
+        software: Vec::new(),
+        targets: Vec::new(),
+        open_loop: Vec::new(),
+        max_throughput: Vec::new(),
+        memory: Vec::new(),
+        fanout: Vec::new(),
+        skipped: Vec::new(),
+        failures: Vec::new(),
     };
+
+    eprintln!(
+        "starting the system under test (logs in {})",
+        log_dir.display()
+    );
+    let mut supervisor = Supervisor::new(&log_dir)?;
+    let measured = measure_load(&mut supervisor, &bins, &dir, settings, &mut report).await;
+    // Stop every load-path process before the fan-out, which needs the cores to itself.
+    supervisor.shutdown().await;
+    measured?;
+
+    for &n in &settings.fanout {
+        eprintln!("control-plane fan-out to {n} simulated proxies");
+        match fanout::measure(&bins, &log_dir, dir.path(), n).await {
+            Ok(row) => report.fanout.push(row),
+            Err(e) => {
+                eprintln!("  failed: {e}");
+                report.failures.push(Failure {
+                    what: format!("fan-out to {n} proxies"),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+
     let markdown = report.markdown();
     println!("{markdown}");
     let (json_path, md_path) = report.write(&settings.out, &markdown)?;
     eprintln!("wrote {} and {}", json_path.display(), md_path.display());
-    Ok(())
+    if report.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} measurement(s) failed (listed in the report): {}",
+            report.failures.len(),
+            report
+                .failures
+                .iter()
+                .map(|f| f.what.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+        .into())
+    }
 }
 
-/// Everything `run` measures: open-loop rows, max-throughput rows, memory rows.
-type Measured = (Vec<Measurement>, Vec<Measurement>, Vec<MemoryRow>);
+/// Starts everything the targets need and runs every load measurement into `report`.
+async fn measure_load(
+    supervisor: &mut Supervisor,
+    bins: &Binaries,
+    dir: &TempDir,
+    settings: &Settings,
+    report: &mut Report,
+) -> Result<()> {
+    let wanted = &settings.targets;
+    let upstream = start_upstream(supervisor, bins, settings.body_size).await?;
 
-async fn measure(stack: &MeshStack, targets: Vec<Target>, settings: &Settings) -> Result<Measured> {
-    // Processes on every path (or none): reported for context, not charged to a target.
-    let context = [
-        ("upstream".to_string(), stack.upstream_pid),
-        ("load generator".to_string(), std::process::id()),
-        // Off the data path; listed so that unexpected control-plane work under load shows.
-        ("control plane".to_string(), stack.control_pid),
-    ];
-    for target in &targets {
-        probe(target).await?;
+    // Ferrule.
+    if wanted.contains(&TargetKey::Ferrule2Mtls) {
+        report.skipped.push(Skipped {
+            target: TargetKey::Ferrule2Mtls,
+            reason: MTLS_PENDING.into(),
+        });
     }
-    let idle: Vec<_> = stack
-        .sidecars()
+    let ferrule_wanted = wanted
+        .iter()
+        .any(|t| matches!(t, TargetKey::Ferrule1 | TargetKey::Ferrule2));
+    let mut mesh = if ferrule_wanted {
+        let mesh = MeshStack::start(
+            supervisor,
+            bins,
+            &dir.path().join("ferrule"),
+            upstream.addr,
+            settings.proxy_threads,
+            settings.protocols[0],
+        )
+        .await?;
+        report.software.push(match mesh.threads {
+            Some(n) => format!("ferrule-proxy --threads {n}"),
+            None => "ferrule-proxy (no --threads flag in this build: its default)".into(),
+        });
+        Some(mesh)
+    } else {
+        None
+    };
+
+    // Peers: install if needed, then start.
+    let kinds: Vec<Kind> = [Kind::Nginx, Kind::Haproxy]
         .into_iter()
-        .map(|(name, pid)| Ok((name, pid, memory(pid)?)))
+        .filter(|k| k.targets().iter().any(|t| wanted.contains(t)))
+        .collect();
+    let found = peers::ensure_installed(&kinds, settings.install, supervisor.log_dir()).await;
+    let mut available = Vec::new();
+    for kind in kinds {
+        match &found[kind.program()] {
+            Ok(binary) => available.push((kind, binary.clone())),
+            Err(reason) => {
+                eprintln!("  {}: {reason}; its rows are left out", kind.program());
+                for target in kind.targets().into_iter().filter(|t| wanted.contains(t)) {
+                    report.skipped.push(Skipped {
+                        target,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let tls = if available.iter().any(|(kind, _)| {
+        kind.targets()
+            .iter()
+            .any(|t| t.uses_tls() && wanted.contains(t))
+    }) {
+        Some(tls::generate(&dir.path().join("tls"))?)
+    } else {
+        None
+    };
+    let mut started_peers = Vec::new();
+    for (kind, binary) in available {
+        let plan = Plan::new(
+            kind,
+            wanted,
+            &settings.protocols,
+            upstream.addr,
+            settings.proxy_threads,
+        )?;
+        let peer = Peer::start(supervisor, &binary, plan, dir.path(), tls.as_ref()).await?;
+        report.software.push(format!(
+            "{} ({} {})",
+            peer.version,
+            match kind {
+                Kind::Nginx => "worker_processes",
+                Kind::Haproxy => "nbthread",
+            },
+            settings.proxy_threads
+        ));
+        started_peers.push(peer);
+    }
+
+    // The targets, in report order.
+    let mut targets = Vec::new();
+    if wanted.contains(&TargetKey::Direct) {
+        targets.push(direct(&upstream, &settings.protocols));
+    }
+    if let Some(mesh) = &mesh {
+        targets.extend(mesh.targets(wanted, &settings.protocols));
+    }
+    for peer in &started_peers {
+        targets.extend(peer.targets());
+    }
+    targets.sort_by_key(|t| t.key);
+    report.targets = targets
+        .iter()
+        .map(|t| TargetInfo {
+            key: t.key,
+            label: t.key.label().into(),
+            paths: t
+                .lanes
+                .iter()
+                .map(|(p, lane)| (*p, lane.path.clone()))
+                .collect(),
+            processes: t.charged.clone(),
+        })
+        .collect();
+
+    // Idle memory of every proxy process.
+    let processes = proxy_processes(&targets);
+    let idle: Vec<_> = processes
+        .iter()
+        .map(|p| memory(p.pid).map(|m| (p.clone(), m)))
         .collect::<Result<_>>()?;
 
-    let mut open_loop = Vec::new();
-    for target in &targets {
-        eprintln!("open loop {:>7} rps -> {}", settings.rate, target.label);
-        let mode = Mode::Open {
-            rate: settings.rate,
-        };
-        let row = measure_one(target, mode, settings.connections, settings, &context).await?;
-        open_loop.push(row);
-        tokio::time::sleep(SETTLE).await;
+    let context = [
+        ("upstream".to_string(), upstream.pid),
+        ("load generator".to_string(), std::process::id()),
+    ]
+    .into_iter()
+    .chain(
+        mesh.as_ref()
+            // Off the data path; listed so that unexpected control-plane work under load shows.
+            .map(|m| ("control plane".to_string(), m.control_pid)),
+    )
+    .collect::<Vec<_>>();
+
+    for &protocol in &settings.protocols {
+        if let Some(mesh) = mesh.as_mut() {
+            mesh.use_protocol(protocol).await?;
+        }
+        let mut ready = Vec::new();
+        for target in &targets {
+            match probe(target, protocol).await {
+                Ok(()) => ready.push(target),
+                Err(e) => {
+                    eprintln!("  {} over {protocol} does not work: {e}", target.key);
+                    report.failures.push(Failure {
+                        what: format!("{} over {protocol}: probe", target.key),
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
+        for &rate in &settings.rates {
+            for target in &ready {
+                eprintln!(
+                    "open loop   {protocol:<5} {rate:>6} rps -> {}",
+                    target.key.label()
+                );
+                let (connections, streams) =
+                    settings.connections_for(protocol, settings.connections);
+                let run = Run {
+                    mode: Mode::Open { rate },
+                    connections,
+                    streams,
+                    duration: settings.duration,
+                };
+                record(
+                    measure_one(target, protocol, run, settings, &context).await,
+                    &mut report.open_loop,
+                    &mut report.failures,
+                    format!("{} over {protocol} at {rate} rps", target.key),
+                );
+                tokio::time::sleep(settings.settle).await;
+            }
+        }
+        for target in &ready {
+            eprintln!(
+                "closed loop {protocol:<5} {:>3} in flight -> {}",
+                settings.max_connections,
+                target.key.label()
+            );
+            let (connections, streams) =
+                settings.connections_for(protocol, settings.max_connections);
+            let run = Run {
+                mode: Mode::Closed,
+                connections,
+                streams,
+                duration: settings.max_duration,
+            };
+            record(
+                measure_one(target, protocol, run, settings, &context).await,
+                &mut report.max_throughput,
+                &mut report.failures,
+                format!("{} over {protocol}, closed loop", target.key),
+            );
+            tokio::time::sleep(settings.settle).await;
+        }
     }
-    // The two-sidecar run was the last open-loop run: sample now, before the closed loop
-    // pushes the peaks higher.
-    let memory_rows = idle
+
+    report.memory = idle
         .into_iter()
-        .map(|(name, pid, idle)| {
+        .map(|(process, idle)| {
             Ok(MemoryRow {
-                process: name.to_string(),
+                targets: targets
+                    .iter()
+                    .filter(|t| t.charged.iter().any(|c| c.pid == process.pid))
+                    .map(|t| t.key)
+                    .collect(),
+                end: memory(process.pid)?,
+                process: process.name,
                 idle,
-                after_load: memory(pid)?,
             })
         })
         .collect::<Result<_>>()?;
-
-    let mut max_throughput = Vec::new();
-    for target in targets.iter().filter(|t| t.max_rps) {
-        eprintln!(
-            "closed loop {} connections -> {}",
-            settings.max_connections, target.label
-        );
-        let row = measure_one(
-            target,
-            Mode::Closed,
-            settings.max_connections,
-            settings,
-            &context,
-        )
-        .await?;
-        max_throughput.push(row);
-        tokio::time::sleep(SETTLE).await;
-    }
-
-    add_overheads(&mut open_loop);
-    add_overheads(&mut max_throughput);
-    Ok((open_loop, max_throughput, memory_rows))
+    add_overheads(&mut report.open_loop);
+    add_overheads(&mut report.max_throughput);
+    Ok(())
 }
 
-/// Waits until one request through `target` gets a 2xx.
-async fn probe(target: &Target) -> Result<()> {
-    let endpoint = Endpoint::resolve(&target.url, target.host.as_deref(), false, false).await?;
-    poll_until(&format!("a 2xx through {}", target.label), || async {
-        match get(&endpoint, Duration::from_secs(2)).await {
-            Ok((status, _)) if status.is_success() => Ok(true),
-            Ok((status, body)) => Err(format!(
-                "{} answered {status}: {}",
-                endpoint.describe(),
-                String::from_utf8_lossy(&body).trim()
-            )),
-            Err(e) => Err(e.to_string()),
+/// Keeps a measured row, or records why it could not be measured.
+fn record(
+    result: Result<Measurement>,
+    rows: &mut Vec<Measurement>,
+    failures: &mut Vec<Failure>,
+    what: String,
+) {
+    match result {
+        Ok(row) if row.load.ok == 0 => {
+            let error = format!(
+                "no request succeeded ({} errors; {})",
+                row.load.errors(),
+                row.load.error_samples.join("; ")
+            );
+            eprintln!("  {error}");
+            failures.push(Failure { what, error });
+            rows.push(row);
         }
-    })
+        Ok(row) => rows.push(row),
+        Err(e) => {
+            eprintln!("  failed: {e}");
+            failures.push(Failure {
+                what,
+                error: e.to_string(),
+            });
+        }
+    }
+}
+
+/// The upstream itself, for every protocol.
+fn direct(upstream: &Upstream, protocols: &[Protocol]) -> Target {
+    Target {
+        key: TargetKey::Direct,
+        lanes: protocols
+            .iter()
+            .map(|&p| {
+                let wire = match p {
+                    Protocol::Http1 => "HTTP/1.1",
+                    Protocol::Http2 => "h2c",
+                    Protocol::Grpc => "gRPC/h2c",
+                };
+                let lane = Lane {
+                    addr: upstream.addr,
+                    path: format!("client → {wire} → upstream"),
+                };
+                (p, lane)
+            })
+            .collect(),
+        host: None,
+        charged: Vec::new(),
+    }
+}
+
+/// Every distinct process charged to some target.
+fn proxy_processes(targets: &[Target]) -> Vec<Charged> {
+    let mut out: Vec<Charged> = Vec::new();
+    for target in targets {
+        for c in &target.charged {
+            if !out.iter().any(|o| o.pid == c.pid) {
+                out.push(c.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Waits until one request of `protocol` through `target` succeeds.
+async fn probe(target: &Target, protocol: Protocol) -> Result<()> {
+    let url = target
+        .url(protocol)
+        .ok_or_else(|| format!("{} does not serve {protocol}", target.key))?;
+    let endpoint = Endpoint::resolve(&url, target.host.as_deref(), protocol, false).await?;
+    poll_until(
+        &format!("a successful {protocol} request through {}", target.key),
+        || async {
+            once(&endpoint, Duration::from_secs(2))
+                .await
+                .map(|()| true)
+                .map_err(|e| format!("{}: {e}", endpoint.describe()))
+        },
+    )
     .await
+}
+
+/// The shape of one load run.
+struct Run {
+    mode: Mode,
+    connections: usize,
+    streams: usize,
+    duration: Duration,
 }
 
 /// One load run against `target`, with the CPU time of every involved process sampled around
@@ -233,8 +631,8 @@ async fn probe(target: &Target) -> Result<()> {
 /// in both.
 async fn measure_one(
     target: &Target,
-    mode: Mode,
-    connections: usize,
+    protocol: Protocol,
+    run: Run,
     settings: &Settings,
     context: &[(String, u32)],
 ) -> Result<Measurement> {
@@ -253,12 +651,15 @@ async fn measure_one(
         .map(|(_, pid, _)| cpu_seconds(*pid))
         .collect::<Result<Vec<_>>>()?;
 
+    let url = target
+        .url(protocol)
+        .ok_or_else(|| format!("{} does not serve {protocol}", target.key))?;
     let spec = LoadSpec {
-        endpoint: Endpoint::resolve(&target.url, target.host.as_deref(), false, false).await?,
-        mode,
-        connections,
-        streams: 1,
-        duration: settings.duration,
+        endpoint: Endpoint::resolve(&url, target.host.as_deref(), protocol, false).await?,
+        mode: run.mode,
+        connections: run.connections,
+        streams: run.streams,
+        duration: run.duration,
         warmup: settings.warmup,
         timeout: settings.timeout,
     };
@@ -282,9 +683,16 @@ async fn measure_one(
             report.error_samples.first().map_or("-", String::as_str)
         );
     }
+    let rate = match run.mode {
+        Mode::Open { rate } => Some(rate),
+        Mode::Closed => None,
+    };
     Ok(Measurement {
         key: target.key,
-        label: target.label.clone(),
+        label: target.key.label().into(),
+        protocol,
+        rate,
+        family_direct: target.key.family() == Family::Direct,
         added_p50_ms: None,
         added_p99_ms: None,
         cpu,
@@ -293,14 +701,63 @@ async fn measure_one(
     })
 }
 
-/// Fills in the latency added over the first row (the direct baseline).
+/// Fills in the latency added over the direct run of the same protocol and rate.
 fn add_overheads(rows: &mut [Measurement]) {
-    let Some((baseline, rest)) = rows.split_first_mut() else {
-        return;
-    };
-    let base = baseline.load.latency_ms;
-    for row in rest {
-        row.added_p50_ms = Some(row.load.latency_ms.p50 - base.p50);
-        row.added_p99_ms = Some(row.load.latency_ms.p99 - base.p99);
+    let baselines: Vec<(Protocol, Option<f64>, crate::load::Percentiles)> = rows
+        .iter()
+        .filter(|r| r.family_direct && r.load.ok > 0)
+        .map(|r| (r.protocol, r.rate, r.load.latency_ms))
+        .collect();
+    for row in rows.iter_mut().filter(|r| !r.family_direct) {
+        let base = baselines
+            .iter()
+            .find(|(p, rate, _)| *p == row.protocol && *rate == row.rate);
+        if let (Some((_, _, base)), true) = (base, row.load.ok > 0) {
+            row.added_p50_ms = Some(row.load.latency_ms.p50 - base.p50);
+            row.added_p99_ms = Some(row.load.latency_ms.p99 - base.p99);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> Settings {
+        let mut argv = vec!["ferrule-bench", "run", "--out", "/tmp/x"];
+        argv.extend_from_slice(args);
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        Settings::from_args(args).unwrap()
+    }
+
+    #[test]
+    fn defaults_cover_everything_and_quick_is_short() {
+        let full = settings(&[]);
+        assert_eq!(full.targets.len(), TargetKey::ALL.len());
+        assert_eq!(full.protocols, Protocol::ALL);
+        assert_eq!(full.rates, [1000.0, 5000.0]);
+        assert!(full.duration >= Duration::from_secs(15));
+        assert_eq!(full.fanout, [100, 1000]);
+        let quick = settings(&["--quick"]);
+        assert_eq!(quick.targets.len(), TargetKey::ALL.len());
+        assert_eq!(quick.rates, [200.0]);
+        assert_eq!(quick.fanout, [100]);
+        assert!(quick.duration <= Duration::from_secs(2));
+        let subset = settings(&["--targets", "nginx-2,direct", "--no-fanout"]);
+        assert_eq!(subset.targets, [TargetKey::Direct, TargetKey::Nginx2]);
+        assert!(subset.fanout.is_empty());
+    }
+
+    #[test]
+    fn h2_in_flight_is_spread_over_multiplexed_connections() {
+        let s = settings(&[]);
+        assert_eq!(s.connections_for(Protocol::Http1, 32), (32, 1));
+        assert_eq!(s.connections_for(Protocol::Http2, 32), (4, 8));
+        assert_eq!(s.connections_for(Protocol::Grpc, 64), (8, 8));
+        assert_eq!(s.connections_for(Protocol::Grpc, 3), (1, 3));
     }
 }

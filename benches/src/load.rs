@@ -17,8 +17,9 @@
 //!   send.
 //!
 //! Requests whose intended (open) or completion (closed) time falls in the warmup are sent but
-//! not recorded. Latencies of 2xx responses go into an HDR histogram in microseconds; non-2xx
-//! responses and transport errors (connect, protocol, timeout) are counted separately.
+//! not recorded. Latencies of successful responses (2xx; for gRPC also `grpc-status: 0` in the
+//! trailers) go into an HDR histogram in microseconds; failed responses and transport errors
+//! (connect, protocol, timeout) are counted separately.
 //!
 //! # Bounds
 //!
@@ -32,14 +33,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use http::StatusCode;
 use hyper::client::conn::{http1, http2};
 use serde::Serialize;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
 use crate::cli::LoadArgs;
-use crate::client::{connect_http1, connect_http2, drain, Endpoint, ReqBody};
+use crate::client::{connect_http1, connect_http2, judge, Endpoint, Outcome, ReqBody};
+use crate::protocol::Protocol;
 use crate::Result;
 
 /// Highest latency the histograms can hold (longer ones are clamped to it): 10 minutes in µs.
@@ -128,8 +129,8 @@ pub(crate) struct LoadReport {
     pub(crate) mode: &'static str,
     /// Requested rate (open loop only).
     pub(crate) target_rps: Option<f64>,
-    /// `http/1.1` or `h2`.
-    pub(crate) protocol: &'static str,
+    /// What the load generator spoke.
+    pub(crate) protocol: Protocol,
     /// TCP connections.
     pub(crate) connections: usize,
     /// Maximum requests in flight (workers).
@@ -140,9 +141,9 @@ pub(crate) struct LoadReport {
     pub(crate) warmup_s: f64,
     /// Requests in the measured window (open loop: scheduled; closed loop: completed).
     pub(crate) requests: u64,
-    /// 2xx responses.
+    /// Successful responses: 2xx, and for gRPC `grpc-status: 0` in the trailers.
     pub(crate) ok: u64,
-    /// Responses with a non-2xx status.
+    /// Complete responses that are not a success: non-2xx, or a gRPC error status.
     pub(crate) status_errors: u64,
     /// Connect failures, protocol errors and timeouts.
     pub(crate) transport_errors: u64,
@@ -152,12 +153,12 @@ pub(crate) struct LoadReport {
     /// Seconds from the start of the measured window until its last request finished (at least
     /// the measured duration).
     pub(crate) elapsed_s: f64,
-    /// Achieved throughput: 2xx responses per second of `elapsed_s`.
+    /// Achieved throughput: successful responses per second of `elapsed_s`.
     pub(crate) rps: f64,
-    /// Latency of 2xx responses: from the intended send time (open loop) or the actual send
-    /// (closed loop) to the end of the response body.
+    /// Latency of successful responses: from the intended send time (open loop) or the actual
+    /// send (closed loop) to the end of the response body (and trailers).
     pub(crate) latency_ms: Percentiles,
-    /// Latency of 2xx responses from the actual send; in open loop the gap between this and
+    /// Latency of successful responses from the actual send; in open loop the gap between this and
     /// `latency_ms` is time spent queued behind busy connections.
     pub(crate) service_time_ms: Percentiles,
     /// Requests completed including the warmup, whatever their outcome: the denominator for
@@ -182,16 +183,19 @@ impl LoadReport {
             |r| format!("open loop at {r} rps"),
         );
         println!(
-            "target      GET {} over {}, {rate}, {} connections, {} in flight max",
-            self.target, self.protocol, self.connections, self.concurrency
+            "target      {} over {}, {rate}, {} connections, {} in flight max",
+            self.target,
+            self.protocol.label(),
+            self.connections,
+            self.concurrency
         );
         println!(
             "window      {:.2}s measured after {:.2}s warmup (elapsed {:.2}s)",
             self.duration_s, self.warmup_s, self.elapsed_s
         );
-        println!("throughput  {:.1} rps (2xx)", self.rps);
+        println!("throughput  {:.1} rps (successful)", self.rps);
         println!(
-            "requests    {} (ok {}, non-2xx {}, transport errors {}, unfinished {})",
+            "requests    {} (ok {}, failed responses {}, transport errors {}, unfinished {})",
             self.requests, self.ok, self.status_errors, self.transport_errors, self.unfinished
         );
         if self.ok == 0 {
@@ -217,7 +221,7 @@ pub(crate) async fn run_cli(args: LoadArgs) -> Result<()> {
     let endpoint = Endpoint::resolve(
         &args.url,
         args.host.as_deref(),
-        args.http2,
+        args.protocol,
         args.allow_non_loopback,
     )
     .await?;
@@ -259,14 +263,18 @@ struct Clock {
 /// Runs one load test as described by `spec`.
 pub(crate) async fn run(spec: &LoadSpec) -> Result<LoadReport> {
     validate(spec)?;
-    let streams = if spec.endpoint.http2 { spec.streams } else { 1 };
+    let streams = if spec.endpoint.protocol.is_h2() {
+        spec.streams
+    } else {
+        1
+    };
     let endpoint = Arc::new(spec.endpoint.clone());
 
     // Open every connection before the clock starts, so connection setup is not charged to the
     // first requests and an unreachable target fails fast with a clear error.
     let mut conns = Vec::with_capacity(spec.connections * streams);
     for _ in 0..spec.connections {
-        if endpoint.http2 {
+        if endpoint.protocol.is_h2() {
             let slot = Arc::new(H2Slot::new(connect_http2(endpoint.addr).await?));
             conns.extend((0..streams).map(|_| Conn::H2 {
                 slot: slot.clone(),
@@ -425,16 +433,6 @@ impl H2Slot {
     }
 }
 
-/// What happened to one request.
-enum Outcome {
-    /// A response arrived and its body was read.
-    Response(StatusCode),
-    /// Connect, protocol or body error, or no complete response within the request timeout.
-    Transport(String),
-    /// Still unfinished when the run's hard deadline cut it off.
-    CutOff,
-}
-
 impl Conn {
     /// Sends one request and reads the whole response.
     async fn exchange(&mut self, endpoint: &Endpoint) -> Outcome {
@@ -479,13 +477,7 @@ impl Conn {
             }
         };
         match response {
-            Ok(response) => {
-                let status = response.status();
-                match drain(response.into_body()).await {
-                    Ok(_) => Outcome::Response(status),
-                    Err(e) => Outcome::Transport(format!("reading the body: {e}")),
-                }
-            }
+            Ok(response) => judge(endpoint.protocol, response).await,
             Err(e) => Outcome::Transport(e.to_string()),
         }
     }
@@ -631,15 +623,15 @@ impl Tally {
     fn record(&mut self, outcome: Outcome, from: Instant, sent: Instant, done: Instant) {
         self.last_done = self.last_done.max(Some(done));
         match outcome {
-            Outcome::Response(status) if status.is_success() => {
+            Outcome::Ok => {
                 self.ok += 1;
                 let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
                 self.latency.saturating_record(us(done - from));
                 self.service.saturating_record(us(done - sent));
             }
-            Outcome::Response(status) => {
+            Outcome::Failed(message) => {
                 self.status_errors += 1;
-                self.sample(format!("status {status}"));
+                self.sample(message);
             }
             Outcome::Transport(message) => {
                 self.transport_errors += 1;
@@ -693,7 +685,7 @@ impl Tally {
             target: endpoint.describe(),
             mode,
             target_rps,
-            protocol: if endpoint.http2 { "h2" } else { "http/1.1" },
+            protocol: endpoint.protocol,
             connections: spec.connections,
             concurrency,
             duration_s: spec.duration.as_secs_f64(),
@@ -751,9 +743,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn open_loop_sends_the_scheduled_count() {
         let addr = upstream().await;
-        let url = format!("http://{addr}/");
-        for http2 in [false, true] {
-            let endpoint = Endpoint::resolve(&url, None, http2, false).await.unwrap();
+        for protocol in Protocol::ALL {
+            let url = format!("http://{addr}{}", protocol.path());
+            let endpoint = Endpoint::resolve(&url, None, protocol, false)
+                .await
+                .unwrap();
             let report = run(&spec(endpoint, Mode::Open { rate: 200.0 }))
                 .await
                 .unwrap();
@@ -769,7 +763,9 @@ mod tests {
     async fn closed_loop_runs_and_an_unreachable_target_fails_fast() {
         let addr = upstream().await;
         let url = format!("http://{addr}/");
-        let endpoint = Endpoint::resolve(&url, None, false, false).await.unwrap();
+        let endpoint = Endpoint::resolve(&url, None, Protocol::Http1, false)
+            .await
+            .unwrap();
         let report = run(&spec(endpoint, Mode::Closed)).await.unwrap();
         assert!(report.ok > 0 && report.errors() == 0, "{report:?}");
 
@@ -777,13 +773,15 @@ mod tests {
         let port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", port.local_addr().unwrap());
         drop(port);
-        let endpoint = Endpoint::resolve(&url, None, false, false).await.unwrap();
+        let endpoint = Endpoint::resolve(&url, None, Protocol::Http1, false)
+            .await
+            .unwrap();
         assert!(run(&spec(endpoint, Mode::Closed)).await.is_err());
     }
 
     #[tokio::test]
     async fn non_loopback_targets_are_refused() {
-        let refused = Endpoint::resolve("http://192.0.2.1:80/", None, false, false).await;
+        let refused = Endpoint::resolve("http://192.0.2.1:80/", None, Protocol::Http1, false).await;
         assert!(refused.is_err());
     }
 }

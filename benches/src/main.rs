@@ -2,41 +2,52 @@
 //!
 //! It answers one question with real measurements: what does putting Ferrule sidecars on the
 //! request path cost, in latency, throughput, CPU and memory, compared with calling the
-//! application directly?
+//! application directly and with the proxies users compare us with (HAProxy, nginx), over
+//! HTTP/1.1, HTTP/2 and gRPC? And how fast does the control plane push a change to N proxies?
 //!
 //! # Subcommands
 //!
-//! - `upstream`: a minimal, fast HTTP server (HTTP/1.1 and prior-knowledge h2c) that returns a
-//!   fixed body, so the application itself costs as little as possible.
+//! - `upstream`: a minimal, fast HTTP server (HTTP/1.1 and prior-knowledge h2c; gRPC unary)
+//!   that returns a fixed body, so the application itself costs as little as possible.
 //! - `load`: an open-loop (fixed rate, coordinated-omission corrected) or closed-loop (max
 //!   throughput) load generator.
-//! - `run`: the harness that starts the upstream, the control plane and two sidecars, runs `load`
-//!   against each way of reaching the upstream, and prints and saves the results.
+//! - `run`: the harness that starts the upstream, the Ferrule mesh and the peers, runs `load`
+//!   against each way of reaching the upstream, measures the control plane's fan-out, and
+//!   prints and saves the results.
 //!
 //! # Layout
 //!
 //! - [`cli`]: the command line: subcommands, flags, duration parsing.
+//! - [`protocol`]: HTTP/1.1, HTTP/2, gRPC, and what each means for a target.
+//! - [`grpc`]: gRPC message framing and status trailers.
 //! - [`client`]: HTTP client plumbing shared by the load generator and the harness (connect,
-//!   HTTP/1.1 and h2 senders, one-shot GETs).
+//!   requests per protocol, judging responses, one-shot calls).
 //! - [`upstream`]: the fixed-body upstream server.
 //! - [`load`]: the load generator: pacing, connection workers, histograms, its report.
-//! - [`procs`]: child processes (a guard that kills them all on exit) and `/proc` sampling
-//!   (RSS, CPU time).
-//! - [`target`]: a *target*, one way of reaching the upstream (direct, through sidecars; later
-//!   peers such as HAProxy or nginx, or TLS variants), and what is charged to it.
-//! - [`stack`]: starting the system under test (upstream, control plane, policy, sidecars) and
-//!   waiting until it is ready.
+//! - [`procs`]: child processes (a guard that kills them all, process groups included, on exit)
+//!   and `/proc` sampling (RSS, CPU time, children).
+//! - [`target`]: a *target*, one way of reaching the upstream, and what is charged to it.
+//! - [`stack`]: starting the upstream and the Ferrule mesh (control plane, policy, sidecars)
+//!   and switching the Service's protocol.
+//! - [`peers`]: nginx and HAProxy: install, configuration, start, their targets.
+//! - [`tls`]: the CA and server certificate for TLS between hops.
+//! - [`fanout`]: the control-plane fan-out measurement with simulated proxies.
 //! - [`harness`]: the `run` plan: which measurements run against which targets, in which order.
-//! - [`report`]: the results: machine description, markdown table, JSON file.
+//! - [`report`]: the results: machine description, markdown tables, JSON file.
 
 mod cli;
 mod client;
+mod fanout;
+mod grpc;
 mod harness;
 mod load;
+mod peers;
 mod procs;
+mod protocol;
 mod report;
 mod stack;
 mod target;
+mod tls;
 mod upstream;
 
 use clap::Parser;

@@ -1,11 +1,15 @@
 //! Child processes and what `/proc` says about them.
 //!
 //! [`Supervisor`] starts every child the harness needs, waits for the line each prints once it
-//! is listening, sends their output to log files, and kills them all when it is dropped — on
-//! success, on error, on Ctrl-C (the harness turns signals into errors so drops run) and, via a
-//! panic hook, on panic (the release profile aborts on panic, which skips drops).
+//! is listening (or, for programs that print none, such as nginx and HAProxy, lets the caller
+//! poll their ports), sends their output to log files, and kills them all when it is dropped —
+//! on success, on error, on Ctrl-C (the harness turns signals into errors so drops run) and,
+//! via a panic hook, on panic (the release profile aborts on panic, which skips drops). A child
+//! that forks workers (nginx) is started in its own process group and killed as a group, so
+//! no worker outlives the harness.
 //!
-//! [`memory`] and [`cpu_seconds`] read VmRSS/VmHWM and utime+stime of a process.
+//! [`memory`] and [`cpu_seconds`] read VmRSS/VmHWM and utime+stime of a process;
+//! [`children_of`] finds a process's children (nginx's workers).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -20,8 +24,24 @@ use tokio::process::{Child, Command};
 
 use crate::Result;
 
-/// Pids of live children, for the panic hook (which cannot reach the [`Supervisor`]).
-static LIVE_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Pids of live children and whether each leads its own process group, for the panic hook
+/// (which cannot reach the [`Supervisor`]).
+static LIVE_PIDS: Mutex<Vec<(u32, bool)>> = Mutex::new(Vec::new());
+
+/// Sends SIGKILL to a process, or to its whole process group. There is no signal API without
+/// `unsafe`; kill(1) is always there on Linux.
+fn kill_hard(pid: u32, group: bool) {
+    let target = if group {
+        format!("-{pid}")
+    } else {
+        pid.to_string()
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
 
 /// Kills the children started by this process if it panics.
 fn install_panic_hook() {
@@ -30,11 +50,8 @@ fn install_panic_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let pids = LIVE_PIDS.lock().map(|p| p.clone()).unwrap_or_default();
-            for pid in pids {
-                // No signal API without `unsafe`; kill(1) is always there on Linux.
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
+            for (pid, group) in pids {
+                kill_hard(pid, group);
             }
             previous(info);
         }));
@@ -50,9 +67,19 @@ pub(crate) struct Started {
     pub(crate) line: String,
 }
 
+/// A child process the supervisor owns.
+struct Owned {
+    name: String,
+    child: Child,
+    /// Its pid, kept after it exits.
+    pid: u32,
+    /// Whether it leads its own process group (killed as a group).
+    group: bool,
+}
+
 /// Owns every child process the harness started; dropping it kills them.
 pub(crate) struct Supervisor {
-    children: Vec<(String, Child)>,
+    children: Vec<Owned>,
     log_dir: PathBuf,
 }
 
@@ -66,6 +93,11 @@ impl Supervisor {
             children: Vec::new(),
             log_dir: log_dir.to_path_buf(),
         })
+    }
+
+    /// The directory of the children's logs.
+    pub(crate) fn log_dir(&self) -> &Path {
+        &self.log_dir
     }
 
     /// Path of the log file of child `name`.
@@ -100,10 +132,7 @@ impl Supervisor {
             .stdout
             .take()
             .ok_or_else(|| format!("{name}: no stdout pipe"))?;
-        self.children.push((name.to_string(), child));
-        if let Ok(mut live) = LIVE_PIDS.lock() {
-            live.push(pid);
-        }
+        self.adopt(name, child, pid, false);
 
         let mut lines = BufReader::new(stdout).lines();
         let mut log = OpenOptions::new().append(true).open(&log_path)?;
@@ -140,21 +169,98 @@ impl Supervisor {
         .into())
     }
 
-    /// Kills every child and waits (briefly) until each has exited.
-    pub(crate) async fn shutdown(mut self) {
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = child.start_kill();
+    /// Starts `command` as child `name` without waiting for any output (for programs that
+    /// print nothing when ready: the caller polls their ports, and [`Supervisor::check`] tells
+    /// whether the child is still running). stdout and stderr go to its log file. With
+    /// `own_group`, the child leads a new process group, and the group is what gets killed:
+    /// use it for programs that fork workers.
+    pub(crate) fn spawn(
+        &mut self,
+        name: &str,
+        mut command: Command,
+        own_group: bool,
+    ) -> Result<u32> {
+        let log_path = self.log_path(name);
+        let log = File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        if own_group {
+            command.process_group(0);
         }
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+        let program = format!("{:?}", command.as_std().get_program());
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({program}): {e}"))?;
+        let pid = child.id().ok_or_else(|| format!("{name} exited at once"))?;
+        self.adopt(name, child, pid, own_group);
+        Ok(pid)
+    }
+
+    fn adopt(&mut self, name: &str, child: Child, pid: u32, group: bool) {
+        self.children.push(Owned {
+            name: name.to_string(),
+            child,
+            pid,
+            group,
+        });
+        if let Ok(mut live) = LIVE_PIDS.lock() {
+            live.push((pid, group));
+        }
+    }
+
+    /// `Ok` while child `name` runs; once it has exited, an error with its exit status and the
+    /// end of its log.
+    pub(crate) fn check(&mut self, name: &str) -> Result<()> {
+        let log_path = self.log_path(name);
+        let owned = self
+            .children
+            .iter_mut()
+            .find(|o| o.name == name)
+            .ok_or_else(|| format!("no child named {name}"))?;
+        match owned.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(format!(
+                "{name} exited ({status}); its log {} ends with:\n{}",
+                log_path.display(),
+                tail(&log_path, 20)
+            )
+            .into()),
+        }
+    }
+
+    /// Kills every child and waits (briefly) until each has exited. A group leader (nginx's
+    /// master) first gets SIGTERM and a moment to stop and reap its workers itself.
+    pub(crate) async fn shutdown(mut self) {
+        for owned in self.children.iter().filter(|o| o.group) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &owned.pid.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for owned in self.children.iter_mut().filter(|o| o.group) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), owned.child.wait()).await;
+        }
+        for owned in self.children.iter_mut().rev() {
+            if owned.group {
+                kill_hard(owned.pid, true);
+            }
+            let _ = owned.child.start_kill();
+        }
+        for owned in self.children.iter_mut().rev() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), owned.child.wait()).await;
         }
         self.forget_all();
     }
 
     fn forget_all(&mut self) {
-        let pids: Vec<u32> = self.children.iter().filter_map(|(_, c)| c.id()).collect();
+        let pids: Vec<u32> = self.children.iter().map(|o| o.pid).collect();
         if let Ok(mut live) = LIVE_PIDS.lock() {
-            live.retain(|pid| !pids.contains(pid));
+            live.retain(|(pid, _)| !pids.contains(pid));
         }
         self.children.clear();
     }
@@ -163,11 +269,41 @@ impl Supervisor {
 impl Drop for Supervisor {
     fn drop(&mut self) {
         // The error path: no await possible here, so SIGKILL now; tokio reaps in the background.
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = child.start_kill();
+        for owned in self.children.iter_mut().rev() {
+            if owned.group {
+                kill_hard(owned.pid, true);
+            }
+            let _ = owned.child.start_kill();
         }
         self.forget_all();
     }
+}
+
+/// The pids of the live children of `parent` (from each process's `/proc/PID/stat`).
+pub(crate) fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut children: Vec<u32> = entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parse_ppid(&stat))
+                == Some(parent)
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
+fn parse_ppid(stat: &str) -> Option<u32> {
+    // Field 4; fields after the command name start at 3 (state).
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The last `lines` lines of a file, for error messages.
@@ -265,6 +401,55 @@ mod tests {
     fn parses_proc_stat_with_odd_command_names() {
         let stat = "42 (a) b)) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5 0 0";
         assert_eq!(parse_cpu_ticks(stat), Some(10));
+        assert_eq!(parse_ppid(stat), Some(1));
+    }
+
+    #[tokio::test]
+    async fn spawned_groups_are_killed_whole_and_exits_are_seen() {
+        let dir = std::env::temp_dir().join(format!("ferrule-bench-procs-{}", std::process::id()));
+        let mut supervisor = Supervisor::new(&dir).unwrap();
+        // A parent with a child of its own, like nginx's master and worker.
+        let mut parent = Command::new("sh");
+        parent.args(["-c", "sleep 30 & wait"]);
+        let pid = supervisor.spawn("parent", parent, true).unwrap();
+        let mut children = Vec::new();
+        for _ in 0..100 {
+            children = children_of(pid);
+            if !children.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(children.len(), 1, "the sleep child of {pid}");
+        assert!(supervisor.check("parent").is_ok());
+
+        let mut short = Command::new("sh");
+        short.args(["-c", "echo bye; exit 3"]);
+        supervisor.spawn("short", short, false).unwrap();
+        let mut exited = None;
+        for _ in 0..100 {
+            if let Err(e) = supervisor.check("short") {
+                exited = Some(e.to_string());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let exited = exited.expect("the short child exits");
+        assert!(exited.contains("bye"), "{exited}");
+
+        supervisor.shutdown().await;
+        let grandchild = children[0];
+        for _ in 0..100 {
+            if !std::path::Path::new(&format!("/proc/{grandchild}")).exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Killed with its group (a zombie until reaped by init counts as gone: no `State: S`).
+        let state =
+            std::fs::read_to_string(format!("/proc/{grandchild}/status")).unwrap_or_default();
+        assert!(!state.contains("State:\tS"), "{state}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

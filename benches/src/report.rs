@@ -1,15 +1,19 @@
-//! The results of `ferrule-bench run`: what machine ran them, the rows measured, and their two
-//! renderings — a markdown summary (printed and saved) and the full JSON (saved), both in the
-//! `--out` directory under one timestamped name.
+//! The results of `ferrule-bench run`: what machine ran them and how, the rows measured, and
+//! their two renderings — a markdown summary (printed and saved) and the full JSON (saved),
+//! both in the `--out` directory under one timestamped name.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::fanout::FanoutRow;
 use crate::harness::Settings;
 use crate::load::LoadReport;
 use crate::procs::Memory;
+use crate::protocol::Protocol;
+use crate::target::{Charged, TargetKey};
 use crate::Result;
 
 /// CPU time one process used during one run.
@@ -17,7 +21,7 @@ use crate::Result;
 pub(crate) struct CpuUse {
     /// Process name, e.g. `client sidecar`.
     pub(crate) process: String,
-    /// Whether it counts toward the target's CPU per request (sidecars do; the upstream and the
+    /// Whether it counts toward the target's CPU per request (proxies do; the upstream and the
     /// load generator are on every path and are listed for context).
     pub(crate) charged: bool,
     /// User + system seconds.
@@ -27,31 +31,72 @@ pub(crate) struct CpuUse {
 /// One load run against one target.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct Measurement {
-    /// Target key, e.g. `sidecar-2`.
-    pub(crate) key: &'static str,
-    /// Row label, e.g. `2 sidecars`.
+    /// Target key, e.g. `ferrule-2`.
+    pub(crate) key: TargetKey,
+    /// Row label, e.g. `Ferrule, 2 sidecars`.
     pub(crate) label: String,
+    /// The protocol the load generator spoke.
+    pub(crate) protocol: Protocol,
+    /// Open-loop rate (absent for closed loop).
+    pub(crate) rate: Option<f64>,
+    /// Whether this is the direct baseline.
+    #[serde(skip)]
+    pub(crate) family_direct: bool,
     /// What the load generator measured.
     pub(crate) load: LoadReport,
-    /// p50 minus the direct run's p50, ms (absent on the direct row itself).
+    /// p50 minus the direct run's p50 (same protocol and rate), ms.
     pub(crate) added_p50_ms: Option<f64>,
     /// p99 minus the direct run's p99, ms.
     pub(crate) added_p99_ms: Option<f64>,
     /// CPU time of each involved process during the run (warmup included).
     pub(crate) cpu: Vec<CpuUse>,
-    /// Charged CPU seconds per 1000 completed requests (absent when nothing is charged).
+    /// Charged CPU seconds per 1000 completed requests (= vCPUs per 1000 rps); absent when
+    /// nothing is charged.
     pub(crate) cpu_s_per_1000_req: Option<f64>,
 }
 
-/// Memory of one sidecar.
+/// Memory of one proxy process.
 #[derive(Clone, Debug, Serialize)]
 pub(crate) struct MemoryRow {
-    /// Which sidecar.
+    /// Which process, e.g. `nginx-client worker 1`.
     pub(crate) process: String,
+    /// The targets it is on.
+    pub(crate) targets: Vec<TargetKey>,
     /// Before any load.
     pub(crate) idle: Memory,
-    /// Right after the two-sidecar open-loop run.
-    pub(crate) after_load: Memory,
+    /// After every run: RSS now, and the peak over the whole run (VmHWM).
+    pub(crate) end: Memory,
+}
+
+/// A target, the hops it has for each protocol, and its processes.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct TargetInfo {
+    /// Key.
+    pub(crate) key: TargetKey,
+    /// Label.
+    pub(crate) label: String,
+    /// Per protocol, what each hop speaks.
+    pub(crate) paths: BTreeMap<Protocol, String>,
+    /// Processes charged to it.
+    pub(crate) processes: Vec<Charged>,
+}
+
+/// A selected target that was not run, and why.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Skipped {
+    /// Which.
+    pub(crate) target: TargetKey,
+    /// Why (a peer that could not be installed, a feature not built yet).
+    pub(crate) reason: String,
+}
+
+/// A measurement that could not be made.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Failure {
+    /// Which measurement.
+    pub(crate) what: String,
+    /// What went wrong.
+    pub(crate) error: String,
 }
 
 /// The machine the numbers come from; results from different machines do not compare.
@@ -61,6 +106,8 @@ pub(crate) struct Machine {
     pub(crate) nproc: usize,
     /// `model name` from /proc/cpuinfo.
     pub(crate) cpu_model: String,
+    /// Memory, from /proc/meminfo, in MiB.
+    pub(crate) memory_mib: u64,
     /// Kernel release.
     pub(crate) kernel: String,
     /// /proc/loadavg when the run started: other work on the machine skews results.
@@ -78,10 +125,16 @@ impl Machine {
                 (key.trim() == "model name").then(|| value.trim().to_string())
             })
             .unwrap_or_else(|| "unknown CPU".into());
+        let memory_mib = read("/proc/meminfo")
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024);
         let loadavg = read("/proc/loadavg");
         Machine {
             nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
             cpu_model,
+            memory_mib,
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             load_average_at_start: loadavg
                 .split_whitespace()
@@ -97,20 +150,33 @@ impl Machine {
 pub(crate) struct Report {
     /// Start time, seconds since the Unix epoch.
     pub(crate) started_unix_s: u64,
+    /// The command that produced it.
+    pub(crate) command: String,
     /// Where it ran.
     pub(crate) machine: Machine,
     /// With which parameters.
     pub(crate) settings: Settings,
-    /// Open-loop runs, direct first.
+    /// Versions and worker settings of the proxies.
+    pub(crate) software: Vec<String>,
+    /// The targets measured and their hops.
+    pub(crate) targets: Vec<TargetInfo>,
+    /// Open-loop runs.
     pub(crate) open_loop: Vec<Measurement>,
-    /// Closed-loop runs, direct first.
+    /// Closed-loop runs.
     pub(crate) max_throughput: Vec<Measurement>,
-    /// Sidecar memory.
+    /// Memory of every proxy process.
     pub(crate) memory: Vec<MemoryRow>,
+    /// Control-plane fan-out.
+    pub(crate) fanout: Vec<FanoutRow>,
+    /// Targets selected but not run.
+    pub(crate) skipped: Vec<Skipped>,
+    /// Measurements that failed.
+    pub(crate) failures: Vec<Failure>,
 }
 
 impl Report {
-    /// The human summary: machine, parameters, the latency table, max throughput, memory.
+    /// The human summary: machine, command, parameters, paths, the latency tables, max
+    /// throughput, memory, fan-out, and what was not run.
     pub(crate) fn markdown(&self) -> String {
         let mut md = String::new();
         let s = &self.settings;
@@ -119,96 +185,210 @@ impl Report {
         let _ = writeln!(
             md,
             "## Ferrule load benchmark{}\n",
-            if s.quick { " (quick)" } else { "" }
+            if s.quick {
+                " (quick: checks the harness, the numbers mean little)"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             md,
-            "Machine: {} CPUs (nproc), {}, Linux {}; load average at start {}.\n",
-            m.nproc, m.cpu_model, m.kernel, m.load_average_at_start
+            "Machine: {} CPUs (nproc), {}, {:.0} GiB, Linux {}; load average at start {}. \
+             Load generator, upstream and proxies share these CPUs.  ",
+            m.nproc,
+            m.cpu_model,
+            m.memory_mib as f64 / 1024.0,
+            m.kernel,
+            m.load_average_at_start
         );
+        let _ = writeln!(md, "Command: `{}`  ", self.command);
+        if !self.software.is_empty() {
+            let _ = writeln!(md, "Proxies: {}.  ", self.software.join("; "));
+        }
         let _ = writeln!(
             md,
-            "Open loop at {} rps over {} HTTP/1.1 connections, {:.1} s measured after {:.1} s \
-             warmup, {}-byte responses. Latency in ms from each request's intended send time \
-             (coordinated-omission corrected); CPU is the sidecars' user+system time from /proc, \
-             in {} ms clock ticks, over warmup and measured window.\n",
-            s.rate,
-            s.connections,
+            "\nOpen loop: {} s measured after {} s warmup per row, {} requests in flight at \
+             most (HTTP/1.1: one connection each; HTTP/2 and gRPC: {} streams per connection), \
+             {}-byte responses. Latency in ms from each request's intended send time \
+             (coordinated-omission corrected); *added* is over direct at the same protocol and \
+             rate. CPU is the user+system time of every process of the target (both hops; \
+             nginx master and workers) from /proc, per 1000 requests (= vCPUs per 1000 rps), \
+             over warmup and measured window.\n",
             s.duration.as_secs_f64(),
             s.warmup.as_secs_f64(),
+            s.connections,
+            s.streams,
             s.body_size,
-            1000.0 / crate::procs::clock_ticks_per_second()
         );
-        md.push_str(
-            "| target | rps achieved | p50 | p90 | p99 | p99.9 | added p50 | added p99 | errors | CPU s/1000 req |\n",
-        );
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
-        for row in &self.open_loop {
-            let l = &row.load.latency_ms;
-            let _ = writeln!(
-                md,
-                "| {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} |",
-                row.label,
-                row.load.rps,
-                l.p50,
-                l.p90,
-                l.p99,
-                l.p99_9,
-                signed(row.added_p50_ms),
-                signed(row.added_p99_ms),
-                errors(&row.load),
-                row.cpu_s_per_1000_req
-                    .map_or("–".into(), |c| format!("{c:.4}")),
+
+        self.paths_table(&mut md);
+        for &protocol in &s.protocols {
+            let rows: Vec<&Measurement> = self
+                .open_loop
+                .iter()
+                .filter(|r| r.protocol == protocol)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let _ = writeln!(md, "### Open loop, {}\n", protocol.label());
+            md.push_str(
+                "| target | rate | rps achieved | p50 | p90 | p99 | p99.9 | added p50 | added p99 | errors | CPU s/1000 req |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
             );
-        }
-        if let Some((direct, others)) = self.max_throughput.split_first() {
-            let _ = write!(
-                md,
-                "\nMax throughput (closed loop, {} connections, {:.1} s): {} {:.0} rps",
-                s.max_connections,
-                s.duration.as_secs_f64(),
-                direct.label,
-                direct.load.rps
-            );
-            for row in others {
-                let share = if direct.load.rps > 0.0 {
-                    100.0 * row.load.rps / direct.load.rps
-                } else {
-                    0.0
-                };
-                let _ = write!(
+            for row in rows {
+                let l = &row.load.latency_ms;
+                let _ = writeln!(
                     md,
-                    "; {} {:.0} rps ({share:.0}% of direct, CPU {} s/1000 req)",
+                    "| {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} |",
                     row.label,
+                    row.rate.map_or("–".into(), |r| format!("{r}")),
                     row.load.rps,
-                    row.cpu_s_per_1000_req
-                        .map_or("–".into(), |c| format!("{c:.4}"))
+                    l.p50,
+                    l.p90,
+                    l.p99,
+                    l.p99_9,
+                    signed(row.added_p50_ms),
+                    signed(row.added_p99_ms),
+                    errors(&row.load),
+                    cpu(row.cpu_s_per_1000_req),
                 );
             }
-            let failed: u64 = self.max_throughput.iter().map(|r| r.load.errors()).sum();
+            md.push('\n');
+        }
+        self.max_table(&mut md);
+        self.memory_table(&mut md);
+        self.fanout_table(&mut md);
+        if !self.skipped.is_empty() || !self.failures.is_empty() {
+            md.push_str("### Not measured\n\n");
+            for skipped in &self.skipped {
+                let _ = writeln!(md, "- {}: {}", skipped.target.label(), skipped.reason);
+            }
+            for failure in &self.failures {
+                let _ = writeln!(md, "- FAILED {}: {}", failure.what, failure.error);
+            }
+            md.push('\n');
+        }
+        md
+    }
+
+    fn paths_table(&self, md: &mut String) {
+        if self.targets.is_empty() {
+            return;
+        }
+        let protocols = &self.settings.protocols;
+        md.push_str("### What each hop speaks\n\n| target |");
+        for p in protocols {
+            let _ = write!(md, " {} |", p.label());
+        }
+        md.push_str("\n|---|");
+        md.push_str(&"---|".repeat(protocols.len()));
+        md.push('\n');
+        for t in &self.targets {
+            let _ = write!(md, "| {} |", t.label);
+            for p in protocols {
+                let _ = write!(md, " {} |", t.paths.get(p).map_or("–", String::as_str));
+            }
+            md.push('\n');
+        }
+        md.push('\n');
+    }
+
+    fn max_table(&self, md: &mut String) {
+        if self.max_throughput.is_empty() {
+            return;
+        }
+        let s = &self.settings;
+        let _ = writeln!(
+            md,
+            "### Max throughput (closed loop, {} requests in flight, {} s)\n",
+            s.max_connections,
+            s.max_duration.as_secs_f64()
+        );
+        md.push_str(
+            "| target | protocol | rps | of direct | p50 | p99 | errors | CPU s/1000 req |\n\
+             |---|---|---:|---:|---:|---:|---|---:|\n",
+        );
+        for row in &self.max_throughput {
+            let direct = self
+                .max_throughput
+                .iter()
+                .find(|r| r.family_direct && r.protocol == row.protocol);
+            let share = match direct {
+                Some(d) if !row.family_direct && d.load.rps > 0.0 => {
+                    format!("{:.0}%", 100.0 * row.load.rps / d.load.rps)
+                }
+                _ => "–".into(),
+            };
             let _ = writeln!(
                 md,
-                "{}.",
-                if failed > 0 {
-                    format!("; {failed} errors")
-                } else {
-                    String::new()
-                }
+                "| {} | {} | {:.0} | {share} | {:.3} | {:.3} | {} | {} |",
+                row.label,
+                row.protocol,
+                row.load.rps,
+                row.load.latency_ms.p50,
+                row.load.latency_ms.p99,
+                errors(&row.load),
+                cpu(row.cpu_s_per_1000_req),
             );
         }
         md.push('\n');
+    }
+
+    fn memory_table(&self, md: &mut String) {
+        if self.memory.is_empty() {
+            return;
+        }
+        md.push_str(
+            "### Memory per proxy process\n\n\
+             | process | targets | idle RSS | RSS at end | peak RSS (VmHWM) |\n\
+             |---|---|---:|---:|---:|\n",
+        );
         for row in &self.memory {
+            let targets: Vec<&str> = row.targets.iter().map(|t| t.key()).collect();
             let _ = writeln!(
                 md,
-                "Memory of the {}: idle RSS {} (peak {}), after the 2-sidecar load RSS {} (peak {}).  ",
+                "| {} | {} | {} | {} | {} |",
                 row.process,
+                targets.join(", "),
                 mib(row.idle.rss_kib),
-                mib(row.idle.hwm_kib),
-                mib(row.after_load.rss_kib),
-                mib(row.after_load.hwm_kib)
+                mib(row.end.rss_kib),
+                mib(row.end.hwm_kib)
             );
         }
-        md
+        md.push('\n');
+    }
+
+    fn fanout_table(&self, md: &mut String) {
+        if self.fanout.is_empty() {
+            return;
+        }
+        md.push_str(
+            "### Control-plane fan-out: one policy change to N proxies\n\n\
+             Each simulated proxy has its own HTTP/2 connection and push stream, registers its \
+             endpoint, ACKs every snapshot and heartbeats; the clock starts before \
+             `POST /v1/apply`. *ACKs visible*: until `GET /v1/proxies` (polled every 20 ms) \
+             shows every ACK.\n\n\
+             | proxies | connections | snapshot | received p50 | p99 | all received | all ACKs visible | control plane RSS before | after | peak |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for row in &self.fanout {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} KiB | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {} | {} | {} |",
+                row.proxies,
+                row.connections,
+                row.snapshot_bytes as f64 / 1024.0,
+                row.received_ms.p50,
+                row.received_ms.p99,
+                row.received_ms.max,
+                row.all_acked_visible_ms,
+                mib(row.control_plane_before.rss_kib),
+                mib(row.control_plane_after.rss_kib),
+                mib(row.control_plane_after.hwm_kib),
+            );
+        }
+        md.push('\n');
     }
 
     /// Writes `ferrule-bench-<start>.json` and `.md` into `dir`; returns both paths.
@@ -228,11 +408,15 @@ fn signed(ms: Option<f64>) -> String {
     ms.map_or("–".into(), |ms| format!("{ms:+.3}"))
 }
 
+fn cpu(seconds: Option<f64>) -> String {
+    seconds.map_or("–".into(), |c| format!("{c:.4}"))
+}
+
 fn errors(load: &LoadReport) -> String {
     match load.errors() {
         0 => "0".into(),
         n => format!(
-            "{n} (non-2xx {}, transport {}, unfinished {})",
+            "{n} (failed {}, transport {}, unfinished {})",
             load.status_errors, load.transport_errors, load.unfinished
         ),
     }

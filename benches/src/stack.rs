@@ -1,12 +1,18 @@
-//! The system under test: the upstream, the control plane with the benchmark policy, a server
-//! sidecar in front of the upstream and a client sidecar for the caller, all on 127.0.0.1 with
-//! ports chosen by the kernel and data directories in a fresh temporary directory.
+//! The Ferrule side of the system under test: the upstream, the control plane with the
+//! benchmark policy, a server sidecar in front of the upstream and a client sidecar for the
+//! caller, all on 127.0.0.1 with ports chosen by the kernel and data directories in the run's
+//! temporary directory.
 //!
 //! Starting is done in dependency order and each step waits for its readiness signal with a
 //! deadline: the line each process prints once it listens, `ferrulectl apply` succeeding, each
 //! sidecar's `/ready`, and finally the client sidecar's `/config` listing an endpoint of
 //! `bench-upstream` (the server sidecar registered itself and the control plane pushed it).
+//!
+//! The benchmark's Service is re-applied with the protocol of each protocol's runs (`http`,
+//! `http2`, `grpc`: what the server sidecar speaks to the upstream), and the harness waits
+//! until both sidecars' `/config` show it before measuring.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +21,8 @@ use tokio::process::Command;
 
 use crate::client::{get, Endpoint};
 use crate::procs::{Started, Supervisor};
-use crate::target::{Charged, Target};
+use crate::protocol::Protocol;
+use crate::target::{Charged, Lane, Target, TargetKey};
 use crate::Result;
 
 /// How long any one process may take to come up, and the mesh to converge.
@@ -24,8 +31,14 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Name of the benchmark's destination service.
 pub(crate) const SERVICE: &str = "bench-upstream";
-/// The policy the harness applies: just the destination service, all defaults.
-const POLICY: &str = "kind: Service\nname: bench-upstream\nprotocol: http\n";
+
+/// The policy the harness applies: just the destination service, in `protocol`.
+fn policy(protocol: Protocol) -> String {
+    format!(
+        "kind: Service\nname: {SERVICE}\nprotocol: {}\n",
+        protocol.ferrule_service_protocol()
+    )
+}
 
 /// Paths of the release binaries the harness runs.
 #[derive(Clone, Debug)]
@@ -73,6 +86,33 @@ impl Binaries {
     }
 }
 
+/// The running upstream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Upstream {
+    /// Process id.
+    pub(crate) pid: u32,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+}
+
+/// Starts the upstream (`ferrule-bench upstream`) and waits until it listens.
+pub(crate) async fn start_upstream(
+    supervisor: &mut Supervisor,
+    bins: &Binaries,
+    body_size: usize,
+) -> Result<Upstream> {
+    let mut upstream = Command::new(&bins.bench);
+    upstream.args(["upstream", "--listen", "127.0.0.1:0", "--body-size"]);
+    upstream.arg(body_size.to_string());
+    let prefix = "upstream listening on ";
+    let up = supervisor
+        .start("upstream", upstream, prefix, STARTUP_TIMEOUT)
+        .await?;
+    let addr: SocketAddr = parse_after(&up, prefix)?;
+    eprintln!("  upstream        {addr} (pid {})", up.pid);
+    Ok(Upstream { pid: up.pid, addr })
+}
+
 /// The listeners of a running sidecar.
 #[derive(Clone, Debug)]
 pub(crate) struct Sidecar {
@@ -86,44 +126,35 @@ pub(crate) struct Sidecar {
     pub(crate) admin: SocketAddr,
 }
 
-/// A running mesh. Dropping it kills every process and removes the temporary directory.
+/// A running mesh; its processes belong to the supervisor it was started with.
 pub(crate) struct MeshStack {
-    // Declared first so it drops first: children die before their data directories vanish.
-    supervisor: Supervisor,
-    /// The upstream's pid.
-    pub(crate) upstream_pid: u32,
-    /// The upstream's address.
-    pub(crate) upstream: SocketAddr,
     /// The control plane's pid.
     pub(crate) control_pid: u32,
+    control_url: String,
     /// The sidecar in front of the upstream.
     pub(crate) server: Sidecar,
     /// The caller's sidecar.
     pub(crate) client: Sidecar,
-    _dir: TempDir,
+    /// `--threads` passed to each sidecar, or `None` when this ferrule-proxy has no such flag.
+    pub(crate) threads: Option<usize>,
+    /// The protocol the Service currently has.
+    protocol: Protocol,
+    ctl: PathBuf,
+    dir: PathBuf,
 }
 
 impl MeshStack {
-    /// Starts everything and waits until a request through both sidecars can be routed.
-    pub(crate) async fn start(bins: &Binaries, log_dir: &Path, body_size: usize) -> Result<Self> {
-        let dir = TempDir::new()?;
-        let mut supervisor = Supervisor::new(log_dir)?;
-
-        let mut upstream = Command::new(&bins.bench);
-        upstream.args(["upstream", "--listen", "127.0.0.1:0", "--body-size"]);
-        upstream.arg(body_size.to_string());
-        let up = supervisor
-            .start(
-                "upstream",
-                upstream,
-                "upstream listening on ",
-                STARTUP_TIMEOUT,
-            )
-            .await?;
-        let upstream_addr: SocketAddr = parse_after(&up, "upstream listening on ")?;
-        eprintln!("  upstream        {upstream_addr} (pid {})", up.pid);
-
-        let control_data = dir.subdir("control")?;
+    /// Starts the control plane and both sidecars (data in `dir`) with the Service in
+    /// `protocol`, and waits until a request through both sidecars can be routed.
+    pub(crate) async fn start(
+        supervisor: &mut Supervisor,
+        bins: &Binaries,
+        dir: &Path,
+        upstream: SocketAddr,
+        threads: usize,
+        protocol: Protocol,
+    ) -> Result<Self> {
+        let control_data = subdir(dir, "control")?;
         let mut control = child_command(&bins.control);
         control.args(["--listen", "127.0.0.1:0", "--data-dir"]);
         control.arg(&control_data);
@@ -134,27 +165,38 @@ impl MeshStack {
         let control_url = cp.line[prefix.len()..].trim().to_string();
         eprintln!("  control plane   {control_url} (pid {})", cp.pid);
 
-        apply_policy(bins, &control_url, dir.path()).await?;
+        apply_policy(&bins.ctl, &control_url, dir, protocol).await?;
 
+        let threads = if supports_threads(&bins.proxy).await {
+            Some(threads)
+        } else {
+            eprintln!(
+                "  note: {} has no --threads flag; the sidecars run with their default",
+                bins.proxy.display()
+            );
+            None
+        };
         let server = start_sidecar(
-            &mut supervisor,
+            supervisor,
             bins,
             &control_url,
             "server-sidecar",
-            "bench-upstream",
-            &dir.subdir("server-sidecar")?,
-            &upstream_addr.to_string(),
+            SERVICE,
+            &subdir(dir, "server-sidecar")?,
+            &upstream.to_string(),
+            threads,
         )
         .await?;
         // The client sidecar's app is never called in these runs; port 1 makes that explicit.
         let client = start_sidecar(
-            &mut supervisor,
+            supervisor,
             bins,
             &control_url,
             "client-sidecar",
             "bench-client",
-            &dir.subdir("client-sidecar")?,
+            &subdir(dir, "client-sidecar")?,
             "127.0.0.1:1",
+            threads,
         )
         .await?;
 
@@ -162,68 +204,122 @@ impl MeshStack {
             wait_ready(name, sidecar).await?;
         }
         wait_for_endpoint(&client).await?;
-
-        Ok(MeshStack {
-            supervisor,
-            upstream_pid: up.pid,
-            upstream: upstream_addr,
+        let mesh = MeshStack {
             control_pid: cp.pid,
+            control_url,
             server,
             client,
-            _dir: dir,
-        })
+            threads,
+            protocol,
+            ctl: bins.ctl.clone(),
+            dir: dir.to_path_buf(),
+        };
+        mesh.wait_for_protocol(protocol).await?;
+        Ok(mesh)
     }
 
-    /// The targets this stack offers, baseline first: direct, one sidecar, two sidecars.
-    pub(crate) fn targets(&self) -> Vec<Target> {
+    /// Re-applies the benchmark Service with `protocol`'s service protocol and waits until
+    /// both sidecars run a snapshot that has it.
+    pub(crate) async fn use_protocol(&mut self, protocol: Protocol) -> Result<()> {
+        if self.protocol == protocol {
+            return Ok(());
+        }
+        apply_policy(&self.ctl, &self.control_url, &self.dir, protocol).await?;
+        self.wait_for_protocol(protocol).await?;
+        self.protocol = protocol;
+        Ok(())
+    }
+
+    async fn wait_for_protocol(&self, protocol: Protocol) -> Result<()> {
+        let wanted = protocol.ferrule_service_protocol();
+        for (name, sidecar) in [("server", &self.server), ("client", &self.client)] {
+            let config = Endpoint::http1(sidecar.admin, "/config")?;
+            poll_until(
+                &format!("protocol: {wanted} for {SERVICE} in the {name} sidecar's /config"),
+                || async {
+                    let json = config_json(&config).await?;
+                    if service_protocol(&json, SERVICE).as_deref() == Some(wanted) {
+                        Ok(true)
+                    } else {
+                        Err(format!(
+                            "{SERVICE} has protocol {:?}",
+                            service_protocol(&json, SERVICE)
+                        ))
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The targets this stack offers among `wanted`, for `protocols`.
+    pub(crate) fn targets(&self, wanted: &[TargetKey], protocols: &[Protocol]) -> Vec<Target> {
         let server = Charged {
             name: "server sidecar".into(),
             pid: self.server.pid,
+            serving: true,
         };
         let client = Charged {
             name: "client sidecar".into(),
             pid: self.client.pid,
+            serving: true,
         };
-        vec![
-            Target {
-                key: "direct",
-                label: "direct".into(),
-                url: format!("http://{}/", self.upstream),
-                host: None,
-                charged: Vec::new(),
-                max_rps: true,
-            },
-            Target {
-                key: "sidecar-1",
-                label: "1 sidecar".into(),
-                url: format!("http://{}/", self.server.inbound),
+        let lanes = |addr: SocketAddr, two: bool| -> BTreeMap<Protocol, Lane> {
+            protocols
+                .iter()
+                .map(|&p| {
+                    let wire = match p {
+                        Protocol::Http1 => "HTTP/1.1",
+                        Protocol::Http2 => "h2c",
+                        Protocol::Grpc => "gRPC/h2c",
+                    };
+                    let path = if two {
+                        format!(
+                            "client → {wire} → client sidecar → h2c → server sidecar → {wire} → upstream"
+                        )
+                    } else {
+                        format!("client → {wire} → server sidecar → {wire} → upstream")
+                    };
+                    (p, Lane { addr, path })
+                })
+                .collect()
+        };
+        let mut out = Vec::new();
+        if wanted.contains(&TargetKey::Ferrule1) {
+            out.push(Target {
+                key: TargetKey::Ferrule1,
+                lanes: lanes(self.server.inbound, false),
                 host: None,
                 charged: vec![server.clone()],
-                max_rps: false,
-            },
-            Target {
-                key: "sidecar-2",
-                label: "2 sidecars".into(),
-                url: format!("http://{}/", self.client.outbound),
+            });
+        }
+        if wanted.contains(&TargetKey::Ferrule2) {
+            out.push(Target {
+                key: TargetKey::Ferrule2,
+                lanes: lanes(self.client.outbound, true),
                 host: Some(SERVICE.into()),
                 charged: vec![client, server],
-                max_rps: true,
-            },
-        ]
+            });
+        }
+        out
     }
+}
 
-    /// The sidecars, named, for memory sampling.
-    pub(crate) fn sidecars(&self) -> [(&'static str, u32); 2] {
-        [
-            ("server sidecar", self.server.pid),
-            ("client sidecar", self.client.pid),
-        ]
-    }
+/// Whether this ferrule-proxy has the `--threads` flag (added with the performance work).
+async fn supports_threads(proxy: &Path) -> bool {
+    let help = Command::new(proxy)
+        .arg("--help")
+        .kill_on_drop(true)
+        .output()
+        .await;
+    help.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--threads"))
+}
 
-    /// Stops every process and waits for them to exit.
-    pub(crate) async fn shutdown(self) {
-        self.supervisor.shutdown().await;
-    }
+fn subdir(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// A command for a Ferrule binary. The environment (log filters included) is inherited and
@@ -243,14 +339,15 @@ where
         .map_err(|e| format!("cannot parse `{rest}` in `{}`: {e}", started.line).into())
 }
 
-async fn apply_policy(bins: &Binaries, control_url: &str, dir: &Path) -> Result<()> {
+async fn apply_policy(ctl: &Path, control_url: &str, dir: &Path, protocol: Protocol) -> Result<()> {
     let file = dir.join("policy.yaml");
-    std::fs::write(&file, POLICY)?;
-    let mut ctl = child_command(&bins.ctl);
-    ctl.args(["--server", control_url, "apply", "-f"])
+    std::fs::write(&file, policy(protocol))?;
+    let mut command = child_command(ctl);
+    command
+        .args(["--server", control_url, "apply", "-f"])
         .arg(&file)
         .kill_on_drop(true);
-    let output = tokio::time::timeout(STARTUP_TIMEOUT, ctl.output())
+    let output = tokio::time::timeout(STARTUP_TIMEOUT, command.output())
         .await
         .map_err(|_| "ferrulectl apply did not finish in time")??;
     if !output.status.success() {
@@ -262,10 +359,14 @@ async fn apply_policy(bins: &Binaries, control_url: &str, dir: &Path) -> Result<
         )
         .into());
     }
-    eprintln!("  policy          applied service {SERVICE}");
+    eprintln!(
+        "  policy          service {SERVICE}, protocol {}",
+        protocol.ferrule_service_protocol()
+    );
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one call site per sidecar; a struct would only rename them
 async fn start_sidecar(
     supervisor: &mut Supervisor,
     bins: &Binaries,
@@ -274,6 +375,7 @@ async fn start_sidecar(
     service: &str,
     data_dir: &Path,
     app: &str,
+    threads: Option<usize>,
 ) -> Result<Sidecar> {
     let mut proxy = child_command(&bins.proxy);
     proxy
@@ -287,6 +389,9 @@ async fn start_sidecar(
         .arg(data_dir)
         .args(["--inbound", "127.0.0.1:0", "--app", app])
         .args(["--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    if let Some(threads) = threads {
+        proxy.args(["--threads", &threads.to_string()]);
+    }
     let prefix = "ferrule-proxy listening ";
     let started = supervisor
         .start(name, proxy, prefix, STARTUP_TIMEOUT)
@@ -351,6 +456,17 @@ async fn wait_ready(name: &str, sidecar: &Sidecar) -> Result<()> {
     .await
 }
 
+/// GETs an admin `/config` and parses it.
+async fn config_json(config: &Endpoint) -> Result<serde_json::Value, String> {
+    let (status, body) = get(config, Duration::from_secs(2))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("/config answered {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("/config is not JSON: {e}"))
+}
+
 /// Waits until the client sidecar's applied snapshot (`/config`) holds an endpoint of
 /// `bench-upstream`: only then can the two-hop path route.
 async fn wait_for_endpoint(client: &Sidecar) -> Result<()> {
@@ -358,14 +474,7 @@ async fn wait_for_endpoint(client: &Sidecar) -> Result<()> {
     poll_until(
         "an endpoint of bench-upstream in the client sidecar's /config",
         || async {
-            let (status, body) = get(&config, Duration::from_secs(2))
-                .await
-                .map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("/config answered {status}"));
-            }
-            let json: serde_json::Value =
-                serde_json::from_slice(&body).map_err(|e| format!("/config is not JSON: {e}"))?;
+            let json = config_json(&config).await?;
             if has_endpoint_of(&json, SERVICE, false) {
                 Ok(true)
             } else {
@@ -374,6 +483,24 @@ async fn wait_for_endpoint(client: &Sidecar) -> Result<()> {
         },
     )
     .await
+}
+
+/// The `protocol` of the Service named `name` anywhere in `json` (an object with both
+/// `name` and `protocol`), if there is one.
+fn service_protocol(json: &serde_json::Value, name: &str) -> Option<String> {
+    use serde_json::Value;
+    match json {
+        Value::Object(map) => {
+            if map.get("name").and_then(Value::as_str) == Some(name) {
+                if let Some(protocol) = map.get("protocol").and_then(Value::as_str) {
+                    return Some(protocol.to_string());
+                }
+            }
+            map.values().find_map(|v| service_protocol(v, name))
+        }
+        Value::Array(items) => items.iter().find_map(|v| service_protocol(v, name)),
+        _ => None,
+    }
 }
 
 /// Whether `json` holds, somewhere under a key naming endpoints, an object whose `service` is
@@ -399,10 +526,11 @@ fn has_endpoint_of(json: &serde_json::Value, service: &str, under_endpoints: boo
 }
 
 /// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Result<Self> {
+    /// Creates a fresh directory under the system's temporary directory.
+    pub(crate) fn new() -> Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
@@ -413,14 +541,9 @@ impl TempDir {
         Ok(TempDir(path))
     }
 
-    fn path(&self) -> &Path {
+    /// Its path.
+    pub(crate) fn path(&self) -> &Path {
         &self.0
-    }
-
-    fn subdir(&self, name: &str) -> Result<PathBuf> {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(&path)?;
-        Ok(path)
     }
 }
 
@@ -458,5 +581,19 @@ mod tests {
         // The Service resource alone is not an endpoint.
         let no_endpoint = json!({"services": [{"service": "bench-upstream"}], "endpoints": []});
         assert!(!has_endpoint_of(&no_endpoint, SERVICE, false));
+    }
+
+    #[test]
+    fn finds_the_service_protocol_in_a_snapshot() {
+        let config = json!({"version": 4, "snapshot": {"services": [
+            {"name": "other", "protocol": "http"},
+            {"name": "bench-upstream", "protocol": "grpc"}], "endpoints": [
+            {"name": "bench-upstream", "service": "bench-upstream"}]}});
+        assert_eq!(service_protocol(&config, SERVICE).as_deref(), Some("grpc"));
+        assert_eq!(service_protocol(&json!({"services": []}), SERVICE), None);
+        assert_eq!(
+            policy(Protocol::Http2),
+            "kind: Service\nname: bench-upstream\nprotocol: http2\n"
+        );
     }
 }
