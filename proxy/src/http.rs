@@ -26,8 +26,20 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// `Connection` names, so they never leak onto the next hop.
 ///
 /// `keep_te_trailers` keeps `te: trailers`, which gRPC needs end to end over HTTP/2.
+///
+/// Runs on every request and response: one pass over the (few) header names decides whether
+/// there is anything to remove at all, instead of a hashed lookup per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    // Fast path: most requests carry none of these.
+    let mut found = false;
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        return;
+    }
     if let Some(conn) = headers.remove(header::CONNECTION) {
         if let Ok(list) = conn.to_str() {
             for name in list.split(',') {
@@ -50,6 +62,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
             headers.remove(header::TE);
         }
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TRAILER
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 /// The authority a request is for: the URI's (absolute-form proxy requests, HTTP/2
