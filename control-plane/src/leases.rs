@@ -16,9 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferrule_config::Endpoint;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::store::{Action, Store, StoreError};
+
+/// A registration waiting for the next group commit.
+#[derive(Debug)]
+struct Pending {
+    proxy: String,
+    ep: Endpoint,
+    now: Instant,
+    reply: oneshot::Sender<Result<Action, String>>,
+}
 
 #[derive(Debug, Clone)]
 struct Lease {
@@ -37,6 +46,10 @@ pub struct Leases {
     /// table, then write the store" atomic, so an expiry cannot delete an endpoint that a
     /// reconnecting sidecar registered in between.
     ops: tokio::sync::Mutex<()>,
+    /// Registrations queued for the next transaction: when a fleet of new sidecars says hello at
+    /// once, they are written together (group commit) instead of one fsync each, which took
+    /// 30 s for 1,000 sidecars on a disk with 30 ms fsyncs.
+    queue: Mutex<Vec<Pending>>,
 }
 
 impl Leases {
@@ -55,6 +68,7 @@ impl Leases {
             ttl,
             table: Mutex::new(table),
             ops: tokio::sync::Mutex::new(()),
+            queue: Mutex::new(Vec::new()),
         })
     }
 
@@ -79,27 +93,61 @@ impl Leases {
     }
 
     /// Registers (upserts) `ep` for `proxy` and starts its lease.
+    ///
+    /// Whoever takes the store lock writes every registration queued so far in one
+    /// transaction; registrations that arrive during that write go in the next one.
     pub async fn register(
         &self,
         proxy: &str,
         ep: Endpoint,
         now: Instant,
     ) -> Result<Action, StoreError> {
-        let _op = self.ops.lock().await;
-        let name = ep.name.clone();
-        let owner = proxy.to_owned();
-        let action = self
-            .store
-            .run(move |s| s.register_endpoint(ep, &owner))
-            .await?;
-        self.table.lock().expect("lease lock").insert(
-            name,
-            Lease {
-                owner: proxy.to_owned(),
-                deadline: now + self.ttl,
-            },
-        );
-        Ok(action)
+        let (reply, answer) = oneshot::channel();
+        self.queue.lock().expect("lease queue lock").push(Pending {
+            proxy: proxy.to_owned(),
+            ep,
+            now,
+            reply,
+        });
+        {
+            let _op = self.ops.lock().await;
+            let batch = std::mem::take(&mut *self.queue.lock().expect("lease queue lock"));
+            if !batch.is_empty() {
+                self.commit_registrations(batch).await;
+            }
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Task("registration was dropped".into()))?
+            .map_err(StoreError::Task)
+    }
+
+    async fn commit_registrations(&self, batch: Vec<Pending>) {
+        let regs: Vec<(Endpoint, String)> = batch
+            .iter()
+            .map(|p| (p.ep.clone(), p.proxy.clone()))
+            .collect();
+        match self.store.run(move |s| s.register_endpoints(regs)).await {
+            Ok(actions) => {
+                let mut table = self.table.lock().expect("lease lock");
+                for (p, action) in batch.into_iter().zip(actions) {
+                    table.insert(
+                        p.ep.name.clone(),
+                        Lease {
+                            owner: p.proxy,
+                            deadline: p.now + self.ttl,
+                        },
+                    );
+                    let _ = p.reply.send(Ok(action));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for p in batch {
+                    let _ = p.reply.send(Err(msg.clone()));
+                }
+            }
+        }
     }
 
     /// Renews `proxy`'s lease on `name`. Returns false if it holds none (it expired, or another
@@ -194,6 +242,39 @@ mod tests {
     }
 
     const TTL: Duration = Duration::from_secs(15);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_registrations_share_transactions_and_all_hold_leases() {
+        let dir = TempDir::new("leases");
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let t0 = Instant::now();
+        let leases = Arc::new(Leases::load(store.clone(), TTL, t0).unwrap());
+        let before = store.revision();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let leases = leases.clone();
+                tokio::spawn(async move {
+                    leases
+                        .register(&format!("p{i}"), ep(&format!("e{i}")), t0)
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(leases.len(), 200);
+        assert_eq!(store.leases().unwrap().len(), 200);
+        for i in [0, 99, 199] {
+            assert!(store
+                .get(Kind::Endpoint, &format!("e{i}"))
+                .unwrap()
+                .is_some());
+        }
+        // Group commit: fewer transactions (revision bumps) than registrations.
+        let bumps = store.revision() - before;
+        assert!(bumps < 200, "{bumps} transactions for 200 registrations");
+    }
 
     #[tokio::test]
     async fn expiry_follows_heartbeats() {

@@ -3,7 +3,8 @@
 //!
 //! A `watch` holds only the latest value, which is exactly the semantics a proxy needs: a slow
 //! proxy that missed versions 5 and 6 gets 7, never a backlog. Writes are debounced so that a
-//! burst (an `apply` followed by a few lease registrations) is one push rather than several.
+//! burst (an `apply` followed by a few lease registrations) is one push rather than several, and
+//! a storm of writes yields a few pushes a second rather than one per write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,14 @@ use tokio::sync::watch;
 
 use crate::store::{Store, StoreError};
 
-/// How long to wait after a change for more changes before building a snapshot.
+/// How long the store must stay quiet after a change before a snapshot is built.
 pub const DEBOUNCE: Duration = Duration::from_millis(15);
+
+/// The longest a change waits for the store to go quiet. Under a storm of changes (a thousand
+/// sidecars registering at once) publishing every 15 ms would push a new, ever larger snapshot
+/// to every connected proxy dozens of times a second; this caps it at a few per second while a
+/// lone change still goes out after [`DEBOUNCE`].
+pub const DEBOUNCE_MAX: Duration = Duration::from_millis(500);
 
 /// One version's snapshot, ready to write to any number of streams.
 #[derive(Debug)]
@@ -61,7 +68,17 @@ pub async fn run_builder(
             r = changes.changed() => if r.is_err() { return },
             () = crate::server::until_shutdown(&mut shutdown) => return,
         }
-        tokio::time::sleep(DEBOUNCE).await;
+        let first = tokio::time::Instant::now();
+        loop {
+            let quiet = (tokio::time::Instant::now() + DEBOUNCE).min(first + DEBOUNCE_MAX);
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = tokio::time::sleep_until(quiet) => break,
+            }
+            if first.elapsed() >= DEBOUNCE_MAX {
+                break;
+            }
+        }
         // Everything committed up to here is in the snapshot we are about to read.
         changes.mark_unchanged();
         let current = tx.borrow().version;

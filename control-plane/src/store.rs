@@ -435,18 +435,33 @@ impl Store {
 
     /// Registers (upserts) an endpoint under a lease owned by `proxy`, in one transaction.
     /// The revision is bumped only if the endpoint's content changed.
-    pub fn register_endpoint(&self, mut ep: Endpoint, proxy: &str) -> Result<Action, StoreError> {
-        // The sidecar does not track store revisions: its registration is "create or overwrite".
-        ep.revision = 0;
+    pub fn register_endpoint(&self, ep: Endpoint, proxy: &str) -> Result<Action, StoreError> {
+        let mut actions = self.register_endpoints(vec![(ep, proxy.to_owned())])?;
+        Ok(actions.pop().expect("one action per registration"))
+    }
+
+    /// Registers several `(endpoint, owning proxy)` pairs in one transaction (one fsync for
+    /// all of them); returns one action per pair, in order.
+    pub fn register_endpoints(
+        &self,
+        regs: Vec<(Endpoint, String)>,
+    ) -> Result<Vec<Action>, StoreError> {
         self.write(|w| {
-            let name = ep.name.clone();
-            let (_, action) = w.upsert(Resource::Endpoint(ep), true)?;
-            let owner = w.leases.get(name.as_str())?.map(|v| v.value().to_owned());
-            if owner.as_deref() != Some(proxy) {
-                w.leases.insert(name.as_str(), proxy)?;
-                w.dirty = true;
+            let mut actions = Vec::with_capacity(regs.len());
+            for (mut ep, proxy) in regs {
+                // The sidecar does not track store revisions: its registration is "create or
+                // overwrite".
+                ep.revision = 0;
+                let name = ep.name.clone();
+                let (_, action) = w.upsert(Resource::Endpoint(ep), true)?;
+                let owner = w.leases.get(name.as_str())?.map(|v| v.value().to_owned());
+                if owner.as_deref() != Some(proxy.as_str()) {
+                    w.leases.insert(name.as_str(), proxy.as_str())?;
+                    w.dirty = true;
+                }
+                actions.push(action);
             }
-            Ok(action)
+            Ok(actions)
         })
     }
 
