@@ -341,7 +341,39 @@ async fn apply(api: &Api, args: &[PathBuf], out: &mut Vec<u8>) -> Result<(), Cli
     for a in applied {
         writeln!(out, "{}/{} {}", a.kind.to_lowercase(), a.name, a.action).ok();
     }
+    warn_dangling_references(api).await;
     Ok(())
+}
+
+/// The control plane accepts resources in any order, but a proxy refuses a snapshot whose routes
+/// split to a service that does not exist. Say so now, rather than leave the operator to find
+/// the NACK in `status`. Best effort: a failure to check is not a failure to apply.
+async fn warn_dangling_references(api: &Api) {
+    let Ok(value) = api.call::<Value>(Method::GET, "/v1/services", None).await else {
+        return;
+    };
+    let services = value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| Resource::from_value(v, Some(Kind::Service), "service").ok())
+        .filter_map(|r| match r {
+            Resource::Service(s) => Some(s),
+            Resource::Endpoint(_) => None,
+        })
+        .collect();
+    let snapshot = ferrule_config::Snapshot {
+        version: 1,
+        services,
+        endpoints: Vec::new(),
+    };
+    if let Err(errs) = snapshot.check_references() {
+        for e in errs.0 {
+            eprintln!(
+                "warning: {e}; sidecars will refuse new policy until it exists (see `ferrulectl status`)"
+            );
+        }
+    }
 }
 
 async fn get(

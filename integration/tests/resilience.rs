@@ -68,8 +68,14 @@ async fn bad_policy_is_refused_and_a_nacked_snapshot_is_visible() {
 
     // Accepted by the control plane, refused by the proxy: a split to a service that does not
     // exist yet. The proxy NACKs and keeps serving its last good snapshot.
-    cp.apply(
+    let out = cp.try_apply(
         "kind: Service\nname: echo\nprotocol: http\nroutes:\n  - backends: [ { service: missing, weight: 100 } ]\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: Service/echo: routes[0].backends[0].service: service \"missing\" does not exist"),
+        "ferrulectl should warn about the dangling backend: {stderr}"
     );
     eventually(
         Duration::from_secs(10),
