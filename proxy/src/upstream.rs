@@ -23,7 +23,8 @@ use tokio::net::TcpStream;
 
 use crate::http::Wire;
 
-/// Most idle HTTP/1.1 connections kept per upstream; more are closed when they fall idle.
+/// Most HTTP/1.1 connections pooled per upstream; beyond that, a connection closes once its
+/// response is done.
 const MAX_IDLE_H1: usize = 256;
 /// How long a connect may take before the endpoint counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -149,27 +150,32 @@ impl Upstream {
         }
     }
 
+    /// Takes a connection that can send now. The pool also holds connections whose response
+    /// body is still streaming (they become ready when it ends): those are skipped, and
+    /// closed ones are dropped on the way.
     fn checkout_h1(&self) -> Option<http1::SendRequest<Incoming>> {
-        let mut idle = self.idle_h1.lock().expect("pool lock poisoned");
-        while let Some(c) = idle.pop() {
-            if c.is_ready() {
-                return Some(c);
+        let mut pool = self.idle_h1.lock().expect("pool lock poisoned");
+        let mut i = pool.len();
+        while i > 0 {
+            i -= 1;
+            if pool[i].is_ready() {
+                return Some(pool.swap_remove(i));
+            }
+            if pool[i].is_closed() {
+                pool.swap_remove(i);
             }
         }
         None
     }
 
-    /// Returns a connection to the pool once its current response body has been read.
-    fn checkin_h1(self: &Arc<Self>, mut conn: http1::SendRequest<Incoming>) {
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            if conn.ready().await.is_ok() {
-                let mut idle = this.idle_h1.lock().expect("pool lock poisoned");
-                if idle.len() < MAX_IDLE_H1 {
-                    idle.push(conn);
-                }
-            }
-        });
+    /// Puts a connection back as soon as its response head is in. It turns ready by itself
+    /// when hyper's connection task has read the response body to the end, so no task waits
+    /// on it (hyper-util's pool spawns one per request for that).
+    fn checkin_h1(&self, conn: http1::SendRequest<Incoming>) {
+        let mut pool = self.idle_h1.lock().expect("pool lock poisoned");
+        if pool.len() < MAX_IDLE_H1 {
+            pool.push(conn);
+        }
     }
 
     async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
