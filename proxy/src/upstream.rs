@@ -42,6 +42,12 @@ pub enum ConnectError {
         /// Why.
         source: std::io::Error,
     },
+    /// Fresh connections kept closing before the request could be sent.
+    #[error("connections to {addr} closed before the request could be sent")]
+    Closed {
+        /// Where.
+        addr: SocketAddr,
+    },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
@@ -218,8 +224,10 @@ impl Upstream {
     }
 
     async fn send_h2(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
-        // One retry covers a connection that closed (GOAWAY) just before use.
-        for _ in 0..2 {
+        // A connection that closed (GOAWAY) just before use hands the request back untouched:
+        // retry once on a fresh connection, then let the balancer try another endpoint.
+        let mut retried = false;
+        loop {
             let mut conn = match self.h2_conn().await {
                 Ok(c) => c,
                 Err(e) => return Err(SendError::Connect(e, Box::new(req))),
@@ -230,16 +238,16 @@ impl Upstream {
                     Some(back) => {
                         req = back;
                         self.h2.lock().expect("h2 lock poisoned").take();
+                        if retried {
+                            let closed = ConnectError::Closed { addr: self.addr };
+                            return Err(SendError::Connect(closed, Box::new(req)));
+                        }
+                        retried = true;
                     }
                     None => return Err(SendError::Failed(e.into_error())),
                 },
             }
         }
-        let mut conn = match self.h2_conn().await {
-            Ok(c) => c,
-            Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-        };
-        conn.send_request(req).await.map_err(SendError::Failed)
     }
 
     fn cached_h2(&self) -> Option<http2::SendRequest<Incoming>> {
