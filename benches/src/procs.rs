@@ -4,7 +4,7 @@
 //! is listening (or, for programs that print none, such as nginx and HAProxy, lets the caller
 //! poll their ports), sends their output to log files, and kills them all when it is dropped —
 //! on success, on error, on Ctrl-C (the harness turns signals into errors so drops run) and,
-//! via a panic hook, on panic (the release profile aborts on panic, which skips drops). A child
+//! via a panic hook, on panic (a panic on another thread, or one that aborts, skips drops). A child
 //! that forks workers (nginx) is started in its own process group and killed as a group, so
 //! no worker outlives the harness.
 //!

@@ -446,7 +446,12 @@ fn decode_route(d: &Diag, path: String, v: &Value) -> Option<Route> {
         .into_iter()
         .map(|(v, path)| decode_backend(d, path, v))
         .collect();
-    if backends.len() > 1 && backends.iter().flatten().all(|b| b.weight == 0) {
+    // A route whose every backend has weight 0 could send its traffic nowhere.
+    if !backends.is_empty()
+        && backends
+            .iter()
+            .all(|b| b.as_ref().is_some_and(|b| b.weight == 0))
+    {
         d.err(
             &crate::decode::join(&o.path, "backends"),
             "at least one backend needs a weight above 0",

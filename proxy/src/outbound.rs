@@ -119,7 +119,16 @@ async fn forward(
         Ok(r) => r,
         Err(e) => return (Err(e), metrics),
     };
-    let target = route.pick_backend().clone();
+    let Some(target) = route.pick_backend().cloned() else {
+        let e = ProxyError::new(
+            Reason::NoEndpoints,
+            format!(
+                "the matching route of {} has no backend with a weight above 0",
+                svc.name
+            ),
+        );
+        return (Err(e), metrics);
+    };
     let downstream = req.version();
     let grpc = h::is_grpc(req.headers());
     h::strip_hop_by_hop(req.headers_mut(), true);

@@ -82,17 +82,21 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Chooses a backend by weight.
-    pub fn pick_backend(&self) -> &Arc<Target> {
-        if self.backends.len() == 1 {
-            return &self.backends[0].1;
+    /// Chooses a backend by weight; `None` if no backend has a weight above 0 (validation
+    /// refuses such routes, so this is defence, not a path taken in practice).
+    pub fn pick_backend(&self) -> Option<&Arc<Target>> {
+        match self.backends.len() {
+            0 => None,
+            1 => Some(&self.backends[0].1),
+            n => {
+                let r = rand::rng().random_range(0..self.total.max(1));
+                self.backends
+                    .iter()
+                    .find(|(cum, _)| r < *cum)
+                    .or(self.backends.get(n - 1))
+                    .map(|(_, t)| t)
+            }
         }
-        let r = rand::rng().random_range(0..self.total);
-        self.backends
-            .iter()
-            .find(|(cum, _)| r < *cum)
-            .map(|(_, t)| t)
-            .unwrap_or(&self.backends[self.backends.len() - 1].1)
     }
 }
 
@@ -462,7 +466,7 @@ mod tests {
         assert_eq!(second.upstreams.len(), 3);
         let svc = second.service("echo").unwrap();
         let route = svc.route(&Request::new(())).unwrap();
-        let balancer = &route.pick_backend().balancer;
+        let balancer = &route.pick_backend().unwrap().balancer;
         assert_eq!(balancer.members().len(), 3);
         assert!(
             Arc::ptr_eq(balancer.cursor(), &cursor),
