@@ -253,3 +253,42 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
         samples.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_finish_on_the_policy_they_started_with() {
+    let m = mesh(&route_to("v1")).await;
+    // 20 slow requests start on v1...
+    let url = format!("http://{}/slow/1000", m.client.outbound);
+    let started = Instant::now();
+    let in_flight: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { TestClient::http1().get(&url, Some("echo")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...then the route flips to v2 while they are still waiting for their responses.
+    let version = m.client.version().await;
+    m.cp.apply(&route_to("v2"));
+    ferrule_integration::eventually(Duration::from_secs(5), "flip applied", || async {
+        m.client.version().await > version
+    })
+    .await;
+    // Otherwise the requests might have finished before the flip and prove nothing.
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the flip took {:?}; the slow requests were no longer in flight",
+        started.elapsed()
+    );
+    for r in in_flight {
+        let (status, headers, _) = r.await.unwrap().expect("in-flight request failed");
+        assert_eq!(status, 200);
+        assert!(headers["x-app"].to_str().unwrap().ends_with("v1"));
+    }
+    let (status, headers, _) = TestClient::http1()
+        .get(&format!("http://{}/", m.client.outbound), Some("echo"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(headers["x-app"].to_str().unwrap().ends_with("v2"));
+}
