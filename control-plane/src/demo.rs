@@ -203,6 +203,28 @@ fn sidecar(
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
+/// `GET url` (with `host` as the Host header, if given); returns status, headers and body.
+async fn get(
+    client: &HttpClient,
+    url: String,
+    host: Option<&str>,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), hyper_util::client::legacy::Error> {
+    let mut req = Request::get(url);
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = client
+        .request(req.body(Empty::new()).expect("valid request"))
+        .await?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok((parts.status, parts.headers, body))
+}
+
 /// Serves `handler` on a fresh loopback port.
 async fn serve<F, Fut>(handler: F) -> Result<SocketAddr, String>
 where
@@ -258,22 +280,12 @@ async fn web_app(
             let Some(out) = outbound.get() else {
                 return text(503, "web: sidecar not started yet\n".into());
             };
-            let path = req.uri().path().to_owned();
-            let upstream = Request::get(format!("http://{out}{path}"))
-                .header("host", "echo")
-                .body(Empty::new())
-                .expect("valid request");
-            match client.request(upstream).await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp
-                        .into_body()
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
-                    text(status, format!("web -> {}", String::from_utf8_lossy(&body)))
-                }
+            let url = format!("http://{out}{}", req.uri().path());
+            match get(&client, url, Some("echo")).await {
+                Ok((status, _, body)) => text(
+                    status.as_u16(),
+                    format!("web -> {}", String::from_utf8_lossy(&body)),
+                ),
                 Err(e) => text(502, format!("web: calling echo failed: {e}\n")),
             }
         }
@@ -290,16 +302,7 @@ async fn wait_for_endpoints(
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let req = Request::get(format!("http://{admin}/config"))
-            .body(Empty::new())
-            .expect("valid request");
-        if let Ok(resp) = client.request(req).await {
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+        if let Ok((_, _, body)) = get(client, format!("http://{admin}/config"), None).await {
             let cfg: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let have = cfg["snapshot"]["endpoints"]
                 .as_array()
@@ -414,20 +417,16 @@ async fn run(args: DemoArgs, children: &Children) -> Result<(), String> {
             _ = tick.tick() => {
                 n += 1;
                 let path = if n.is_multiple_of(20) { "/v2/special" } else { "/hello" };
-                let req = Request::get(format!("http://{}{path}", lg.outbound))
-                    .header("host", "web")
-                    .body(Empty::new())
-                    .expect("valid request");
-                let key = match client.request(req).await {
-                    Ok(resp) if resp.status().is_success() => {
-                        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let url = format!("http://{}{path}", lg.outbound);
+                let key = match get(&client, url, Some("web")).await {
+                    Ok((status, _, body)) if status.is_success() => {
                         let text = String::from_utf8_lossy(&body);
                         if text.contains("echo v2") { "ok (echo v2)".to_string() } else { "ok (echo v1)".to_string() }
                     }
-                    Ok(resp) => format!(
+                    Ok((status, headers, _)) => format!(
                         "HTTP {} ({})",
-                        resp.status().as_u16(),
-                        resp.headers().get("ferrule-error").and_then(|v| v.to_str().ok()).unwrap_or("from the app")
+                        status.as_u16(),
+                        headers.get("ferrule-error").and_then(|v| v.to_str().ok()).unwrap_or("from the app")
                     ),
                     Err(e) => format!("client error: {e}"),
                 };

@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use crate::errors::{ProxyError, Reason};
 use crate::http::{self as h, ProxyBody, Wire};
 use crate::metrics::{Direction, ServiceMetrics};
-use crate::outbound::record;
 use crate::policy::Policy;
 use crate::upstream::{SendError, Upstream};
 
@@ -68,7 +67,9 @@ impl Inbound {
                 (e.into_response(grpc), reason)
             }
         };
-        record(&self.policy, &self.metrics, &resp, error, start);
+        self.policy
+            .metrics
+            .record(&self.metrics, resp.status().as_u16(), error, start);
         resp
     }
 

@@ -178,6 +178,20 @@ impl Metrics {
         }
     }
 
+    /// Records one finished request of either direction: count, latency to response headers,
+    /// and the response by status and proxy error reason.
+    pub fn record(
+        &self,
+        svc: &ServiceMetrics,
+        status: u16,
+        error: &'static str,
+        start: std::time::Instant,
+    ) {
+        svc.requests.inc();
+        svc.latency.observe(start.elapsed().as_secs_f64());
+        self.response(svc, status, error);
+    }
+
     /// Counts one response.
     pub fn response(&self, svc: &ServiceMetrics, status: u16, error: &'static str) {
         if status == 200 && error.is_empty() {

@@ -57,21 +57,11 @@ impl Outbound {
                 (e.into_response(grpc), reason)
             }
         };
-        record(&self.policy, svc_metrics, &resp, error, start);
+        self.policy
+            .metrics
+            .record(svc_metrics, resp.status().as_u16(), error, start);
         resp
     }
-}
-
-pub(crate) fn record(
-    policy: &Policy,
-    m: &ServiceMetrics,
-    resp: &Response<ProxyBody>,
-    error: &'static str,
-    start: Instant,
-) {
-    m.requests.inc();
-    m.latency.observe(start.elapsed().as_secs_f64());
-    policy.metrics.response(m, resp.status().as_u16(), error);
 }
 
 async fn forward(

@@ -215,11 +215,7 @@ impl Upstream {
                 addr: self.addr,
                 source,
             })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
-            }
-        });
+        drive(conn, "HTTP/1.1");
         Ok(sender)
     }
 
@@ -276,14 +272,22 @@ impl Upstream {
                 addr: self.addr,
                 source,
             })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
+        drive(conn, "HTTP/2");
         *self.h2.lock().expect("h2 lock poisoned") = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// Runs a client connection's task until the connection ends.
+fn drive<F>(conn: F, protocol: &'static str)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, protocol, "upstream connection ended");
+        }
+    });
 }
 
 /// Counts a request in flight for as long as it lives (also when its future is dropped).
