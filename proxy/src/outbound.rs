@@ -47,7 +47,7 @@ impl Outbound {
         let start = Instant::now();
         let grpc = h::is_grpc(req.headers());
         let tables = self.policy.load();
-        let (result, svc_metrics) = forward(&tables, req).await;
+        let (result, svc_metrics) = forward(&tables, req, grpc).await;
         let svc_metrics = svc_metrics.unwrap_or(&tables.unknown_metrics);
         let (resp, error) = match result {
             Ok(resp) => (resp, ""),
@@ -67,6 +67,7 @@ impl Outbound {
 async fn forward(
     tables: &Tables,
     mut req: Request<Incoming>,
+    grpc: bool,
 ) -> (
     Result<Response<ProxyBody>, ProxyError>,
     Option<&ServiceMetrics>,
@@ -120,7 +121,6 @@ async fn forward(
         return (Err(e), metrics);
     };
     let downstream = req.version();
-    let grpc = h::is_grpc(req.headers());
     h::strip_hop_by_hop(req.headers_mut(), true);
     let send = send_to_target(target, req, authority, downstream, grpc);
     let result = match route.timeout {
