@@ -276,7 +276,7 @@ impl MeshStack {
                     };
                     let path = if two {
                         format!(
-                            "client → {wire} → client sidecar → h2c → server sidecar → {wire} → upstream"
+                            "client → {wire} → client sidecar → {wire} → server sidecar → {wire} → upstream"
                         )
                     } else {
                         format!("client → {wire} → server sidecar → {wire} → upstream")

@@ -1,5 +1,5 @@
 //! HTTP plumbing shared by both directions: the body type, hop-by-hop headers, authority
-//! extraction and the header that carries the client's HTTP version between sidecars.
+//! extraction and the rewrite of a request for the next hop's protocol.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -10,14 +10,8 @@ use hyper::body::Incoming;
 /// Body of every response the proxy returns: a streamed upstream body, or one the proxy made.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// Carries the HTTP version the client used across the HTTP/2 hop between sidecars, so the far
-/// side can talk HTTP/1.1 to an HTTP/1.1 app (Linkerd calls its equivalent `l5d-orig-proto`).
-pub static ORIG_PROTO: HeaderName = HeaderName::from_static("ferrule-orig-proto");
-
 /// Names the reason of every response the proxy makes itself.
 pub static FERRULE_ERROR: HeaderName = HeaderName::from_static("ferrule-error");
-
-const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -106,21 +100,6 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// Marks a request that travels to a peer sidecar over HTTP/2 with its original version.
-pub fn mark_orig_proto(headers: &mut HeaderMap, version: Version) {
-    if version == Version::HTTP_11 || version == Version::HTTP_10 {
-        headers.insert(ORIG_PROTO.clone(), HTTP11);
-    }
-}
-
-/// Takes the original-protocol mark off a request arriving from a peer sidecar; true if the
-/// client spoke HTTP/1.x.
-pub fn take_orig_proto(headers: &mut HeaderMap) -> bool {
-    headers
-        .remove(&ORIG_PROTO)
-        .is_some_and(|v| v.as_bytes().starts_with(b"HTTP/1"))
 }
 
 /// Which wire protocol to use towards the next hop.

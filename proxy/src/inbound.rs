@@ -1,9 +1,9 @@
-//! The inbound direction: requests from peer sidecars (HTTP/2) or direct clients, forwarded to
-//! the local app.
+//! The inbound direction: requests from peer sidecars or direct clients, forwarded to the
+//! local app.
 //!
 //! The app is spoken to in its own service's protocol from the snapshot; for `auto` (or before
-//! any snapshot) the client's original version is restored from `ferrule-orig-proto`, so an
-//! HTTP/1.1 app never sees HTTP/2 just because two sidecars multiplexed its traffic.
+//! any snapshot) in the protocol the request arrived in, which peer sidecars keep from the
+//! original client.
 //! Authorization and rate limits slot in before the forward when their issues land.
 
 use std::net::SocketAddr;
@@ -41,10 +41,10 @@ impl Inbound {
     }
 
     /// Forwards one request; every failure becomes a response here.
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = h::is_grpc(req.headers());
-        let from_http1 = h::take_orig_proto(req.headers_mut()) || req.version() < Version::HTTP_2;
+        let from_http1 = req.version() < Version::HTTP_2;
         let protocol = self
             .policy
             .load()

@@ -8,7 +8,7 @@
 //! 2. destination service from the host -> `unknown-service`;
 //! 3. first matching route -> `no-route`; its timeout wraps everything below -> `timeout`;
 //! 4. weighted backend (traffic split) -> balancer over that backend's endpoints;
-//! 5. connection: HTTP/2 to a peer sidecar, else the service's protocol; a refused connect
+//! 5. connection: the client's protocol to a peer sidecar, else the service's; a refused connect
 //!    moves the request to another endpoint -> `connect-failed` when none is left.
 //!
 //! Retries, breakers and fault injection slot in between 3 and 5 when their issue lands.
@@ -163,22 +163,21 @@ async fn send_to_target(
             break;
         };
         let member = &members[i];
-        let wire = if member.sidecar {
-            Wire::Http2
+        // To a peer sidecar the request keeps the client's protocol (HTTP/1.1 stays HTTP/1.1
+        // over a pooled keep-alive connection): see ARCHITECTURE.md, "Between sidecars", for
+        // why HTTP/1.1 is not upgraded to HTTP/2 on that hop. Elsewhere the service's
+        // protocol decides.
+        let protocol = if member.sidecar {
+            Protocol::Auto
         } else {
-            match target.protocol {
-                Protocol::Http => Wire::Http1,
-                Protocol::Http2 | Protocol::Grpc => Wire::Http2,
-                Protocol::Auto | Protocol::Tcp if grpc || downstream == Version::HTTP_2 => {
-                    Wire::Http2
-                }
-                Protocol::Auto | Protocol::Tcp => Wire::Http1,
-            }
+            target.protocol
         };
-        req.headers_mut().remove(&h::ORIG_PROTO);
-        if member.sidecar {
-            h::mark_orig_proto(req.headers_mut(), downstream);
-        }
+        let wire = match protocol {
+            Protocol::Http => Wire::Http1,
+            Protocol::Http2 | Protocol::Grpc => Wire::Http2,
+            Protocol::Auto | Protocol::Tcp if grpc || downstream == Version::HTTP_2 => Wire::Http2,
+            Protocol::Auto | Protocol::Tcp => Wire::Http1,
+        };
         h::set_wire(&mut req, wire, &authority)
             .map_err(|e| ProxyError::new(Reason::BadRequest, e))?;
         match member.upstream.send(wire, req).await {
