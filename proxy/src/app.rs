@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, Lifecycle};
 use crate::discovery::{self, Registration};
+use crate::fastpath;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -139,6 +140,8 @@ pub async fn run(args: Args) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let outbound = Outbound::new(policy.clone());
     let inbound = Inbound::new(policy.clone(), &args.service, args.app);
+    let fast_out = Arc::new(fastpath::Side::Outbound(outbound.clone()));
+    let fast_in = Arc::new(fastpath::Side::Inbound(inbound.clone()));
     let admin = Admin::new(policy.clone(), life.clone(), &proxy_id);
     let grace = args.drain_timeout;
     let limits = server::Limits {
@@ -151,6 +154,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                 let o = outbound.clone();
                 async move { o.handle(req).await }
             },
+            Some(fast_out),
             stop_rx.clone(),
             grace,
             limits,
@@ -161,6 +165,7 @@ pub async fn run(args: Args) -> Result<(), String> {
                 let i = inbound.clone();
                 async move { i.handle(req).await }
             },
+            Some(fast_in),
             stop_rx.clone(),
             grace,
             limits,
@@ -174,6 +179,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             let a = admin.clone();
             async move { a.handle(req).await }
         },
+        None,
         admin_stop_rx,
         Duration::from_millis(100),
         limits,

@@ -50,7 +50,8 @@ impl Reason {
         }
     }
 
-    fn status(self) -> StatusCode {
+    /// The HTTP status of the response.
+    pub fn status(self) -> StatusCode {
         match self {
             Reason::UnknownService | Reason::NoRoute => StatusCode::NOT_FOUND,
             Reason::NoConfig | Reason::NoEndpoints | Reason::Draining => {
@@ -110,13 +111,39 @@ impl ProxyError {
                 .body(Either::Right(Full::new(Bytes::new())))
                 .expect("static response parts are valid");
         }
-        let body = format!("ferrule: {}: {}\n", self.reason.as_str(), self.detail);
+        let body = self.body_text();
         Response::builder()
             .status(self.reason.status())
             .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
             .header(&FERRULE_ERROR, reason)
             .body(Either::Right(Full::new(Bytes::from(body))))
             .expect("static response parts are valid")
+    }
+}
+
+impl ProxyError {
+    fn body_text(&self) -> String {
+        format!("ferrule: {}: {}\n", self.reason.as_str(), self.detail)
+    }
+
+    /// The response a (non-gRPC) HTTP/1.1 client gets, as bytes for the fast path: the same
+    /// status, headers and body as [`ProxyError::into_response`], plus `connection: close`
+    /// when the connection ends after it.
+    pub fn to_http1(&self, close: bool) -> Vec<u8> {
+        let status = self.reason.status();
+        let body = self.body_text();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\n{}: {}\r\n\
+             content-length: {}\r\n{}\r\n{}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            FERRULE_ERROR.as_str(),
+            self.reason.as_str(),
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+            body
+        )
+        .into_bytes()
     }
 }
 

@@ -16,6 +16,8 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::errors::{ProxyError, Reason};
+use crate::fastpath::{Dest, Plan};
+use crate::h1;
 use crate::http::{self as h, ProxyBody, Wire};
 use crate::metrics::{Direction, ServiceMetrics};
 use crate::policy::Policy;
@@ -71,6 +73,34 @@ impl Inbound {
             .metrics
             .record(&self.metrics, resp.status().as_u16(), error, start);
         resp
+    }
+
+    /// Plans an HTTP/1.1 request for the fast path when the app speaks HTTP/1.1 to it; `None`
+    /// leaves it to the general path.
+    pub(crate) fn plan_h1(&self, head: &h1::RequestHead<'_>, out: &mut Vec<u8>) -> Option<Plan> {
+        let protocol = self
+            .policy
+            .load()
+            .local
+            .as_ref()
+            .map(|s| s.protocol)
+            .unwrap_or_default();
+        if !matches!(protocol, Protocol::Http | Protocol::Auto | Protocol::Tcp) {
+            return None;
+        }
+        h1::write_request_head(out, head, head.authority?);
+        Some(Plan {
+            dest: Dest::Fixed(self.app.clone()),
+            service: None,
+            timeout: None,
+        })
+    }
+
+    /// Records a fast-path request in this service's inbound metrics.
+    pub(crate) fn record_h1(&self, status: u16, error: &'static str, start: Instant) {
+        self.policy
+            .metrics
+            .record(&self.metrics, status, error, start);
     }
 
     async fn forward(

@@ -2,7 +2,11 @@
 //!
 //! # Layout
 //! - [`app`]: settings, listeners, lifecycle (start, serve, drain).
-//! - [`server`]: the accept loop shared by every listener (HTTP/1.1 + h2c, limits, draining).
+//! - [`server`]: the accept loop shared by every listener (fast path, then hyper's HTTP/1.1 +
+//!   h2c for the rest; limits, draining).
+//! - [`fastpath`]: plain HTTP/1.1 forwarded by one task per connection, bytes passed through;
+//!   everything else goes to the general (hyper) path.
+//! - [`h1`]: the fast path's HTTP/1.1 head parsing, rewriting and body framing.
 //! - [`framing`]: refuses HTTP/1.1 requests with both Content-Length and Transfer-Encoding.
 //! - [`outbound`]: the local app's requests to other services: route, split, balance, forward.
 //! - [`inbound`]: peers' requests to the local app.
@@ -20,7 +24,9 @@ pub mod app;
 pub mod balance;
 pub mod discovery;
 pub mod errors;
+pub mod fastpath;
 pub mod framing;
+pub mod h1;
 pub mod http;
 pub mod inbound;
 pub mod metrics;

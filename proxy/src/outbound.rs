@@ -22,6 +22,8 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 
 use crate::errors::{ProxyError, Reason};
+use crate::fastpath::{Dest, Plan};
+use crate::h1;
 use crate::http::{self as h, ProxyBody, Wire};
 use crate::metrics::ServiceMetrics;
 use crate::policy::{Policy, Tables, Target};
@@ -61,6 +63,44 @@ impl Outbound {
             .metrics
             .record(svc_metrics, resp.status().as_u16(), error, start);
         resp
+    }
+}
+
+impl Outbound {
+    /// Plans an HTTP/1.1 request for the fast path: destination, route timeout, and the head to
+    /// send written into `out`. `None` leaves the request to the general path, which also
+    /// answers every request that fails before it is forwarded (no config, unknown service, no
+    /// route, no endpoints), so those errors are built in one place.
+    pub(crate) fn plan_h1(&self, head: &h1::RequestHead<'_>, out: &mut Vec<u8>) -> Option<Plan> {
+        let tables = self.policy.load();
+        if tables.version == 0 {
+            return None;
+        }
+        let authority = head.authority?;
+        let svc = tables.service(&h::host_of(authority))?;
+        let route = svc.route(head).ok()?;
+        let target = route.pick_backend()?;
+        // An HTTP/1.1 client and an HTTP/2 service need translating: the general path's job.
+        if matches!(target.protocol, Protocol::Http2 | Protocol::Grpc)
+            || target.balancer.members().is_empty()
+        {
+            return None;
+        }
+        h1::write_request_head(out, head, authority);
+        Some(Plan {
+            dest: Dest::Balanced(target.clone()),
+            service: Some(svc.clone()),
+            timeout: route.timeout,
+        })
+    }
+
+    /// Records a fast-path request in the destination service's metrics.
+    pub(crate) fn record_h1(&self, plan: &Plan, status: u16, error: &'static str, start: Instant) {
+        if let Some(svc) = &plan.service {
+            self.policy
+                .metrics
+                .record(&svc.metrics, status, error, start);
+        }
     }
 }
 

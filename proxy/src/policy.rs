@@ -42,8 +42,8 @@ struct CompiledMatch {
 }
 
 impl CompiledMatch {
-    fn matches<B>(&self, req: &Request<B>) -> bool {
-        let path = req.uri().path();
+    fn matches<R: RouteInput + ?Sized>(&self, req: &R) -> bool {
+        let path = req.path();
         if let Some(p) = &self.path_exact {
             if path != p {
                 return false;
@@ -58,13 +58,39 @@ impl CompiledMatch {
             }
         }
         if let Some(m) = &self.method {
-            if req.method() != m {
+            if req.method() != m.as_str() {
                 return false;
             }
         }
-        self.headers
+        self.headers.iter().all(|(k, v)| req.has_header(k, v))
+    }
+}
+
+/// What route matching reads of a request: implemented by hyper's requests (general path) and
+/// by the fast path's in-place HTTP/1.1 heads, so both match routes by the same code.
+pub trait RouteInput {
+    /// The method.
+    fn method(&self) -> &str;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// Whether some value of header `name` equals `value`.
+    fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool;
+}
+
+impl<B> RouteInput for Request<B> {
+    fn method(&self) -> &str {
+        Request::method(self).as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.uri().path()
+    }
+
+    fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool {
+        self.headers()
+            .get_all(name)
             .iter()
-            .all(|(k, v)| req.headers().get_all(k).iter().any(|have| have == v))
+            .any(|have| have == value)
     }
 }
 
@@ -116,7 +142,7 @@ pub struct ServiceTable {
 
 impl ServiceTable {
     /// The first route that matches, or the whole service when it has no routes.
-    pub fn route<B>(&self, req: &Request<B>) -> Result<&RouteTable, ProxyError> {
+    pub fn route<R: RouteInput + ?Sized>(&self, req: &R) -> Result<&RouteTable, ProxyError> {
         if self.routes.is_empty() {
             return Ok(&self.default_route);
         }
@@ -130,7 +156,7 @@ impl ServiceTable {
                         "no route of service {} matches {} {}",
                         self.name,
                         req.method(),
-                        req.uri().path()
+                        req.path()
                     ),
                 )
             })

@@ -1,21 +1,29 @@
-//! The accept loop shared by every listener: hyper-util's auto server (HTTP/1.1 and
-//! prior-knowledge h2c on one port) with the protections every listener needs from the first
-//! request on, and graceful draining on shutdown.
+//! The accept loop shared by every listener: the HTTP/1.1 fast path first (proxy listeners),
+//! then hyper-util's auto server (HTTP/1.1 and prior-knowledge h2c on one port) for whatever the
+//! fast path leaves, with the protections every listener needs from the first request on, and
+//! graceful draining on shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 
+use crate::fastpath::{self, Exit, Side};
 use crate::framing::FramingGuard;
 use crate::http::ProxyBody;
 
@@ -56,9 +64,13 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
 
 /// Serves `listener` until `stop` turns true, then lets open connections finish for up to
 /// `grace` (HTTP/1.1 connections close after their current response, HTTP/2 gets GOAWAY).
+///
+/// With a `fast` side, each connection starts on the HTTP/1.1 fast path (`fastpath.rs`), which
+/// hands it to hyper (the general path, `handler`) at the first request it does not carry.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     handler: H,
+    fast: Option<Arc<Side>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     limits: Limits,
@@ -67,7 +79,8 @@ pub async fn serve<H, Fut>(
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let builder = Arc::new(builder(limits));
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender; the drain is over when all are dropped.
+    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             res = listener.accept() => {
@@ -81,34 +94,128 @@ pub async fn serve<H, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (io, guard) = FramingGuard::wrap(stream);
-                let h = handler.clone();
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let h = h.clone();
-                    let refused = guard.refuse(&req);
-                    async move {
-                        match refused {
-                            Some(resp) => Ok::<_, Infallible>(resp),
-                            None => Ok(h(req).await),
-                        }
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let handler = handler.clone();
+                let builder = builder.clone();
+                let fast = fast.clone();
+                let mut stop = stop.clone();
+                let open = open_tx.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    let _open = open;
+                    let (stream, prefix) = match &fast {
+                        Some(side) => match fastpath::serve(side, stream, limits, &mut stop).await {
+                            Exit::Closed => return,
+                            Exit::General(stream, prefix) => (stream, prefix),
+                        },
+                        None => (stream, BytesMut::new()),
+                    };
+                    serve_general(stream, prefix.freeze(), handler, &builder, stop, peer).await;
                 });
             }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
+    drop(open_tx);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = open_rx.recv() => {}
         _ = tokio::time::sleep(grace) => {
             tracing::info!("grace period over; closing remaining connections");
         }
+    }
+}
+
+/// Serves a connection with hyper, from `prefix` (bytes the fast path already read) on.
+async fn serve_general<H, Fut>(
+    stream: TcpStream,
+    prefix: Bytes,
+    handler: H,
+    builder: &auto::Builder<TokioExecutor>,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let (io, guard) = FramingGuard::wrap(Prefixed {
+        prefix,
+        inner: stream,
+    });
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let h = handler.clone();
+        let refused = guard.refuse(&req);
+        async move {
+            match refused {
+                Some(resp) => Ok::<_, Infallible>(resp),
+                None => Ok(h(req).await),
+            }
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    tokio::pin!(conn);
+    if *stop.borrow() {
+        conn.as_mut().graceful_shutdown();
+    }
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// A socket with bytes already read from it in front, so the general path re-reads what the
+/// fast path looked at.
+struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -1,5 +1,6 @@
 //! Connections to one upstream address: a pool of idle HTTP/1.1 connections and one shared,
-//! multiplexed HTTP/2 connection, plus the counters the balancer reads.
+//! multiplexed HTTP/2 connection for hyper's general path, a pool of plain sockets for the
+//! HTTP/1.1 fast path (`fastpath.rs`), plus the counters the balancer reads.
 //!
 //! Written by hand rather than with hyper-util's pooled `Client` because the balancer must
 //! know that a connection was refused *before* the request is handed over: the request body
@@ -77,6 +78,8 @@ pub struct Upstream {
     epoch: Instant,
     idle_h1: Mutex<Vec<http1::SendRequest<Incoming>>>,
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    /// Idle keep-alive sockets of the fast path, each with its read buffer.
+    idle_raw: Mutex<Vec<RawConn>>,
     /// Serialises HTTP/2 connects so a burst of first requests opens one connection, not many.
     h2_connecting: tokio::sync::Mutex<()>,
 }
@@ -91,6 +94,7 @@ impl Upstream {
             epoch: Instant::now(),
             idle_h1: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            idle_raw: Mutex::new(Vec::new()),
             h2_connecting: tokio::sync::Mutex::new(()),
         })
     }
@@ -185,6 +189,10 @@ impl Upstream {
     }
 
     async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
+        Ok(TokioIo::new(self.connect_stream().await?))
+    }
+
+    async fn connect_stream(&self) -> Result<TcpStream, ConnectError> {
         let addr = self.addr;
         let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
         let stream = match res {
@@ -203,7 +211,39 @@ impl Upstream {
         };
         // Requests are small and latency-bound: never wait for Nagle.
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
+    }
+
+    /// An idle fast-path connection that is still open, if one is pooled. A socket the
+    /// upstream closed while idle is readable (EOF); such sockets are dropped here, before a
+    /// request is written to them. The check costs no syscall while the socket is not
+    /// readable, which is the normal case.
+    pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
+        let mut pool = self.idle_raw.lock().expect("pool lock poisoned");
+        while let Some(conn) = pool.pop() {
+            let mut probe = [0u8; 1];
+            match conn.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    /// Returns a fast-path connection whose exchange ended cleanly.
+    pub(crate) fn checkin_raw(&self, conn: RawConn) {
+        let mut pool = self.idle_raw.lock().expect("pool lock poisoned");
+        if pool.len() < MAX_IDLE_H1 {
+            pool.push(conn);
+        }
+    }
+
+    /// A new fast-path connection.
+    pub(crate) async fn connect_raw(&self) -> Result<RawConn, ConnectError> {
+        Ok(RawConn {
+            stream: self.connect_stream().await?,
+            buf: bytes::BytesMut::with_capacity(RAW_BUF),
+        })
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, ConnectError> {
@@ -290,13 +330,30 @@ where
     });
 }
 
+/// Initial read buffer of a fast-path connection.
+const RAW_BUF: usize = 8 * 1024;
+
+/// A plain HTTP/1.1 connection of the fast path and the bytes read from it but not yet used.
+#[derive(Debug)]
+pub(crate) struct RawConn {
+    pub stream: TcpStream,
+    pub buf: bytes::BytesMut,
+}
+
 /// Counts a request in flight for as long as it lives (also when its future is dropped).
-struct InFlight<'a>(&'a AtomicUsize);
+pub(crate) struct InFlight<'a>(&'a AtomicUsize);
 
 impl<'a> InFlight<'a> {
     fn new(c: &'a AtomicUsize) -> Self {
         c.fetch_add(1, Ordering::Relaxed);
         InFlight(c)
+    }
+}
+
+impl Upstream {
+    /// Counts one request in flight on this upstream until the guard drops.
+    pub(crate) fn in_flight_guard(&self) -> InFlight<'_> {
+        InFlight::new(&self.in_flight)
     }
 }
 

@@ -1,0 +1,676 @@
+//! The HTTP/1.1 fast path: plain HTTP/1.1 requests forwarded to an HTTP/1.1 upstream by one task
+//! per client connection, with the bytes of heads and bodies passed through rather than decoded
+//! and re-encoded.
+//!
+//! Why it exists: a sidecar sits on every request, and with hyper on both sides an HTTP/1.1
+//! request costs about 30k instructions per sidecar, against 18k for nginx. The cost is hyper's
+//! generality, not a mistake of ours: a server connection task and a client connection task per
+//! hop, a channel hand-off and a oneshot between them, a body channel, header maps built and
+//! re-serialised, and the request future moved into place several times. No well-kept crate
+//! offers a plain HTTP/1.1 forwarding loop without those, so this module is one, and it is
+//! deliberately narrow. It carries only what it can carry exactly:
+//!
+//! - the client speaks HTTP/1.1, with a `Content-Length` or chunked body or none, no upgrade, no
+//!   `Expect`, not gRPC (see `h1::parse_request`);
+//! - the next hop is HTTP/1.1 (a peer sidecar for HTTP/1.1 clients, or an `http`/`auto` app).
+//!
+//! Anything else — HTTP/2 (the preface does not parse as HTTP/1.1), malformed or oversized heads,
+//! requests this sidecar answers with an error before forwarding (unknown service, no route, no
+//! config), an upstream that wants HTTP/2 — hands the connection, with the bytes already read,
+//! to the general path (`server.rs`, hyper), which then serves it to the end. So every error
+//! response for bad input keeps coming from one place, and the fast path only has to be right
+//! about the requests it takes.
+//!
+//! Failures after the request was handed to an upstream (connect refused, timeout, upstream
+//! reset) are answered here with the same responses `errors.rs` builds for the general path.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::errors::{ProxyError, Reason};
+use crate::h1::{self, BodyTracker, Framing, Parsed};
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::policy::{ServiceTable, Target};
+use crate::server::{Limits, MAX_HEADER_BYTES};
+use crate::upstream::{RawConn, Upstream};
+
+/// Bytes requested from the kernel per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Most endpoints one request tries when connects are refused (as on the general path).
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// The listener a connection arrived on, with what it needs to plan a request.
+#[derive(Debug)]
+pub enum Side {
+    /// The local app's requests to other services.
+    Outbound(Outbound),
+    /// Requests for the local app.
+    Inbound(Inbound),
+}
+
+/// How the fast path left a connection.
+#[derive(Debug)]
+pub enum Exit {
+    /// The connection is finished (client closed, drain, timeout or error).
+    Closed,
+    /// The general path takes over the socket, with the bytes read from it but not yet served.
+    General(TcpStream, BytesMut),
+}
+
+/// Where a planned request goes.
+#[derive(Debug)]
+pub(crate) enum Dest {
+    /// A balanced backend of a service (outbound).
+    Balanced(Arc<Target>),
+    /// One fixed upstream (inbound: the app).
+    Fixed(Arc<Upstream>),
+}
+
+/// The decision for one request, made while its head is parsed.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub dest: Dest,
+    /// The destination service (outbound), for metrics and messages.
+    pub service: Option<Arc<ServiceTable>>,
+    /// The route's deadline for the response head.
+    pub timeout: Option<Duration>,
+}
+
+/// What the loop keeps of a request head once its bytes are consumed.
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    framing: Framing,
+    close: bool,
+    idempotent: bool,
+    is_head: bool,
+}
+
+/// How an exchange ended, for metrics and the connection's fate.
+struct Outcome {
+    status: u16,
+    error: &'static str,
+    close: bool,
+}
+
+impl Side {
+    fn plan(&self, head: &h1::RequestHead<'_>, out: &mut Vec<u8>) -> Option<Plan> {
+        match self {
+            Side::Outbound(o) => o.plan_h1(head, out),
+            Side::Inbound(i) => i.plan_h1(head, out),
+        }
+    }
+
+    fn record(&self, plan: &Plan, status: u16, error: &'static str, start: Instant) {
+        match self {
+            Side::Outbound(o) => o.record_h1(plan, status, error, start),
+            Side::Inbound(i) => i.record_h1(status, error, start),
+        }
+    }
+
+    fn connect_failure(&self, plan: &Plan, tried: usize, last: &str) -> ProxyError {
+        match (self, &plan.service) {
+            (Side::Outbound(_), Some(svc)) => ProxyError::new(
+                Reason::ConnectFailed,
+                format!(
+                    "could not connect to any of {tried} endpoint(s) of {} tried; last error: {last}",
+                    svc.name
+                ),
+            ),
+            _ => ProxyError::new(
+                Reason::AppUnavailable,
+                format!("the local app is not accepting connections: {last}"),
+            ),
+        }
+    }
+
+    fn upstream_failure(&self, upstream: &Upstream, e: &dyn std::fmt::Display) -> ProxyError {
+        match self {
+            Side::Outbound(_) => ProxyError::new(
+                Reason::UpstreamError,
+                format!("endpoint {}: {e}", upstream.addr()),
+            ),
+            Side::Inbound(_) => ProxyError::new(
+                Reason::UpstreamError,
+                format!("the local app failed the request: {e}"),
+            ),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 requests on `client` for as long as the fast path can carry them.
+pub async fn serve(
+    side: &Side,
+    mut client: TcpStream,
+    limits: Limits,
+    stop: &mut watch::Receiver<bool>,
+) -> Exit {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        if buf.is_empty() && *stop.borrow() {
+            return Exit::Closed;
+        }
+        // A complete head, within the header-read timeout (which is also the keep-alive idle
+        // limit, as on the general path).
+        let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+        let (plan, req) = loop {
+            let step = if buf.is_empty() {
+                None
+            } else {
+                let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+                match h1::parse_request(&buf, &mut storage) {
+                    Parsed::Partial => None,
+                    Parsed::General => return Exit::General(client, buf),
+                    Parsed::Ready(head) => {
+                        let Some(plan) = side.plan(&head, &mut out) else {
+                            return Exit::General(client, buf);
+                        };
+                        let req = Request {
+                            framing: head.framing,
+                            close: head.close,
+                            idempotent: head.idempotent(),
+                            is_head: head.method == "HEAD",
+                        };
+                        let len = head.len;
+                        Some((plan, req, len))
+                    }
+                }
+            };
+            if let Some((plan, req, len)) = step {
+                buf.advance(len);
+                break (plan, req);
+            }
+            if buf.len() >= MAX_HEADER_BYTES {
+                // The general path answers 431.
+                return Exit::General(client, buf);
+            }
+            buf.reserve(READ_CHUNK);
+            let idle = buf.is_empty();
+            tokio::select! {
+                r = tokio::time::timeout_at(deadline, client.read_buf(&mut buf)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Exit::Closed,
+                },
+                _ = stop.changed(), if idle => return Exit::Closed,
+            }
+        };
+        let start = Instant::now();
+        let outcome = exchange(side, &plan, req, &mut client, &mut buf, &mut out).await;
+        if let Some(o) = &outcome {
+            side.record(&plan, o.status, o.error, start);
+        }
+        match outcome {
+            Some(o) if !o.close && !req.close => {}
+            _ => return Exit::Closed,
+        }
+    }
+}
+
+/// Why the head phase of an exchange failed.
+enum Failure {
+    /// Answer the client with this error.
+    Respond(ProxyError),
+    /// The client broke the exchange (closed, or sent a malformed body): close, no answer.
+    Abort,
+}
+
+/// An upstream connection whose response head has arrived and been rewritten into `out`.
+struct Sent {
+    upstream: Arc<Upstream>,
+    conn: RawConn,
+    status: u16,
+    framing: Framing,
+    upstream_close: bool,
+    head_len: usize,
+}
+
+/// One request: `None` if it was aborted without a response.
+async fn exchange(
+    side: &Side,
+    plan: &Plan,
+    req: Request,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> Option<Outcome> {
+    let mut pump = Pump {
+        body: BodyTracker::new(req.framing),
+        pending: 0,
+    };
+    let Ok(initial) = pump.body.feed(buf) else {
+        let e = ProxyError::new(Reason::BadRequest, "malformed chunked request body");
+        let _ = client.write_all(&e.to_http1(true)).await;
+        return Some(Outcome {
+            status: 400,
+            error: Reason::BadRequest.as_str(),
+            close: true,
+        });
+    };
+    // The route's timeout covers everything up to the response head, as on the general path.
+    let head_phase = send_request(side, plan, req, client, buf, initial, &mut pump, out);
+    let result = match plan.timeout {
+        Some(t) => match tokio::time::timeout(t, head_phase).await {
+            Ok(r) => r,
+            Err(_) => {
+                let name = plan.service.as_ref().map_or("the app", |s| &s.name);
+                Err(Failure::Respond(ProxyError::new(
+                    Reason::Timeout,
+                    format!("no response from {name} within the route's {t:?} timeout"),
+                )))
+            }
+        },
+        None => head_phase.await,
+    };
+    let sent = match result {
+        Ok(sent) => sent,
+        Err(Failure::Abort) => return None,
+        Err(Failure::Respond(e)) => {
+            tracing::debug!(reason = e.reason.as_str(), detail = %e.detail, "request failed");
+            // Unread request body bytes would be taken for the next request: close instead.
+            let close = !pump.done();
+            let _ = client.write_all(&e.to_http1(close)).await;
+            return Some(Outcome {
+                status: e.reason.status().as_u16(),
+                error: e.reason.as_str(),
+                close,
+            });
+        }
+    };
+    Some(relay_response(sent, client, buf, &mut pump, out).await)
+}
+
+/// The request body on its way from the client to the upstream. Its progress lives here, not
+/// in a future, so the pumping future can be dropped at any await (the response head arrived)
+/// and a new one carries on without losing or repeating a byte.
+struct Pump {
+    body: BodyTracker,
+    /// Bytes at the front of the client buffer that belong to the body but are not written yet.
+    pending: usize,
+}
+
+impl Pump {
+    fn done(&self) -> bool {
+        self.pending == 0 && self.body.done()
+    }
+}
+
+/// Sends the request (head, then body) to an upstream and waits for the response head. Picks
+/// another endpoint when a connect is refused, and opens a fresh connection when a pooled one
+/// turns out to be closed before the request could have been processed.
+#[allow(clippy::too_many_arguments)]
+async fn send_request(
+    side: &Side,
+    plan: &Plan,
+    req: Request,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    initial: usize,
+    pump: &mut Pump,
+    out: &mut Vec<u8>,
+) -> Result<Sent, Failure> {
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = String::new();
+    loop {
+        let (upstream, index) = match &plan.dest {
+            Dest::Fixed(u) if tried.is_empty() => (u.clone(), 0),
+            Dest::Balanced(t) if tried.len() < MAX_CONNECT_ATTEMPTS => {
+                match t.balancer.pick(&tried) {
+                    Some(i) => (t.balancer.members()[i].upstream.clone(), i),
+                    None => break,
+                }
+            }
+            _ => break,
+        };
+        let _in_flight = upstream.in_flight_guard();
+        // A pooled connection first; a fresh one if the pooled one proves stale.
+        let mut pooled = upstream.checkout_raw();
+        loop {
+            let reused = pooled.is_some();
+            let mut conn = match pooled.take() {
+                Some(c) => c,
+                None => match upstream.connect_raw().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(upstream = %upstream.addr(), error = %e, "connect failed");
+                        last_error = e.to_string();
+                        tried.push(index);
+                        break;
+                    }
+                },
+            };
+            match send_on(&mut conn, req, client, buf, initial, pump, out).await {
+                Ok(head) => {
+                    return Ok(Sent {
+                        upstream: upstream.clone(),
+                        conn,
+                        status: head.status,
+                        framing: head.framing,
+                        upstream_close: head.close,
+                        head_len: head.len,
+                    })
+                }
+                Err(SendFailure::Stale) if reused => continue,
+                Err(SendFailure::Stale) => {
+                    let e = io::Error::from(io::ErrorKind::ConnectionReset);
+                    return Err(Failure::Respond(side.upstream_failure(&upstream, &e)));
+                }
+                Err(SendFailure::Upstream(e)) => {
+                    return Err(Failure::Respond(side.upstream_failure(&upstream, &e)))
+                }
+                Err(SendFailure::Client) => return Err(Failure::Abort),
+            }
+        }
+    }
+    Err(Failure::Respond(side.connect_failure(
+        plan,
+        tried.len(),
+        &last_error,
+    )))
+}
+
+enum SendFailure {
+    /// The connection failed before the request could have been processed; safe to resend.
+    Stale,
+    /// The upstream failed the exchange.
+    Upstream(Box<dyn std::error::Error + Send + Sync>),
+    /// The client failed (closed mid-body, malformed body).
+    Client,
+}
+
+struct HeadIn {
+    status: u16,
+    framing: Framing,
+    close: bool,
+    len: usize,
+}
+
+/// One attempt on one connection: writes the head and the body bytes already read, streams
+/// the rest of the body while watching for the response head, and parses that head.
+async fn send_on(
+    conn: &mut RawConn,
+    req: Request,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    initial: usize,
+    pump: &mut Pump,
+    out: &mut Vec<u8>,
+) -> Result<HeadIn, SendFailure> {
+    if write_two(&mut conn.stream, out, &buf[..initial])
+        .await
+        .is_err()
+    {
+        return Err(SendFailure::Stale);
+    }
+    // While the body is complete in `buf`, its bytes stay there so a stale connection can be
+    // retried; once more must be streamed from the client, there is no going back.
+    let replayable = pump.body.done();
+    if !replayable {
+        buf.advance(initial);
+    }
+    let RawConn {
+        stream,
+        buf: upstream_buf,
+    } = conn;
+    let head = if pump.done() {
+        read_head(stream, upstream_buf, req.is_head, out).await
+    } else {
+        let (mut client_rd, _) = client.split();
+        let (mut up_rd, mut up_wr) = stream.split();
+        let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
+        let recv = read_head(&mut up_rd, upstream_buf, req.is_head, out);
+        tokio::pin!(send, recv);
+        let mut sending = true;
+        loop {
+            tokio::select! {
+                r = &mut send, if sending => {
+                    sending = false;
+                    match r {
+                        Ok(()) => {}
+                        Err(BodyError::Client) => return Err(SendFailure::Client),
+                        // The upstream stopped reading: it may still answer (413, say).
+                        Err(BodyError::Upstream) => {}
+                    }
+                }
+                // A response may start before the body is complete (an echo streams it back):
+                // the rest of the body is pumped while the response is relayed.
+                h = &mut recv => break h,
+            }
+        }
+    };
+    match head {
+        Ok((status, framing, close, len)) => {
+            if replayable {
+                buf.advance(initial);
+            }
+            Ok(HeadIn {
+                status,
+                framing,
+                close,
+                len,
+            })
+        }
+        Err(HeadError::ClosedEarly) if replayable && req.idempotent => Err(SendFailure::Stale),
+        Err(HeadError::ClosedEarly) => Err(SendFailure::Upstream(
+            "connection closed before a response arrived".into(),
+        )),
+        Err(HeadError::Io(e)) => Err(SendFailure::Upstream(Box::new(e))),
+        Err(HeadError::Bad(e)) => Err(SendFailure::Upstream(Box::new(e))),
+    }
+}
+
+enum BodyError {
+    Client,
+    Upstream,
+}
+
+/// Moves the rest of a request body from the client to the upstream, unchanged. Cancel-safe:
+/// every await is a single read or write whose effect is recorded in `pump` and `buf` as soon
+/// as it completes.
+async fn pump_body<R, W>(
+    client: &mut R,
+    buf: &mut BytesMut,
+    upstream: &mut W,
+    pump: &mut Pump,
+) -> Result<(), BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        if pump.pending > 0 {
+            match upstream.write(&buf[..pump.pending]).await {
+                Ok(n) if n > 0 => {
+                    buf.advance(n);
+                    pump.pending -= n;
+                }
+                _ => return Err(BodyError::Upstream),
+            }
+            continue;
+        }
+        if pump.body.done() {
+            return Ok(());
+        }
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            match client.read_buf(buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return Err(BodyError::Client),
+            }
+        }
+        pump.pending = pump.body.feed(buf).map_err(|_| BodyError::Client)?;
+    }
+}
+
+enum HeadError {
+    /// EOF or reset before any byte of a response.
+    ClosedEarly,
+    Io(io::Error),
+    Bad(h1::BadResponse),
+}
+
+/// Reads the response head into `buf` (1xx responses are skipped, as hyper's client does),
+/// writes its rewritten form into `out` (without the final blank line) and returns status,
+/// framing, whether the upstream closes, and the head's length in `buf`.
+async fn read_head<R: AsyncRead + Unpin>(
+    upstream: &mut R,
+    buf: &mut BytesMut,
+    is_head: bool,
+    out: &mut Vec<u8>,
+) -> Result<(u16, Framing, bool, usize), HeadError> {
+    let mut seen_any = false;
+    loop {
+        if !buf.is_empty() {
+            let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            match h1::parse_response(buf, &mut storage, is_head) {
+                Ok(Some(head)) if (100..200).contains(&head.status) => {
+                    let len = head.len;
+                    buf.advance(len);
+                    continue;
+                }
+                Ok(Some(head)) => {
+                    out.clear();
+                    h1::write_response_head(out, &head);
+                    return Ok((head.status, head.framing, head.close, head.len));
+                }
+                Ok(None) if buf.len() >= MAX_HEADER_BYTES => {
+                    return Err(HeadError::Bad(h1::BadResponse::Malformed))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(HeadError::Bad(e)),
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match upstream.read_buf(buf).await {
+            Ok(0) if !seen_any => return Err(HeadError::ClosedEarly),
+            Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => seen_any = true,
+            Err(e)
+                if !seen_any
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                return Err(HeadError::ClosedEarly)
+            }
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// Writes the response head and relays the body, while the rest of the request body (if any)
+/// is still pumped to the upstream; pools the upstream connection if everything ended cleanly.
+async fn relay_response(
+    sent: Sent,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    pump: &mut Pump,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let Sent {
+        upstream,
+        mut conn,
+        status,
+        framing,
+        upstream_close,
+        head_len,
+    } = sent;
+    conn.buf.advance(head_len);
+    let RawConn {
+        stream,
+        buf: upstream_buf,
+    } = &mut conn;
+    let (mut client_rd, mut client_wr) = client.split();
+    let (mut up_rd, mut up_wr) = stream.split();
+    let relayed = if pump.done() {
+        h1::end_head(out, upstream_close);
+        relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out).await
+    } else {
+        // The body may still be pumping when the response ends; then the connection closes.
+        h1::end_head(out, true);
+        let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
+        let relay = relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out);
+        tokio::pin!(send, relay);
+        let mut sending = true;
+        loop {
+            tokio::select! {
+                // If the client or the upstream gave up on the request body, the response may
+                // still complete; both connections close after it (`pump.done()` is false).
+                _ = &mut send, if sending => sending = false,
+                r = &mut relay => break r,
+            }
+        }
+    };
+    let clean = relayed.is_ok() && pump.done();
+    let close = !clean || upstream_close || !pump.done();
+    if clean && !upstream_close && upstream_buf.is_empty() {
+        upstream.checkin_raw(conn);
+    }
+    Outcome {
+        status,
+        error: "",
+        close,
+    }
+}
+
+/// Relays a response: the head in `out` and the body bytes already read go out in one write,
+/// the rest as it arrives. `Err` if the body did not end cleanly; the client then learns it by
+/// the connection closing before the body's end.
+async fn relay_body<R, W>(
+    upstream: &mut R,
+    upstream_buf: &mut BytesMut,
+    client: &mut W,
+    framing: Framing,
+    out: &[u8],
+) -> Result<(), ()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut body = BodyTracker::new(framing);
+    let n = body.feed(upstream_buf).map_err(drop)?;
+    write_two(client, out, &upstream_buf[..n])
+        .await
+        .map_err(drop)?;
+    upstream_buf.advance(n);
+    while !body.done() {
+        upstream_buf.reserve(READ_CHUNK);
+        match upstream.read_buf(upstream_buf).await {
+            Ok(0) if framing == Framing::UntilClose => return Ok(()),
+            Ok(0) | Err(_) => return Err(()),
+            Ok(_) => {}
+        }
+        let n = body.feed(upstream_buf).map_err(drop)?;
+        client.write_all(&upstream_buf[..n]).await.map_err(drop)?;
+        upstream_buf.advance(n);
+    }
+    Ok(())
+}
+
+/// Writes `a` then `b`, in one syscall when the socket takes both.
+async fn write_two<W: AsyncWrite + Unpin>(w: &mut W, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let n = if b.is_empty() {
+            w.write(a).await?
+        } else if a.is_empty() {
+            w.write(b).await?
+        } else {
+            w.write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+                .await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
+}
