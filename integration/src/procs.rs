@@ -218,6 +218,25 @@ pub struct SidecarOpts<'a> {
 }
 
 impl Sidecar {
+    /// A sidecar for `service` in front of `app`, connected to `cp`, with its data dir under
+    /// `dir` and no labels.
+    pub fn for_service(
+        cp: &ControlPlane,
+        dir: &crate::TempDir,
+        service: &str,
+        app: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        Self::start(SidecarOpts {
+            control_plane: &cp.url,
+            service,
+            app,
+            data_dir: &dir.sub(service),
+            labels: "",
+            extra,
+        })
+    }
+
     /// Starts a sidecar with every listener on a fresh loopback port.
     pub fn start(o: SidecarOpts<'_>) -> Self {
         let mut cmd = Command::new(bin("ferrule-proxy"));

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use bytes::Bytes;
 use ferrule_integration::apps::echo_app;
 use ferrule_integration::client::{curl, TestClient};
-use ferrule_integration::procs::{ControlPlane, Sidecar, SidecarOpts};
+use ferrule_integration::procs::{ControlPlane, Sidecar};
 use ferrule_integration::TempDir;
 use http::Method;
 
@@ -31,14 +31,7 @@ fn unused_app() -> SocketAddr {
 }
 
 fn sidecar(cp: &ControlPlane, dir: &TempDir, service: &str, app: SocketAddr) -> Sidecar {
-    Sidecar::start(SidecarOpts {
-        control_plane: &cp.url,
-        service,
-        app,
-        data_dir: &dir.sub(service),
-        labels: "",
-        extra: &[],
-    })
+    Sidecar::for_service(cp, dir, service, app, &[])
 }
 
 fn json(body: &[u8]) -> serde_json::Value {

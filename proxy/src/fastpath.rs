@@ -41,8 +41,10 @@ use crate::policy::{ServiceTable, Target};
 use crate::server::{Limits, MAX_HEADER_BYTES};
 use crate::upstream::{RawConn, Upstream};
 
-/// Bytes requested from the kernel per read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Room made in a buffer before each read. Buffers live as long as their connection (idle
+/// keep-alive ones included), so this bounds the memory an idle connection holds; nginx's
+/// equivalent default is 1 KiB for heads, hyper's 8 KiB.
+const READ_CHUNK: usize = 8 * 1024;
 /// Most endpoints one request tries when connects are refused (as on the general path).
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
@@ -589,12 +591,14 @@ async fn relay_response(
     } = &mut conn;
     let (mut client_rd, mut client_wr) = client.split();
     let (mut up_rd, mut up_wr) = stream.split();
+    // Once the head says `connection: close`, the connection must close after this response
+    // (RFC 9112 §9.6), even if the request body finishes meanwhile.
+    let said_close = upstream_close || !pump.done();
+    h1::end_head(out, said_close);
     let relayed = if pump.done() {
-        h1::end_head(out, upstream_close);
         relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out).await
     } else {
-        // The body may still be pumping when the response ends; then the connection closes.
-        h1::end_head(out, true);
+        // The body may still be pumping when the response ends; then both connections close.
         let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
         let relay = relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out);
         tokio::pin!(send, relay);
@@ -602,14 +606,14 @@ async fn relay_response(
         loop {
             tokio::select! {
                 // If the client or the upstream gave up on the request body, the response may
-                // still complete; both connections close after it (`pump.done()` is false).
+                // still complete; both connections close after it.
                 _ = &mut send, if sending => sending = false,
                 r = &mut relay => break r,
             }
         }
     };
     let clean = relayed.is_ok() && pump.done();
-    let close = !clean || upstream_close || !pump.done();
+    let close = !clean || said_close;
     if clean && !upstream_close && upstream_buf.is_empty() {
         upstream.checkin_raw(conn);
     }
