@@ -1227,3 +1227,69 @@ async fn fast_path_requests_are_counted_once() {
          inbound echo requests, outbound unknown-service requests)"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Nothing of a request outlives it on the connection: a failed request's body is never read
+//    as the next request, `Connection` cannot strip a request's framing, and an error answer to
+//    HEAD carries no body.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_never_leaks_into_the_next_one() {
+    let m = mesh("fp-leak").await;
+    // A service whose only endpoint refuses connections: a port that was just free.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    m.add_direct("down", dead).await;
+    let mut c = m.connect().await;
+
+    // The body of a request that fails before forwarding is itself a valid request: it must
+    // be discarded with its request, not answered as the next one.
+    c.send(&post("/fails", "down", &get("/smuggled", "echo")))
+        .await;
+    let r = c.response().await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("ferrule-error"), Some("connect-failed"), "{r:?}");
+    if r.closes() {
+        c.assert_close_honoured(&r, "502 to a POST").await;
+        c = m.connect().await;
+    }
+    c.send(&get("/after", "echo")).await;
+    let seen = c.response().await.echo_json("GET after a failed POST");
+    assert_eq!(
+        seen["uri"], "/after",
+        "the failed POST's body was served as a request"
+    );
+
+    // An error answer to HEAD: the head only (a body would be read as the next response).
+    c.send(b"HEAD /h HTTP/1.1\r\nHost: down\r\n\r\n").await;
+    let r = c.response_to_head().await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.is_empty(), "{r:?}");
+    c.send(&get("/after-head", "echo")).await;
+    let seen = c.response().await.echo_json("GET after a failed HEAD");
+    assert_eq!(seen["uri"], "/after-head");
+
+    // `Connection: content-length` must not strip the framing on the way: the app gets one
+    // request whose body is the embedded request's bytes, and nothing else.
+    let body = get("/smuggled", "echo");
+    let mut req = format!(
+        "POST /attacker HTTP/1.1\r\nHost: echo\r\nConnection: content-length\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    c.send(&req).await;
+    let r = c.response().await;
+    assert_eq!(
+        r.expect_echo("POST with Connection: content-length"),
+        &body[..]
+    );
+    c.send(&get("/next", "echo")).await;
+    let seen = c.response().await.echo_json("GET after the POST");
+    assert_eq!(seen["uri"], "/next", "a smuggled request reached the app");
+    drop(m);
+}

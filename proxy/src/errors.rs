@@ -128,8 +128,8 @@ impl ProxyError {
 
     /// The response a (non-gRPC) HTTP/1.1 client gets, as bytes for the fast path: the same
     /// status, headers and body as [`ProxyError::into_response`], plus `connection: close`
-    /// when the connection ends after it.
-    pub fn to_http1(&self, close: bool) -> Vec<u8> {
+    /// when the connection ends after it. A response to `HEAD` has the same head and no body.
+    pub fn to_http1(&self, close: bool, head_request: bool) -> Vec<u8> {
         let status = self.reason.status();
         let body = self.body_text();
         format!(
@@ -141,7 +141,7 @@ impl ProxyError {
             self.reason.as_str(),
             body.len(),
             if close { "connection: close\r\n" } else { "" },
-            body
+            if head_request { "" } else { &body }
         )
         .into_bytes()
     }

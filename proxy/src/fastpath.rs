@@ -204,12 +204,14 @@ pub async fn serve(
             }
         };
         let start = Instant::now();
-        let outcome = exchange(side, &plan, req, &mut client, &mut buf, &mut out).await;
+        // While draining, this is the connection's last response, and it says so.
+        let stopping = *stop.borrow();
+        let outcome = exchange(side, &plan, req, &mut client, &mut buf, stopping, &mut out).await;
         if let Some(o) = &outcome {
             side.record(&plan, o.status, o.error, start);
         }
         match outcome {
-            Some(o) if !o.close && !req.close => {}
+            Some(o) if !o.close && !req.close && !stopping => {}
             _ => return Exit::Closed,
         }
     }
@@ -240,6 +242,7 @@ async fn exchange(
     req: Request,
     client: &mut TcpStream,
     buf: &mut BytesMut,
+    stopping: bool,
     out: &mut Vec<u8>,
 ) -> Option<Outcome> {
     let mut pump = Pump {
@@ -248,15 +251,19 @@ async fn exchange(
     };
     let Ok(initial) = pump.body.feed(buf) else {
         let e = ProxyError::new(Reason::BadRequest, "malformed chunked request body");
-        let _ = client.write_all(&e.to_http1(true)).await;
+        let _ = client.write_all(&e.to_http1(true, req.is_head)).await;
         return Some(Outcome {
             status: 400,
             error: Reason::BadRequest.as_str(),
             close: true,
         });
     };
+    // The body bytes that came with the head leave the client buffer now, whatever happens
+    // next: on any failure, what stays in the buffer must be the next request and nothing else.
+    // They are kept aside for a retry on a fresh connection.
+    let early_body = buf.split_to(initial);
     // The route's timeout covers everything up to the response head, as on the general path.
-    let head_phase = send_request(side, plan, req, client, buf, initial, &mut pump, out);
+    let head_phase = send_request(side, plan, req, client, buf, &early_body, &mut pump, out);
     let result = match plan.timeout {
         Some(t) => match tokio::time::timeout(t, head_phase).await {
             Ok(r) => r,
@@ -276,8 +283,8 @@ async fn exchange(
         Err(Failure::Respond(e)) => {
             tracing::debug!(reason = e.reason.as_str(), detail = %e.detail, "request failed");
             // Unread request body bytes would be taken for the next request: close instead.
-            let close = !pump.done();
-            let _ = client.write_all(&e.to_http1(close)).await;
+            let close = !pump.done() || req.close || stopping;
+            let _ = client.write_all(&e.to_http1(close, req.is_head)).await;
             return Some(Outcome {
                 status: e.reason.status().as_u16(),
                 error: e.reason.as_str(),
@@ -285,7 +292,8 @@ async fn exchange(
             });
         }
     };
-    Some(relay_response(sent, client, buf, &mut pump, out).await)
+    drop(early_body);
+    Some(relay_response(sent, client, buf, &mut pump, req.close || stopping, out).await)
 }
 
 /// The request body on its way from the client to the upstream. Its progress lives here, not
@@ -313,7 +321,7 @@ async fn send_request(
     req: Request,
     client: &mut TcpStream,
     buf: &mut BytesMut,
-    initial: usize,
+    early_body: &[u8],
     pump: &mut Pump,
     out: &mut Vec<u8>,
 ) -> Result<Sent, Failure> {
@@ -347,7 +355,7 @@ async fn send_request(
                     }
                 },
             };
-            match send_on(&mut conn, req, client, buf, initial, pump, out).await {
+            match send_on(&mut conn, req, client, buf, early_body, pump, out).await {
                 Ok(head) => {
                     return Ok(Sent {
                         upstream: upstream.clone(),
@@ -400,22 +408,16 @@ async fn send_on(
     req: Request,
     client: &mut TcpStream,
     buf: &mut BytesMut,
-    initial: usize,
+    early_body: &[u8],
     pump: &mut Pump,
     out: &mut Vec<u8>,
 ) -> Result<HeadIn, SendFailure> {
-    if write_two(&mut conn.stream, out, &buf[..initial])
-        .await
-        .is_err()
-    {
+    if write_two(&mut conn.stream, out, early_body).await.is_err() {
         return Err(SendFailure::Stale);
     }
-    // While the body is complete in `buf`, its bytes stay there so a stale connection can be
-    // retried; once more must be streamed from the client, there is no going back.
+    // A body that came whole with the head can be sent again on a fresh connection; once more
+    // must be streamed from the client, there is no going back.
     let replayable = pump.body.done();
-    if !replayable {
-        buf.advance(initial);
-    }
     let RawConn {
         stream,
         buf: upstream_buf,
@@ -447,17 +449,12 @@ async fn send_on(
         }
     };
     match head {
-        Ok((status, framing, close, len)) => {
-            if replayable {
-                buf.advance(initial);
-            }
-            Ok(HeadIn {
-                status,
-                framing,
-                close,
-                len,
-            })
-        }
+        Ok((status, framing, close, len)) => Ok(HeadIn {
+            status,
+            framing,
+            close,
+            len,
+        }),
         Err(HeadError::ClosedEarly) if replayable && req.idempotent => Err(SendFailure::Stale),
         Err(HeadError::ClosedEarly) => Err(SendFailure::Upstream(
             "connection closed before a response arrived".into(),
@@ -529,7 +526,7 @@ async fn read_head<R: AsyncRead + Unpin>(
     let mut seen_any = false;
     loop {
         if !buf.is_empty() {
-            let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut storage = [httparse::EMPTY_HEADER; h1::MAX_RESPONSE_HEADERS];
             match h1::parse_response(buf, &mut storage, is_head) {
                 Ok(Some(head)) if (100..200).contains(&head.status) => {
                     let len = head.len;
@@ -574,6 +571,7 @@ async fn relay_response(
     client: &mut TcpStream,
     buf: &mut BytesMut,
     pump: &mut Pump,
+    close_client: bool,
     out: &mut Vec<u8>,
 ) -> Outcome {
     let Sent {
@@ -591,9 +589,13 @@ async fn relay_response(
     } = &mut conn;
     let (mut client_rd, mut client_wr) = client.split();
     let (mut up_rd, mut up_wr) = stream.split();
-    // Once the head says `connection: close`, the connection must close after this response
-    // (RFC 9112 §9.6), even if the request body finishes meanwhile.
-    let said_close = upstream_close || !pump.done();
+    // The client connection closes after this response when the client asked, when the proxy
+    // is draining, when the body runs to the upstream's EOF, or when the request body is still
+    // arriving (its rest might not be consumed). An upstream that merely closes its own
+    // connection does not end the client's. Once the head says `connection: close`, the
+    // connection must close after this response (RFC 9112 §9.6), even if the request body
+    // finishes meanwhile.
+    let said_close = close_client || framing == Framing::UntilClose || !pump.done();
     h1::end_head(out, said_close);
     let relayed = if pump.done() {
         relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out).await

@@ -12,8 +12,13 @@ use http::{HeaderName, HeaderValue};
 
 use crate::policy::RouteInput;
 
-/// Most headers a head may have on the fast path; more go to the general path (hyper allows 100).
+/// Most headers a request head may have on the fast path; more go to the general path.
 pub const MAX_HEADERS: usize = 64;
+/// Most headers a response head may have: as many as hyper's client takes, since a response
+/// cannot be handed to the general path.
+pub const MAX_RESPONSE_HEADERS: usize = 100;
+/// Most `Connection` header lines a response may have.
+const MAX_CONNECTION_LINES: usize = 4;
 
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,7 +208,9 @@ pub struct ResponseHead<'a> {
     pub status: u16,
     reason: &'a str,
     headers: &'a [httparse::Header<'a>],
-    connection: Option<&'a [u8]>,
+    connection: [&'a [u8]; MAX_CONNECTION_LINES],
+    /// The body is framed by `Transfer-Encoding`, so any `Content-Length` must not be forwarded.
+    transfer_encoded: bool,
     /// Body framing (already accounting for `HEAD` requests and bodiless statuses).
     pub framing: Framing,
     /// The upstream will close the connection after this response.
@@ -246,9 +253,9 @@ pub fn parse_response<'a>(
     }
     let headers: &'a [httparse::Header<'a>] = resp.headers;
     let mut length: Option<u64> = None;
-    let mut chunked = false;
-    let mut other_coding = false;
-    let mut connection = None;
+    let mut transfer_encoded = false;
+    let mut connection: [&'a [u8]; MAX_CONNECTION_LINES] = [b""; MAX_CONNECTION_LINES];
+    let mut connection_lines = 0;
     let mut close = false;
     let mut keep_alive = false;
     for h in headers {
@@ -260,17 +267,24 @@ pub fn parse_response<'a>(
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            // The last coding decides whether the body is chunked (RFC 9112 §6.3).
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
-            chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            other_coding |= !chunked;
+            // Only plain `chunked` is relayed: the head sent on says `transfer-encoding:
+            // chunked`, so another coding (`gzip, chunked`, or one spread over several lines)
+            // would be lost on the way. Such responses are refused rather than mangled.
+            if transfer_encoded || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(BadResponse::Framing);
+            }
+            transfer_encoded = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
+            if connection_lines == MAX_CONNECTION_LINES {
+                return Err(BadResponse::Malformed);
+            }
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            connection = Some(h.value);
+            connection[connection_lines] = h.value;
+            connection_lines += 1;
         }
     }
     if version == 0 && !keep_alive {
@@ -278,13 +292,11 @@ pub fn parse_response<'a>(
     }
     let bodiless =
         request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length (which is then not forwarded).
     let framing = if bodiless {
         Framing::Empty
-    } else if chunked && !other_coding {
+    } else if transfer_encoded {
         Framing::Chunked
-    } else if chunked || other_coding {
-        // A coding we do not frame ourselves: the body runs to the end of the connection.
-        Framing::UntilClose
     } else {
         match length {
             Some(0) => Framing::Empty,
@@ -300,6 +312,7 @@ pub fn parse_response<'a>(
         reason: resp.reason.unwrap_or(""),
         headers,
         connection,
+        transfer_encoded,
         framing,
         close,
         len,
@@ -316,9 +329,10 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 }
 
 /// Whether a header must not be forwarded: the hop-by-hop set of RFC 9110 §7.6.1 and every name
-/// the `Connection` header lists. Framing headers are written back by the caller when the
-/// framing passes through.
-fn skip_header(name: &str, connection: Option<&[u8]>) -> bool {
+/// the `Connection` header lines list. Framing headers are written back by the caller when the
+/// framing passes through; `Connection` can never remove `Content-Length` or `Host` (a message
+/// whose framing header vanished on the way would be read differently by the next hop).
+fn skip_header(name: &str, connection: &[&[u8]]) -> bool {
     let n = name.as_bytes();
     let fixed = match n.len() {
         2 => n.eq_ignore_ascii_case(b"te"),
@@ -329,23 +343,16 @@ fn skip_header(name: &str, connection: Option<&[u8]>) -> bool {
         19 => n.eq_ignore_ascii_case(b"proxy-authorization"),
         _ => false,
     };
-    fixed
-        || connection.is_some_and(|list| {
-            list.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(n))
-        })
-}
-
-fn write_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], connection: Option<&[u8]>) {
-    for h in headers {
-        if skip_header(h.name, connection) {
-            continue;
-        }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+    if fixed {
+        return true;
     }
+    if n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"host") {
+        return false;
+    }
+    connection.iter().any(|list| {
+        list.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(n))
+    })
 }
 
 /// Writes the head to send upstream: origin-form target, `Host` set to `authority`, no
@@ -359,7 +366,8 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, authority: 
     out.extend_from_slice(authority.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in head.headers {
-        if h.name.eq_ignore_ascii_case("host") || skip_header(h.name, head.connection) {
+        let connection = head.connection.as_slice();
+        if h.name.eq_ignore_ascii_case("host") || skip_header(h.name, connection) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());
@@ -383,7 +391,17 @@ pub fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) {
     out.push(b' ');
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    write_headers(out, head.headers, head.connection);
+    for h in head.headers {
+        if skip_header(h.name, &head.connection)
+            || (head.transfer_encoded && h.name.eq_ignore_ascii_case("content-length"))
+        {
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
     if head.framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -692,9 +710,25 @@ mod tests {
             ),
             Ok(Some((Framing::Chunked, false)))
         );
+        // Only plain chunked is relayed; other codings would be lost on the way.
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false),
-            Ok(Some((Framing::UntilClose, true)))
+            Err(BadResponse::Framing)
+        );
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Err(BadResponse::Framing)
+        );
+        // Transfer-Encoding overrides Content-Length.
+        assert_eq!(
+            framing(
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false
+            ),
+            Ok(Some((Framing::Chunked, false)))
         );
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\n\r\n", false),
@@ -742,6 +776,48 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nX-B: 2\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn connection_never_removes_framing_or_host() {
+        let raw = "POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host\r\n\
+                   Content-Length: 3\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parsed::Ready(head) = parse_request(raw.as_bytes(), &mut storage) else {
+            panic!("not ready");
+        };
+        let mut out = Vec::new();
+        write_request_head(&mut out, &head, "a");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST / HTTP/1.1\r\nhost: a\r\nContent-Length: 3\r\n\r\n"
+        );
+
+        // Responses: Content-Length survives a Connection list naming it, names listed on
+        // every Connection line are dropped, and a chunked response loses its Content-Length.
+        let raw = "HTTP/1.1 200 OK\r\nConnection: content-length\r\nConnection: x-secret\r\n\
+                   X-Secret: s\r\nContent-Length: 5\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let head = parse_response(raw.as_bytes(), &mut storage, false)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, &head);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+        );
+        let raw = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let head = parse_response(raw.as_bytes(), &mut storage, false)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, &head);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
         );
     }
 

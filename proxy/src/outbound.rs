@@ -79,13 +79,17 @@ impl Outbound {
         let authority = head.authority?;
         let svc = tables.service(&h::host_of(authority))?;
         let route = svc.route(head).ok()?;
-        let target = route.pick_backend()?;
-        // An HTTP/1.1 client and an HTTP/2 service need translating: the general path's job.
-        if matches!(target.protocol, Protocol::Http2 | Protocol::Grpc)
-            || target.balancer.members().is_empty()
-        {
+        // An HTTP/1.1 client and an HTTP/2 service need translating, and an empty backend gets
+        // its error from the general path. Decided from the route before the weighted draw, so
+        // declining never draws twice and a split keeps its weights.
+        let general = route.targets().any(|t| {
+            matches!(t.protocol, Protocol::Http2 | Protocol::Grpc)
+                || t.balancer.members().is_empty()
+        });
+        if general {
             return None;
         }
+        let target = route.pick_backend()?;
         h1::write_request_head(out, head, authority);
         Some(Plan {
             dest: Dest::Balanced(target.clone()),

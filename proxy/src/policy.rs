@@ -108,6 +108,11 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// Every backend the route can pick (weight above 0).
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.backends.iter().map(|(_, t)| t)
+    }
+
     /// Chooses a backend by weight; `None` if no backend has a weight above 0 (validation
     /// refuses such routes, so this is defence, not a path taken in practice).
     pub fn pick_backend(&self) -> Option<&Arc<Target>> {
