@@ -672,19 +672,35 @@ mod tests {
         ));
     }
 
+    /// The head `raw` becomes for the next hop.
+    fn rewritten_request(raw: &str, authority: &str) -> String {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parsed::Ready(head) = parse_request(raw.as_bytes(), &mut storage) else {
+            panic!("not ready: {raw:?}");
+        };
+        let mut out = Vec::new();
+        write_request_head(&mut out, &head, authority);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The head `raw` becomes for the client (without the final blank line).
+    fn rewritten_response(raw: &str) -> String {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let head = parse_response(raw.as_bytes(), &mut storage, false)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_response_head(&mut out, &head);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn request_head_is_rewritten_without_hop_by_hop_headers() {
         let raw = "POST http://echo/x HTTP/1.1\r\nHost: stale\r\nConnection: keep-alive, x-hop\r\n\
                    X-Hop: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Authorization: s\r\n\
                    Transfer-Encoding: chunked\r\nX-Keep: yes\r\n\r\n";
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let Parsed::Ready(head) = parse_request(raw.as_bytes(), &mut storage) else {
-            panic!("not ready");
-        };
-        let mut out = Vec::new();
-        write_request_head(&mut out, &head, "echo");
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            rewritten_request(raw, "echo"),
             "POST /x HTTP/1.1\r\nhost: echo\r\nX-Keep: yes\r\ntransfer-encoding: chunked\r\n\r\n"
         );
     }
@@ -766,12 +782,7 @@ mod tests {
     #[test]
     fn response_head_is_rewritten() {
         let raw = "HTTP/1.1 404 Not Found\r\nConnection: x-a\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n";
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let head = parse_response(raw.as_bytes(), &mut storage, false)
-            .unwrap()
-            .unwrap();
-        let mut out = Vec::new();
-        write_response_head(&mut out, &head);
+        let mut out = rewritten_response(raw).into_bytes();
         end_head(&mut out, true);
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -783,14 +794,8 @@ mod tests {
     fn connection_never_removes_framing_or_host() {
         let raw = "POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length, host\r\n\
                    Content-Length: 3\r\n\r\n";
-        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let Parsed::Ready(head) = parse_request(raw.as_bytes(), &mut storage) else {
-            panic!("not ready");
-        };
-        let mut out = Vec::new();
-        write_request_head(&mut out, &head, "a");
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            rewritten_request(raw, "a"),
             "POST / HTTP/1.1\r\nhost: a\r\nContent-Length: 3\r\n\r\n"
         );
 
@@ -798,25 +803,13 @@ mod tests {
         // every Connection line are dropped, and a chunked response loses its Content-Length.
         let raw = "HTTP/1.1 200 OK\r\nConnection: content-length\r\nConnection: x-secret\r\n\
                    X-Secret: s\r\nContent-Length: 5\r\n\r\n";
-        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let head = parse_response(raw.as_bytes(), &mut storage, false)
-            .unwrap()
-            .unwrap();
-        let mut out = Vec::new();
-        write_response_head(&mut out, &head);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            rewritten_response(raw),
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
         );
         let raw = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        let head = parse_response(raw.as_bytes(), &mut storage, false)
-            .unwrap()
-            .unwrap();
-        let mut out = Vec::new();
-        write_response_head(&mut out, &head);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            rewritten_response(raw),
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
         );
     }
