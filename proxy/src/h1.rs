@@ -367,18 +367,27 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, authority: 
     out.extend_from_slice(b"\r\n");
     for h in head.headers {
         let connection = head.connection.as_slice();
-        if h.name.eq_ignore_ascii_case("host") || skip_header(h.name, connection) {
-            continue;
+        if !h.name.eq_ignore_ascii_case("host") && !skip_header(h.name, connection) {
+            push_header(out, h);
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
     }
-    if head.framing == Framing::Chunked {
+    end_framing(out, head.framing);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
+    out.extend_from_slice(h.name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(h.value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunked body passes through as it came, so its head says so again (the received
+/// `Transfer-Encoding` line is hop-by-hop and was skipped).
+fn end_framing(out: &mut Vec<u8>, framing: Framing) {
+    if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the head to send to the client, without hop-by-hop headers, but without its final
@@ -392,19 +401,12 @@ pub fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) {
     out.extend_from_slice(head.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in head.headers {
-        if skip_header(h.name, &head.connection)
-            || (head.transfer_encoded && h.name.eq_ignore_ascii_case("content-length"))
-        {
-            continue;
+        let dropped_length = head.transfer_encoded && h.name.eq_ignore_ascii_case("content-length");
+        if !dropped_length && !skip_header(h.name, &head.connection) {
+            push_header(out, h);
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
     }
-    if head.framing == Framing::Chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
+    end_framing(out, head.framing);
 }
 
 /// Ends a head from [`write_response_head`], with `connection: close` when the client

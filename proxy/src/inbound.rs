@@ -47,13 +47,7 @@ impl Inbound {
         let start = Instant::now();
         let grpc = h::is_grpc(req.headers());
         let from_http1 = req.version() < Version::HTTP_2;
-        let protocol = self
-            .policy
-            .load()
-            .local
-            .as_ref()
-            .map(|s| s.protocol)
-            .unwrap_or_default();
+        let protocol = self.local_protocol();
         let wire = match protocol {
             Protocol::Http => Wire::Http1,
             Protocol::Http2 | Protocol::Grpc => Wire::Http2,
@@ -75,16 +69,20 @@ impl Inbound {
         resp
     }
 
-    /// Plans an HTTP/1.1 request for the fast path when the app speaks HTTP/1.1 to it; `None`
-    /// leaves it to the general path.
-    pub(crate) fn plan_h1(&self, head: &h1::RequestHead<'_>, out: &mut Vec<u8>) -> Option<Plan> {
-        let protocol = self
-            .policy
+    /// The protocol of this sidecar's own service (`auto` before any snapshot).
+    fn local_protocol(&self) -> Protocol {
+        self.policy
             .load()
             .local
             .as_ref()
             .map(|s| s.protocol)
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Plans an HTTP/1.1 request for the fast path when the app speaks HTTP/1.1 to it; `None`
+    /// leaves it to the general path.
+    pub(crate) fn plan_h1(&self, head: &h1::RequestHead<'_>, out: &mut Vec<u8>) -> Option<Plan> {
+        let protocol = self.local_protocol();
         if !matches!(protocol, Protocol::Http | Protocol::Auto | Protocol::Tcp) {
             return None;
         }
