@@ -112,16 +112,24 @@ pub(crate) struct RunArgs {
     /// --quick].
     #[arg(long, value_delimiter = ',')]
     pub(crate) rates: Vec<f64>,
-    /// Measured duration of every open-loop run [default: 15s; 2s with --quick].
+    /// Measured duration of every open-loop row, over all its rounds [default: 15s; 2s with
+    /// --quick].
     #[arg(long, value_parser = parse_duration)]
     pub(crate) duration: Option<Duration>,
     /// Measured duration of every closed-loop (max throughput) run [default: 10s; 1s with
     /// --quick].
     #[arg(long, value_parser = parse_duration)]
     pub(crate) max_duration: Option<Duration>,
-    /// Warmup before every run [default: 2s; 500ms with --quick].
+    /// Warmup before every run [default: 2s; 500ms with --quick]. Open-loop rounds after the
+    /// first warm up for at most 500ms: the proxies are warm by then.
     #[arg(long, value_parser = parse_duration)]
     pub(crate) warmup: Option<Duration>,
+    /// Open loop: measure every row in this many rounds of `--duration / --rounds`, taking the
+    /// targets in turn, and report the median of each latency percentile over the rounds
+    /// [default: 5; 1 with --quick]. The load generator, upstream and proxies share the
+    /// machine's CPUs, so a noisy moment would otherwise land on whichever row ran then.
+    #[arg(long)]
+    pub(crate) rounds: Option<usize>,
     /// Requests in flight in the open-loop runs: HTTP/1.1 connections, or HTTP/2 streams
     /// spread over connections of --streams each.
     #[arg(long, default_value_t = 32)]

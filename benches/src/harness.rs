@@ -7,9 +7,12 @@
 //! 1. every proxy process's memory while idle;
 //! 2. for each protocol: the Ferrule Service switched to it (both sidecars confirm), a probe
 //!    request through every target (a broken path is reported once, and its rows skipped,
-//!    instead of producing rows of errors), then open loop at each rate against each target,
-//!    then closed loop (maximum throughput) against each target — with the CPU time of every
-//!    involved process sampled around each run;
+//!    instead of producing rows of errors), then open loop at each rate in `rounds` rounds,
+//!    each taking every target in turn for `duration / rounds`, then closed loop (maximum
+//!    throughput) against each target — with the CPU time of every involved process sampled
+//!    around each run. An open-loop row's latency percentiles are the medians over its rounds:
+//!    on two shared cores a few-second stall of the machine is common (direct runs show it),
+//!    and interleaving spreads it over every target instead of charging it to one;
 //! 3. every proxy process's memory at the end (RSS now, and VmHWM: the peak over all runs);
 //! 4. with every load process stopped, the control-plane fan-out at each N (see `fanout`).
 //!
@@ -37,6 +40,9 @@ use crate::target::{Charged, Family, Lane, Target, TargetKey};
 use crate::tls;
 use crate::Result;
 
+/// Longest warmup of an open-loop round after the first.
+const REWARM: Duration = Duration::from_millis(500);
+
 /// Why the mTLS row is not measured yet.
 const MTLS_PENDING: &str =
     "mutual TLS between sidecars is not implemented yet (a later issue); this row is measured \
@@ -59,9 +65,16 @@ pub(crate) struct Settings {
     /// Measured duration of every closed-loop run, seconds.
     #[serde(serialize_with = "seconds")]
     pub(crate) max_duration: Duration,
-    /// Warmup of every run, seconds.
+    /// Warmup of every run (of the first round of an open-loop row), seconds.
     #[serde(serialize_with = "seconds")]
     pub(crate) warmup: Duration,
+    /// Open-loop rounds: every open-loop row is measured in this many slices of
+    /// `duration / rounds`, interleaved with the other targets' slices.
+    pub(crate) rounds: usize,
+    /// Warmup of every open-loop round after the first, seconds: the proxies' pools are warm
+    /// by then, only the load generator's new connections need it.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) rewarm: Duration,
     /// Per-request timeout, seconds.
     #[serde(serialize_with = "seconds")]
     pub(crate) timeout: Duration,
@@ -140,6 +153,15 @@ impl Settings {
         if args.proxy_threads == 0 || args.streams == 0 {
             return Err("--proxy-threads and --streams must be at least 1".into());
         }
+        let warmup = or(
+            args.warmup,
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+        );
+        let rounds = args.rounds.unwrap_or(if quick { 1 } else { 5 });
+        if rounds == 0 {
+            return Err("--rounds must be at least 1".into());
+        }
         Ok(Settings {
             quick,
             targets,
@@ -155,11 +177,9 @@ impl Settings {
                 Duration::from_secs(10),
                 Duration::from_secs(1),
             ),
-            warmup: or(
-                args.warmup,
-                Duration::from_secs(2),
-                Duration::from_millis(500),
-            ),
+            warmup,
+            rounds,
+            rewarm: REWARM.min(warmup),
             timeout: Duration::from_secs(if quick { 5 } else { 10 }),
             connections: args.connections,
             max_connections: args.max_connections,
@@ -468,26 +488,48 @@ async fn measure_load(
             }
         }
         for &rate in &settings.rates {
-            for target in &ready {
-                eprintln!(
-                    "open loop   {protocol:<5} {rate:>6} rps -> {}",
-                    target.key.label()
-                );
-                let (connections, streams) =
-                    settings.connections_for(protocol, settings.connections);
-                let run = Run {
-                    mode: Mode::Open { rate },
-                    connections,
-                    streams,
-                    duration: settings.duration,
-                };
+            // Round-robin over the targets, so that a noisy stretch of the shared CPUs falls on
+            // one slice of every target rather than on a whole row (see `Settings::rounds`).
+            let mut rounds: Vec<Result<Vec<Measurement>>> =
+                ready.iter().map(|_| Ok(Vec::new())).collect();
+            let (connections, streams) = settings.connections_for(protocol, settings.connections);
+            for round in 0..settings.rounds {
+                for (target, measured) in ready.iter().zip(rounds.iter_mut()) {
+                    let Ok(done) = measured else { continue };
+                    eprintln!(
+                        "open loop   {protocol:<5} {rate:>6} rps -> {} (round {}/{})",
+                        target.key.label(),
+                        round + 1,
+                        settings.rounds
+                    );
+                    let run = Run {
+                        mode: Mode::Open { rate },
+                        connections,
+                        streams,
+                        duration: settings.duration / settings.rounds as u32,
+                        warmup: if round == 0 {
+                            settings.warmup
+                        } else {
+                            settings.rewarm
+                        },
+                    };
+                    match measure_one(target, protocol, run, settings, &context).await {
+                        Ok(row) => done.push(row),
+                        // A failed round fails the row; its other rounds are not run.
+                        Err(e) => *measured = Err(e),
+                    }
+                    tokio::time::sleep(settings.settle).await;
+                }
+            }
+            for (target, measured) in ready.iter().zip(rounds) {
                 record(
-                    measure_one(target, protocol, run, settings, &context).await,
+                    measured.and_then(|rows| {
+                        Measurement::combine(rows).ok_or_else(|| "no round was run".into())
+                    }),
                     &mut report.open_loop,
                     &mut report.failures,
                     format!("{} over {protocol} at {rate} rps", target.key),
                 );
-                tokio::time::sleep(settings.settle).await;
             }
         }
         for target in &ready {
@@ -503,6 +545,7 @@ async fn measure_load(
                 connections,
                 streams,
                 duration: settings.max_duration,
+                warmup: settings.warmup,
             };
             record(
                 measure_one(target, protocol, run, settings, &context).await,
@@ -624,6 +667,7 @@ struct Run {
     connections: usize,
     streams: usize,
     duration: Duration,
+    warmup: Duration,
 }
 
 /// One load run against `target`, with the CPU time of every involved process sampled around
@@ -660,7 +704,7 @@ async fn measure_one(
         connections: run.connections,
         streams: run.streams,
         duration: run.duration,
-        warmup: settings.warmup,
+        warmup: run.warmup,
         timeout: settings.timeout,
     };
     let report = load::run(&spec).await?;
@@ -697,6 +741,7 @@ async fn measure_one(
         added_p99_ms: None,
         cpu,
         cpu_s_per_1000_req,
+        p99_rounds_ms: vec![report.latency_ms.p99],
         load: report,
     })
 }

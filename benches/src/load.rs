@@ -118,6 +118,40 @@ impl Percentiles {
             mean: histogram.mean() / 1000.0,
         }
     }
+
+    /// Combines rounds of one measurement, each given with its number of samples: every
+    /// quantile is the median over the rounds that have samples, so one round that met a noisy
+    /// moment of the shared CPUs (or a quiet one) does not decide the row; `max` is the largest
+    /// and `mean` is weighted by samples.
+    pub(crate) fn median_of(rounds: &[(Percentiles, u64)]) -> Percentiles {
+        let measured: Vec<&(Percentiles, u64)> = rounds.iter().filter(|(_, n)| *n > 0).collect();
+        let samples: u64 = measured.iter().map(|(_, n)| n).sum();
+        if samples == 0 {
+            return Percentiles::default();
+        }
+        let median = |field: fn(&Percentiles) -> f64| {
+            let mut values: Vec<f64> = measured.iter().map(|(p, _)| field(p)).collect();
+            values.sort_by(f64::total_cmp);
+            let mid = values.len() / 2;
+            if values.len() % 2 == 1 {
+                values[mid]
+            } else {
+                (values[mid - 1] + values[mid]) / 2.0
+            }
+        };
+        Percentiles {
+            p50: median(|p| p.p50),
+            p90: median(|p| p.p90),
+            p99: median(|p| p.p99),
+            p99_9: median(|p| p.p99_9),
+            max: measured.iter().map(|(p, _)| p.max).fold(0.0, f64::max),
+            mean: measured
+                .iter()
+                .map(|(p, n)| p.mean * *n as f64)
+                .sum::<f64>()
+                / samples as f64,
+        }
+    }
 }
 
 /// The result of one run. Counts cover the measured window only, except `completed_total`.
@@ -169,6 +203,43 @@ pub(crate) struct LoadReport {
 }
 
 impl LoadReport {
+    /// One report for several rounds of the same run: counts, durations and elapsed time add
+    /// up (so `rps` is over all rounds), latency percentiles are the median over rounds
+    /// (`Percentiles::median_of`). `None` for no rounds.
+    pub(crate) fn combine(rounds: &[LoadReport]) -> Option<LoadReport> {
+        let mut combined = rounds.first()?.clone();
+        let sum = |field: fn(&LoadReport) -> u64| rounds.iter().map(field).sum::<u64>();
+        let sum_f = |field: fn(&LoadReport) -> f64| rounds.iter().map(field).sum::<f64>();
+        combined.requests = sum(|r| r.requests);
+        combined.ok = sum(|r| r.ok);
+        combined.status_errors = sum(|r| r.status_errors);
+        combined.transport_errors = sum(|r| r.transport_errors);
+        combined.unfinished = sum(|r| r.unfinished);
+        combined.completed_total = sum(|r| r.completed_total);
+        combined.duration_s = sum_f(|r| r.duration_s);
+        combined.warmup_s = sum_f(|r| r.warmup_s);
+        combined.elapsed_s = sum_f(|r| r.elapsed_s);
+        combined.rps = if combined.elapsed_s > 0.0 {
+            combined.ok as f64 / combined.elapsed_s
+        } else {
+            0.0
+        };
+        let weighted = |field: fn(&LoadReport) -> Percentiles| {
+            rounds.iter().map(|r| (field(r), r.ok)).collect::<Vec<_>>()
+        };
+        combined.latency_ms = Percentiles::median_of(&weighted(|r| r.latency_ms));
+        combined.service_time_ms = Percentiles::median_of(&weighted(|r| r.service_time_ms));
+        combined.error_samples = Vec::new();
+        for sample in rounds.iter().flat_map(|r| &r.error_samples) {
+            if combined.error_samples.len() < MAX_ERROR_SAMPLES
+                && !combined.error_samples.contains(sample)
+            {
+                combined.error_samples.push(sample.clone());
+            }
+        }
+        Some(combined)
+    }
+
     /// All errors: non-2xx, transport, unfinished.
     pub(crate) fn errors(&self) -> u64 {
         self.status_errors + self.transport_errors + self.unfinished
@@ -716,6 +787,81 @@ mod tests {
     #[test]
     fn histogram_bounds_are_valid() {
         assert!(Tally::new().is_ok());
+    }
+
+    fn at(p99: f64, max: f64, mean: f64) -> Percentiles {
+        Percentiles {
+            p50: p99 / 2.0,
+            p90: p99 / 1.5,
+            p99,
+            p99_9: p99 * 2.0,
+            max,
+            mean,
+        }
+    }
+
+    #[test]
+    fn rounds_combine_by_median_and_skip_empty_ones() {
+        // One noisy round (p99 9 ms) and one without samples do not move the median.
+        let rounds = [
+            (at(0.5, 1.0, 0.2), 100),
+            (at(9.0, 20.0, 0.4), 100),
+            (at(0.4, 2.0, 0.2), 200),
+            (Percentiles::default(), 0),
+        ];
+        let combined = Percentiles::median_of(&rounds);
+        assert_eq!(combined.p99, 0.5);
+        assert_eq!(combined.p50, 0.25);
+        assert_eq!(combined.max, 20.0);
+        assert!((combined.mean - 0.25).abs() < 1e-9);
+        // An even count takes the mean of the middle two.
+        let even = Percentiles::median_of(&rounds[..2]);
+        assert_eq!(even.p99, 4.75);
+        assert_eq!(Percentiles::median_of(&[]).p99, 0.0);
+    }
+
+    #[test]
+    fn combined_reports_add_counts_and_time() {
+        let report = |ok: u64, errors: u64, p99: f64| LoadReport {
+            target: "t".into(),
+            mode: "open",
+            target_rps: Some(1000.0),
+            protocol: Protocol::Http1,
+            connections: 32,
+            concurrency: 32,
+            duration_s: 3.0,
+            warmup_s: 0.5,
+            requests: ok + errors,
+            ok,
+            status_errors: errors,
+            transport_errors: 0,
+            unfinished: 0,
+            elapsed_s: 3.0,
+            rps: ok as f64 / 3.0,
+            latency_ms: at(p99, p99, p99 / 2.0),
+            service_time_ms: at(p99, p99, p99 / 2.0),
+            completed_total: ok + errors + 500,
+            error_samples: if errors > 0 {
+                vec!["503".into()]
+            } else {
+                vec![]
+            },
+        };
+        let combined = LoadReport::combine(&[
+            report(3000, 0, 0.3),
+            report(2999, 1, 0.9),
+            report(3000, 0, 0.4),
+        ])
+        .unwrap();
+        assert_eq!(combined.requests, 9000);
+        assert_eq!(combined.ok, 8999);
+        assert_eq!(combined.errors(), 1);
+        assert_eq!(combined.completed_total, 10_500);
+        assert_eq!(combined.duration_s, 9.0);
+        assert!((combined.rps - 8999.0 / 9.0).abs() < 1e-9);
+        assert_eq!(combined.latency_ms.p99, 0.4);
+        assert_eq!(combined.error_samples, vec!["503".to_string()]);
+        assert!(LoadReport::combine(&[]).is_none());
     }
 
     async fn upstream() -> std::net::SocketAddr {

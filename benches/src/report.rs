@@ -53,6 +53,42 @@ pub(crate) struct Measurement {
     /// Charged CPU seconds per 1000 completed requests (= vCPUs per 1000 rps); absent when
     /// nothing is charged.
     pub(crate) cpu_s_per_1000_req: Option<f64>,
+    /// The p99 of each round, in the order run (one entry for a run measured in one go).
+    pub(crate) p99_rounds_ms: Vec<f64>,
+}
+
+impl Measurement {
+    /// One row for several rounds of the same target, protocol and rate: the load reports are
+    /// combined (`LoadReport::combine`: counts add up, latency quantiles are medians over
+    /// rounds), CPU seconds add up per process and are divided by every request of every round.
+    /// `None` for no rounds.
+    pub(crate) fn combine(rounds: Vec<Measurement>) -> Option<Measurement> {
+        let loads: Vec<LoadReport> = rounds.iter().map(|r| r.load.clone()).collect();
+        let load = LoadReport::combine(&loads)?;
+        let mut combined = rounds.first()?.clone();
+        for (i, cpu) in combined.cpu.iter_mut().enumerate() {
+            cpu.seconds = rounds
+                .iter()
+                .filter_map(|r| r.cpu.get(i))
+                .map(|c| c.seconds)
+                .sum();
+        }
+        let charged: f64 = combined
+            .cpu
+            .iter()
+            .filter(|c| c.charged)
+            .map(|c| c.seconds)
+            .sum();
+        combined.cpu_s_per_1000_req = combined.cpu_s_per_1000_req.and(
+            (load.completed_total > 0).then(|| charged / (load.completed_total as f64 / 1000.0)),
+        );
+        combined.p99_rounds_ms = rounds
+            .iter()
+            .flat_map(|r| r.p99_rounds_ms.iter().copied())
+            .collect();
+        combined.load = load;
+        Some(combined)
+    }
 }
 
 /// Memory of one proxy process.
@@ -207,7 +243,10 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\nOpen loop: {} s measured after {} s warmup per row, {} requests in flight at \
+            "\nOpen loop: {} s measured per row in {} round(s) that take the targets in turn \
+             ({} s warmup before the first round, {} s before the others); latency \
+             percentiles are the median over the rounds, and *p99 by round* gives the \
+             spread. {} requests in flight at \
              most (HTTP/1.1: one connection each; HTTP/2 and gRPC: {} streams per connection), \
              {}-byte responses. Latency in ms from each request's intended send time \
              (coordinated-omission corrected); *added* is over direct at the same protocol and \
@@ -215,7 +254,9 @@ impl Report {
              nginx master and workers) from /proc, per 1000 requests (= vCPUs per 1000 rps), \
              over warmup and measured window.\n",
             s.duration.as_secs_f64(),
+            s.rounds,
             s.warmup.as_secs_f64(),
+            s.rewarm.as_secs_f64(),
             s.connections,
             s.streams,
             s.body_size,
@@ -233,14 +274,14 @@ impl Report {
             }
             let _ = writeln!(md, "### Open loop, {}\n", protocol.label());
             md.push_str(
-                "| target | rate | rps achieved | p50 | p90 | p99 | p99.9 | added p50 | added p99 | errors | CPU s/1000 req |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
+                "| target | rate | rps achieved | p50 | p90 | p99 | p99.9 | added p50 | added p99 | p99 by round | errors | CPU s/1000 req |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
             );
             for row in rows {
                 let l = &row.load.latency_ms;
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
                     row.label,
                     row.rate.map_or("–".into(), |r| format!("{r}")),
                     row.load.rps,
@@ -250,6 +291,7 @@ impl Report {
                     l.p99_9,
                     signed(row.added_p50_ms),
                     signed(row.added_p99_ms),
+                    spread(&row.p99_rounds_ms),
                     errors(&row.load),
                     cpu(row.cpu_s_per_1000_req),
                 );
@@ -401,6 +443,17 @@ impl Report {
         std::fs::write(&json_path, serde_json::to_string_pretty(self)? + "\n")?;
         std::fs::write(&md_path, markdown)?;
         Ok((json_path, md_path))
+    }
+}
+
+/// The lowest and highest of per-round values, `0.41–0.52`; the value alone for one round.
+fn spread(values: &[f64]) -> String {
+    let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match values.len() {
+        0 => "–".into(),
+        1 => format!("{low:.3}"),
+        _ => format!("{low:.3}–{high:.3}"),
     }
 }
 
