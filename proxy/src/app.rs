@@ -72,6 +72,65 @@ pub struct Args {
     /// Log format: `text` or `json`.
     #[arg(long, env = "FERRULE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// CPU time slice to ask the kernel for (Linux 6.12+ EEVDF), from `100us` to `100ms`, or
+    /// `off` for the kernel's default. A short slice lets the sidecar run soon after a request
+    /// wakes it instead of waiting behind the app; it does not raise its share of the CPU.
+    #[arg(long, env = "FERRULE_SCHED_SLICE", default_value = "300us", value_parser = parse_slice)]
+    pub sched_slice: SchedSlice,
+}
+
+/// The `--sched-slice` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedSlice {
+    /// Leave the kernel's default slice.
+    Off,
+    /// Ask for this slice.
+    Request(Duration),
+}
+
+/// The shortest and longest slices the kernel accepts (it would clamp anything else).
+const SLICE_RANGE: (Duration, Duration) = (Duration::from_micros(100), Duration::from_millis(100));
+
+fn parse_slice(s: &str) -> Result<SchedSlice, String> {
+    if s == "off" {
+        return Ok(SchedSlice::Off);
+    }
+    let slice = match s.strip_suffix("us") {
+        Some(us) => us
+            .parse()
+            .map(Duration::from_micros)
+            .map_err(|_| format!("{s:?} is not a duration (use e.g. 300us, 1ms, or off)"))?,
+        None => parse_duration(s)?,
+    };
+    if slice < SLICE_RANGE.0 || slice > SLICE_RANGE.1 {
+        return Err(format!(
+            "{s:?} is outside the slices Linux accepts: 100us to 100ms (or off)"
+        ));
+    }
+    Ok(SchedSlice::Request(slice))
+}
+
+/// Applies `--sched-slice` to the calling thread, before the runtime starts its threads (they
+/// inherit it), and logs what the kernel made of it. Failing to set it is not fatal: a
+/// container's seccomp profile may forbid the call, and the sidecar works without it.
+pub fn apply_sched_slice(setting: SchedSlice) {
+    use crate::sched::{self, Slice};
+    let SchedSlice::Request(wanted) = setting else {
+        tracing::info!("scheduler slice: the kernel's default (--sched-slice off)");
+        return;
+    };
+    match sched::request(wanted) {
+        Ok(Slice::Length(got)) => tracing::info!(?wanted, ?got, "scheduler slice set"),
+        Ok(Slice::Unsupported) => tracing::info!(
+            ?wanted,
+            "scheduler slice not set: this kernel has no custom slices (Linux 6.12+)"
+        ),
+        Ok(Slice::NotFair) => tracing::info!(
+            ?wanted,
+            "scheduler slice not set: the proxy runs under a real-time policy"
+        ),
+        Err(error) => tracing::warn!(?wanted, %error, "scheduler slice not set"),
+    }
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -240,5 +299,27 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sched_slice_accepts_microseconds_durations_and_off() {
+        assert_eq!(parse_slice("off"), Ok(SchedSlice::Off));
+        assert_eq!(
+            parse_slice("300us"),
+            Ok(SchedSlice::Request(Duration::from_micros(300)))
+        );
+        assert_eq!(
+            parse_slice("2ms"),
+            Ok(SchedSlice::Request(Duration::from_millis(2)))
+        );
+        for bad in ["99us", "1s", "0us", "fast", "-1us", ""] {
+            let e = parse_slice(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
     }
 }

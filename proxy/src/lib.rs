@@ -16,6 +16,7 @@
 //! - [`discovery`]: the push stream to the control plane, and the persisted snapshot.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`sched`]: the short CPU time slice the sidecar asks the kernel for.
 //! - [`errors`]: the one place where failures become responses (`ferrule-error: <reason>`).
 //! - [`http`]: header and URI plumbing shared by both directions.
 
@@ -32,5 +33,6 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;
+pub mod sched;
 pub mod server;
 pub mod upstream;

@@ -5,6 +5,7 @@ use clap::Parser;
 fn main() {
     let args = ferrule_proxy::app::Args::parse();
     ferrule_proxy::app::init_logging(&args.log_format);
+    ferrule_proxy::app::apply_sched_slice(args.sched_slice);
     let rt = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
