@@ -144,6 +144,10 @@ pub(crate) struct RunArgs {
     /// nbthread, ferrule-proxy --threads.
     #[arg(long, default_value_t = 1)]
     pub(crate) proxy_threads: usize,
+    /// ferrule-proxy --sched-slice for both sidecars (e.g. `off` to measure without the short
+    /// scheduler slice) [default: ferrule-proxy's own default].
+    #[arg(long)]
+    pub(crate) ferrule_sched_slice: Option<String>,
     /// Control-plane fan-out sizes (simulated proxies), comma-separated [default: 100,1000;
     /// 100 with --quick].
     #[arg(long, value_delimiter = ',')]

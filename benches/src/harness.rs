@@ -86,6 +86,8 @@ pub(crate) struct Settings {
     pub(crate) streams: usize,
     /// Worker threads/processes of every proxy.
     pub(crate) proxy_threads: usize,
+    /// `--sched-slice` for the Ferrule sidecars, when not their default.
+    pub(crate) ferrule_sched_slice: Option<String>,
     /// Fan-out sizes.
     pub(crate) fanout: Vec<usize>,
     /// Whether missing peers may be installed with apt-get.
@@ -185,6 +187,7 @@ impl Settings {
             max_connections: args.max_connections,
             streams: args.streams,
             proxy_threads: args.proxy_threads,
+            ferrule_sched_slice: args.ferrule_sched_slice,
             fanout,
             install: !args.no_install,
             body_size: args.body_size,
@@ -361,12 +364,17 @@ async fn measure_load(
             &dir.path().join("ferrule"),
             upstream.addr,
             settings.proxy_threads,
+            settings.ferrule_sched_slice.as_deref(),
             settings.protocols[0],
         )
         .await?;
+        let slice = match &settings.ferrule_sched_slice {
+            Some(slice) => format!(" --sched-slice {slice}"),
+            None => String::new(),
+        };
         report.software.push(match mesh.threads {
-            Some(n) => format!("ferrule-proxy --threads {n}"),
-            None => "ferrule-proxy (no --threads flag in this build: its default)".into(),
+            Some(n) => format!("ferrule-proxy --threads {n}{slice}"),
+            None => format!("ferrule-proxy{slice} (no --threads flag in this build: its default)"),
         });
         Some(mesh)
     } else {

@@ -152,6 +152,7 @@ impl MeshStack {
         dir: &Path,
         upstream: SocketAddr,
         threads: usize,
+        sched_slice: Option<&str>,
         protocol: Protocol,
     ) -> Result<Self> {
         let control_data = subdir(dir, "control")?;
@@ -185,6 +186,7 @@ impl MeshStack {
             &subdir(dir, "server-sidecar")?,
             &upstream.to_string(),
             threads,
+            sched_slice,
         )
         .await?;
         // The client sidecar's app is never called in these runs; port 1 makes that explicit.
@@ -197,6 +199,7 @@ impl MeshStack {
             &subdir(dir, "client-sidecar")?,
             "127.0.0.1:1",
             threads,
+            sched_slice,
         )
         .await?;
 
@@ -376,6 +379,7 @@ async fn start_sidecar(
     data_dir: &Path,
     app: &str,
     threads: Option<usize>,
+    sched_slice: Option<&str>,
 ) -> Result<Sidecar> {
     let mut proxy = child_command(&bins.proxy);
     proxy
@@ -391,6 +395,9 @@ async fn start_sidecar(
         .args(["--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     if let Some(threads) = threads {
         proxy.args(["--threads", &threads.to_string()]);
+    }
+    if let Some(slice) = sched_slice {
+        proxy.args(["--sched-slice", slice]);
     }
     let prefix = "ferrule-proxy listening ";
     let started = supervisor
