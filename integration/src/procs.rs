@@ -248,6 +248,8 @@ impl Sidecar {
             .args(["--app", &o.app.to_string()])
             .args(["--labels", o.labels])
             .args(o.extra)
+            // Tests choose their flags; a setting in the caller's environment must not leak in.
+            .env_remove("FERRULE_SCHED_SLICE")
             .env("FERRULE_LOG", "info,ferrule_proxy=debug");
         let log = o.data_dir.with_extension("log");
         let (proc, line) = Proc::spawn(cmd, "ferrule-proxy", log);

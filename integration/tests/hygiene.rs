@@ -1,6 +1,6 @@
 //! Protections every listener has from the first day: slow headers time out, oversized heads
-//! get 431, ambiguous framing gets 400, malformed requests get 400. And the sidecar's CPU
-//! scheduling hint (`--sched-slice`) reaches every one of its threads.
+//! get 431, ambiguous framing gets 400, malformed requests get 400. And the sidecar's optional
+//! CPU scheduling hint (`--sched-slice`) reaches every one of its threads.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ferrule_integration::apps::echo_app;
 use ferrule_integration::procs::{ControlPlane, Sidecar, SidecarOpts};
 use ferrule_integration::TempDir;
+use ferrule_proxy::sched::{self, Slice};
 
 fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -78,17 +79,13 @@ async fn listeners_refuse_abusive_requests() {
     .unwrap();
 }
 
-/// `se.slice` of every thread of `pid`, in ns, from /proc (absent before Linux 6.6's EEVDF).
-fn thread_slices(pid: u32) -> Vec<Option<u64>> {
+/// The CPU slice of every thread of `pid` that still exists when it is read (the runtime's
+/// blocking-pool threads come and go).
+fn thread_slices(pid: u32) -> Vec<Slice> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
-        .map(|task| {
-            let sched = std::fs::read_to_string(task.unwrap().path().join("sched")).unwrap();
-            sched
-                .lines()
-                .find(|l| l.starts_with("se.slice"))
-                .and_then(|l| l.rsplit(':').next()?.trim().parse().ok())
-        })
+        .filter_map(|task| task.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|tid| sched::of_thread(tid).ok())
         .collect()
 }
 
@@ -108,13 +105,13 @@ async fn every_sidecar_thread_runs_with_the_requested_cpu_slice() {
             extra,
         })
     };
+    let short = start("short", &["--sched-slice", "300us"]);
+    let long = start("long", &["--sched-slice", "2ms", "--threads", "2"]);
     let default = start("default", &[]);
-    let custom = start("custom", &["--sched-slice", "2ms", "--threads", "2"]);
-    let off = start("off", &["--sched-slice", "off"]);
-    for s in [&default, &custom, &off] {
+    for s in [&short, &long, &default] {
         s.wait_ready().await;
     }
-    let log = default.proc.log_text();
+    let log = short.proc.log_text();
     // Kernels before 6.12 have no custom slices, and a seccomp profile may refuse the call: the
     // sidecar runs on and says so, which is all that can be checked there.
     if let Some(line) = log.lines().find(|l| l.contains("scheduler slice not set")) {
@@ -122,17 +119,21 @@ async fn every_sidecar_thread_runs_with_the_requested_cpu_slice() {
         return;
     }
     assert!(log.contains("scheduler slice set"), "{log}");
-    assert!(off.proc.log_text().contains("--sched-slice off"));
-    let kernel_default = thread_slices(off.proc.pid());
+    assert!(default.proc.log_text().contains("--sched-slice off"));
     // The runtime's threads inherit the main thread's slice: `--threads 2` has the main thread
     // and two workers (blocking-pool threads come and go, and must match too).
-    for (sidecar, want, threads) in [(&default, 300_000, 1), (&custom, 2_000_000, 3)] {
+    for (sidecar, want, threads) in [(&short, 300, 1), (&long, 2_000, 3)] {
         let slices = thread_slices(sidecar.proc.pid());
         assert!(slices.len() >= threads, "{slices:?}");
-        assert!(slices.iter().all(|s| *s == Some(want)), "{slices:?}");
+        let want = Slice::Length(Duration::from_micros(want));
+        assert!(slices.iter().all(|s| *s == want), "{slices:?}");
     }
+    // By default the slice is left as inherited: this test's own.
+    let inherited = sched::of_thread(0).unwrap();
+    let default_slices = thread_slices(default.proc.pid());
+    assert!(!default_slices.is_empty());
     assert!(
-        kernel_default.iter().all(|s| *s != Some(300_000)),
-        "{kernel_default:?}"
+        default_slices.iter().all(|s| *s == inherited),
+        "{default_slices:?}"
     );
 }

@@ -73,23 +73,22 @@ pub struct Args {
     #[arg(long, env = "FERRULE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
     /// CPU time slice to ask the kernel for (Linux 6.12+ EEVDF), from `100us` to `100ms`, or
-    /// `off` for the kernel's default. A short slice lets the sidecar run soon after a request
-    /// wakes it instead of waiting behind the app; it does not raise its share of the CPU.
-    #[arg(long, env = "FERRULE_SCHED_SLICE", default_value = "300us", value_parser = parse_slice)]
+    /// `off` to leave the slice the process started with (normally the kernel's default). A
+    /// short slice lets the sidecar preempt longer-running work as soon as a request wakes it;
+    /// it does not raise its share of the CPU. Measured, it helps a chain of two sidecars and
+    /// costs a single sidecar CPU (ARCHITECTURE.md, "Waking up on time"), hence off by default.
+    #[arg(long, env = "FERRULE_SCHED_SLICE", default_value = "off", value_parser = parse_slice)]
     pub sched_slice: SchedSlice,
 }
 
 /// The `--sched-slice` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchedSlice {
-    /// Leave the kernel's default slice.
+    /// Leave the slice as inherited.
     Off,
     /// Ask for this slice.
     Request(Duration),
 }
-
-/// The shortest and longest slices the kernel accepts (it would clamp anything else).
-const SLICE_RANGE: (Duration, Duration) = (Duration::from_micros(100), Duration::from_millis(100));
 
 fn parse_slice(s: &str) -> Result<SchedSlice, String> {
     if s == "off" {
@@ -102,7 +101,7 @@ fn parse_slice(s: &str) -> Result<SchedSlice, String> {
             .map_err(|_| format!("{s:?} is not a duration (use e.g. 300us, 1ms, or off)"))?,
         None => parse_duration(s)?,
     };
-    if slice < SLICE_RANGE.0 || slice > SLICE_RANGE.1 {
+    if slice < crate::sched::RANGE.0 || slice > crate::sched::RANGE.1 {
         return Err(format!(
             "{s:?} is outside the slices Linux accepts: 100us to 100ms (or off)"
         ));
@@ -116,18 +115,32 @@ fn parse_slice(s: &str) -> Result<SchedSlice, String> {
 pub fn apply_sched_slice(setting: SchedSlice) {
     use crate::sched::{self, Slice};
     let SchedSlice::Request(wanted) = setting else {
-        tracing::info!("scheduler slice: the kernel's default (--sched-slice off)");
+        let slice = sched::of_thread(0);
+        tracing::debug!(
+            ?slice,
+            "scheduler slice left as inherited (--sched-slice off)"
+        );
         return;
     };
     match sched::request(wanted) {
-        Ok(Slice::Length(got)) => tracing::info!(?wanted, ?got, "scheduler slice set"),
+        Ok(Slice::Length(got)) if got == wanted => {
+            tracing::info!(?wanted, ?got, "scheduler slice set")
+        }
+        Ok(Slice::Length(got)) => {
+            tracing::warn!(
+                ?wanted,
+                ?got,
+                "scheduler slice not set: the kernel kept another"
+            )
+        }
         Ok(Slice::Unsupported) => tracing::info!(
             ?wanted,
             "scheduler slice not set: this kernel has no custom slices (Linux 6.12+)"
         ),
-        Ok(Slice::NotFair) => tracing::info!(
+        Ok(Slice::OtherPolicy) => tracing::info!(
             ?wanted,
-            "scheduler slice not set: the proxy runs under a real-time policy"
+            "scheduler slice not set: the proxy runs under a policy without slices \
+             (real-time, deadline, idle or sched_ext)"
         ),
         Err(error) => tracing::warn!(?wanted, %error, "scheduler slice not set"),
     }
