@@ -11,8 +11,10 @@
 //!    each taking every target in turn for `duration / rounds`, then closed loop (maximum
 //!    throughput) against each target — with the CPU time of every involved process sampled
 //!    around each run. An open-loop row's latency percentiles are the medians over its rounds:
-//!    on two shared cores a few-second stall of the machine is common (direct runs show it),
-//!    and interleaving spreads it over every target instead of charging it to one;
+//!    on two shared cores the machine stalls for a few milliseconds now and then (direct runs
+//!    show it), and interleaved rounds spread such stalls over every target instead of
+//!    charging them to whichever row ran then. The rounds' starting target rotates, so no
+//!    target always runs right after another;
 //! 3. every proxy process's memory at the end (RSS now, and VmHWM: the peak over all runs);
 //! 4. with every load process stopped, the control-plane fan-out at each N (see `fanout`).
 //!
@@ -42,6 +44,8 @@ use crate::Result;
 
 /// Longest warmup of an open-loop round after the first.
 const REWARM: Duration = Duration::from_millis(500);
+/// Shortest open-loop round: at 1000 rps, 500 requests.
+const MIN_ROUND: Duration = Duration::from_millis(500);
 
 /// Why the mTLS row is not measured yet.
 const MTLS_PENDING: &str =
@@ -161,19 +165,27 @@ impl Settings {
             Duration::from_millis(500),
         );
         let rounds = args.rounds.unwrap_or(if quick { 1 } else { 5 });
-        if rounds == 0 {
-            return Err("--rounds must be at least 1".into());
+        let duration = or(
+            args.duration,
+            Duration::from_secs(15),
+            Duration::from_secs(2),
+        );
+        let round = u32::try_from(rounds)
+            .ok()
+            .filter(|r| *r > 0)
+            .map(|r| duration / r);
+        if round.is_none_or(|round| round < MIN_ROUND) {
+            return Err(format!(
+                "--rounds must be at least 1 and leave at least {MIN_ROUND:?} of --duration per round"
+            )
+            .into());
         }
         Ok(Settings {
             quick,
             targets,
             protocols,
             rates,
-            duration: or(
-                args.duration,
-                Duration::from_secs(15),
-                Duration::from_secs(2),
-            ),
+            duration,
             max_duration: or(
                 args.max_duration,
                 Duration::from_secs(10),
@@ -195,6 +207,12 @@ impl Settings {
             out,
             bin_dir: args.bin_dir,
         })
+    }
+
+    /// Measured time of one open-loop round.
+    fn round_duration(&self) -> Duration {
+        // `from_args` checked that `rounds` fits a u32 and leaves at least `MIN_ROUND`.
+        self.duration / u32::try_from(self.rounds).unwrap_or(1)
     }
 
     /// Connections and streams per connection for `in_flight` requests of `protocol`:
@@ -370,7 +388,7 @@ async fn measure_load(
         .await?;
         let slice = match &settings.ferrule_sched_slice {
             Some(slice) => format!(" --sched-slice {slice}"),
-            None => String::new(),
+            None => " (--sched-slice off, its default)".into(),
         };
         report.software.push(match mesh.threads {
             Some(n) => format!("ferrule-proxy --threads {n}{slice}"),
@@ -501,8 +519,10 @@ async fn measure_load(
             let mut rounds: Vec<Result<Vec<Measurement>>> =
                 ready.iter().map(|_| Ok(Vec::new())).collect();
             let (connections, streams) = settings.connections_for(protocol, settings.connections);
+            let n = ready.len();
             for round in 0..settings.rounds {
-                for (target, measured) in ready.iter().zip(rounds.iter_mut()) {
+                for i in (0..n).map(|i| (i + round) % n) {
+                    let (target, measured) = (ready[i], &mut rounds[i]);
                     let Ok(done) = measured else { continue };
                     eprintln!(
                         "open loop   {protocol:<5} {rate:>6} rps -> {} (round {}/{})",
@@ -514,7 +534,7 @@ async fn measure_load(
                         mode: Mode::Open { rate },
                         connections,
                         streams,
-                        duration: settings.duration / settings.rounds as u32,
+                        duration: settings.round_duration(),
                         warmup: if round == 0 {
                             settings.warmup
                         } else {
@@ -749,7 +769,11 @@ async fn measure_one(
         added_p99_ms: None,
         cpu,
         cpu_s_per_1000_req,
-        p99_rounds_ms: vec![report.latency_ms.p99],
+        // A run without a successful request has no latency to show.
+        p99_rounds_ms: (report.ok > 0)
+            .then_some(report.latency_ms.p99)
+            .into_iter()
+            .collect(),
         load: report,
     })
 }

@@ -171,7 +171,7 @@ pub(crate) struct LoadReport {
     pub(crate) concurrency: usize,
     /// Measured duration in seconds.
     pub(crate) duration_s: f64,
-    /// Warmup in seconds.
+    /// Warmup in seconds (over all rounds, for a combined report).
     pub(crate) warmup_s: f64,
     /// Requests in the measured window (open loop: scheduled; closed loop: completed).
     pub(crate) requests: u64,
@@ -195,6 +195,12 @@ pub(crate) struct LoadReport {
     /// Latency of successful responses from the actual send; in open loop the gap between this and
     /// `latency_ms` is time spent queued behind busy connections.
     pub(crate) service_time_ms: Percentiles,
+    /// Latency percentiles over every successful request of every round (a combined report's
+    /// `latency_ms` is the median of the rounds' percentiles; for one run they are equal).
+    pub(crate) latency_all_ms: Percentiles,
+    /// The latency histogram behind `latency_all_ms`, kept to combine rounds.
+    #[serde(skip)]
+    pub(crate) latency_histogram: Histogram<u64>,
     /// Requests completed including the warmup, whatever their outcome: the denominator for
     /// "CPU per request" when CPU is sampled around the whole run.
     pub(crate) completed_total: u64,
@@ -229,6 +235,12 @@ impl LoadReport {
         };
         combined.latency_ms = Percentiles::median_of(&weighted(|r| r.latency_ms));
         combined.service_time_ms = Percentiles::median_of(&weighted(|r| r.service_time_ms));
+        for round in &rounds[1..] {
+            // Same bounds and precision everywhere (`Tally::new`), so adding cannot fail; if it
+            // ever did, the over-all percentiles would just miss that round.
+            let _ = combined.latency_histogram.add(&round.latency_histogram);
+        }
+        combined.latency_all_ms = Percentiles::of(&combined.latency_histogram);
         combined.error_samples = Vec::new();
         for sample in rounds.iter().flat_map(|r| &r.error_samples) {
             if combined.error_samples.len() < MAX_ERROR_SAMPLES
@@ -773,6 +785,8 @@ impl Tally {
                 0.0
             },
             latency_ms: Percentiles::of(&self.latency),
+            latency_all_ms: Percentiles::of(&self.latency),
+            latency_histogram: self.latency,
             service_time_ms: Percentiles::of(&self.service),
             completed_total: self.completed_total,
             error_samples: self.error_samples,
@@ -840,6 +854,12 @@ mod tests {
             rps: ok as f64 / 3.0,
             latency_ms: at(p99, p99, p99 / 2.0),
             service_time_ms: at(p99, p99, p99 / 2.0),
+            latency_all_ms: at(p99, p99, p99 / 2.0),
+            latency_histogram: {
+                let mut h = Tally::new().unwrap().latency;
+                h.record_n((p99 * 1000.0) as u64, ok).unwrap();
+                h
+            },
             completed_total: ok + errors + 500,
             error_samples: if errors > 0 {
                 vec!["503".into()]
@@ -860,6 +880,9 @@ mod tests {
         assert_eq!(combined.duration_s, 9.0);
         assert!((combined.rps - 8999.0 / 9.0).abs() < 1e-9);
         assert_eq!(combined.latency_ms.p99, 0.4);
+        // Over all requests, the slow round's third of them decides p99.
+        assert_eq!(combined.latency_all_ms.p99, 0.9);
+        assert_eq!(combined.latency_all_ms.p50, 0.4);
         assert_eq!(combined.error_samples, vec!["503".to_string()]);
         assert!(LoadReport::combine(&[]).is_none());
     }

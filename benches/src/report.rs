@@ -79,9 +79,9 @@ impl Measurement {
             .filter(|c| c.charged)
             .map(|c| c.seconds)
             .sum();
-        combined.cpu_s_per_1000_req = combined.cpu_s_per_1000_req.and(
-            (load.completed_total > 0).then(|| charged / (load.completed_total as f64 / 1000.0)),
-        );
+        let any_charged = combined.cpu.iter().any(|c| c.charged);
+        combined.cpu_s_per_1000_req = (any_charged && load.completed_total > 0)
+            .then(|| charged / (load.completed_total as f64 / 1000.0));
         combined.p99_rounds_ms = rounds
             .iter()
             .flat_map(|r| r.p99_rounds_ms.iter().copied())
