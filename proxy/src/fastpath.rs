@@ -263,7 +263,15 @@ async fn exchange(
     // They are kept aside for a retry on a fresh connection.
     let early_body = buf.split_to(initial);
     // The route's timeout covers everything up to the response head, as on the general path.
-    let head_phase = send_request(side, plan, req, client, buf, &early_body, &mut pump, out);
+    let mut outgoing = Outgoing {
+        req,
+        client: &mut *client,
+        buf: &mut *buf,
+        early_body: &early_body,
+        pump: &mut pump,
+        out: &mut *out,
+    };
+    let head_phase = send_request(side, plan, &mut outgoing);
     let result = match plan.timeout {
         Some(t) => match tokio::time::timeout(t, head_phase).await {
             Ok(r) => r,
@@ -311,19 +319,26 @@ impl Pump {
     }
 }
 
+/// The client's side of one exchange, lent to each attempt at sending it upstream.
+struct Outgoing<'a> {
+    req: Request,
+    client: &'a mut TcpStream,
+    /// The client connection's buffer: the rest of the request body arrives here.
+    buf: &'a mut BytesMut,
+    /// The body bytes that came with the head, kept to resend on a fresh connection.
+    early_body: &'a [u8],
+    pump: &'a mut Pump,
+    /// Scratch space for the rewritten request head, then the response head.
+    out: &'a mut Vec<u8>,
+}
+
 /// Sends the request (head, then body) to an upstream and waits for the response head. Picks
 /// another endpoint when a connect is refused, and opens a fresh connection when a pooled one
 /// turns out to be closed before the request could have been processed.
-#[allow(clippy::too_many_arguments)]
 async fn send_request(
     side: &Side,
     plan: &Plan,
-    req: Request,
-    client: &mut TcpStream,
-    buf: &mut BytesMut,
-    early_body: &[u8],
-    pump: &mut Pump,
-    out: &mut Vec<u8>,
+    outgoing: &mut Outgoing<'_>,
 ) -> Result<Sent, Failure> {
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = String::new();
@@ -355,7 +370,7 @@ async fn send_request(
                     }
                 },
             };
-            match send_on(&mut conn, req, client, buf, early_body, pump, out).await {
+            match send_on(&mut conn, outgoing).await {
                 Ok(head) => {
                     return Ok(Sent {
                         upstream: upstream.clone(),
@@ -403,15 +418,15 @@ struct HeadIn {
 
 /// One attempt on one connection: writes the head and the body bytes already read, streams
 /// the rest of the body while watching for the response head, and parses that head.
-async fn send_on(
-    conn: &mut RawConn,
-    req: Request,
-    client: &mut TcpStream,
-    buf: &mut BytesMut,
-    early_body: &[u8],
-    pump: &mut Pump,
-    out: &mut Vec<u8>,
-) -> Result<HeadIn, SendFailure> {
+async fn send_on(conn: &mut RawConn, outgoing: &mut Outgoing<'_>) -> Result<HeadIn, SendFailure> {
+    let Outgoing {
+        req,
+        client,
+        buf,
+        early_body,
+        pump,
+        out,
+    } = outgoing;
     if write_two(&mut conn.stream, out, early_body).await.is_err() {
         return Err(SendFailure::Stale);
     }
