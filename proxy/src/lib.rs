@@ -16,7 +16,7 @@
 //! - [`discovery`]: the push stream to the control plane, and the persisted snapshot.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`.
 //! - [`metrics`]: the Prometheus registry.
-//! - [`sched`]: the short CPU time slice the sidecar asks the kernel for.
+//! - [`sched`]: the short CPU time slice the sidecar can ask the kernel for (`--sched-slice`).
 //! - [`errors`]: the one place where failures become responses (`ferrule-error: <reason>`).
 //! - [`http`]: header and URI plumbing shared by both directions.
 
