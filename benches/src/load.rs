@@ -55,6 +55,13 @@ const SPIN_MARGIN: Duration = Duration::from_micros(100);
 /// How many distinct error messages a report keeps, to explain errors without flooding.
 const MAX_ERROR_SAMPLES: usize = 5;
 
+/// Adds `message` to `samples` unless it is already there or `MAX_ERROR_SAMPLES` are kept.
+fn keep_sample(samples: &mut Vec<String>, message: String) {
+    if samples.len() < MAX_ERROR_SAMPLES && !samples.contains(&message) {
+        samples.push(message);
+    }
+}
+
 /// How requests are scheduled.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Mode {
@@ -243,11 +250,7 @@ impl LoadReport {
         combined.latency_all_ms = Percentiles::of(&combined.latency_histogram);
         combined.error_samples = Vec::new();
         for sample in rounds.iter().flat_map(|r| &r.error_samples) {
-            if combined.error_samples.len() < MAX_ERROR_SAMPLES
-                && !combined.error_samples.contains(sample)
-            {
-                combined.error_samples.push(sample.clone());
-            }
+            keep_sample(&mut combined.error_samples, sample.clone());
         }
         Some(combined)
     }
@@ -728,9 +731,7 @@ impl Tally {
     }
 
     fn sample(&mut self, message: String) {
-        if self.error_samples.len() < MAX_ERROR_SAMPLES && !self.error_samples.contains(&message) {
-            self.error_samples.push(message);
-        }
+        keep_sample(&mut self.error_samples, message);
     }
 
     fn merge(&mut self, other: Tally) -> Result<()> {
