@@ -107,8 +107,9 @@ async fn http1_and_h2c_cross_two_sidecars() {
             "an http2 service gets HTTP/2: {seen}"
         );
 
-        // A 1 MiB body streams through both sidecars and back unchanged.
-        let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+        // A 3 MiB body, more than the HTTP/2 flow-control windows on the way (1 MiB at each
+        // hyper server), streams through both sidecars and back unchanged.
+        let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
         for svc in ["echo", "echo2"] {
             let (status, _, body) = c
                 .send(

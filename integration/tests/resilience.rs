@@ -234,3 +234,77 @@ async fn endpoints_leave_on_lease_expiry_and_on_graceful_exit() {
     assert_eq!(status, 503);
     assert_eq!(headers["ferrule-error"], "no-endpoints");
 }
+
+/// Connections of this machine to `port` in `state` (hex code of /proc/net/tcp: 01 is
+/// ESTABLISHED), counted from the connecting side.
+fn connections_to(port: u16, state: &str) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = cols[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16).unwrap() == port && cols[3] == state
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_sidecar_is_dropped_by_keepalive_then_reached_on_a_new_connection() {
+    let dir = TempDir::new("h2-keepalive");
+    let cp = ControlPlane::start(&dir.sub("cp"), &[]);
+    cp.apply("kind: Service\nname: echo\nprotocol: http2\n---\nkind: Service\nname: client\n");
+    let app = echo_app("echo").await;
+    let server = start_sidecar(&cp.url, "echo", app.addr, &dir.sub("server"));
+    let client = start_sidecar(
+        &cp.url,
+        "client",
+        ([127, 0, 0, 1], 9).into(),
+        &dir.sub("client"),
+    );
+    client.wait_endpoints("echo", 1).await;
+    let h2 = TestClient::http2();
+    let url = format!("http://{}/", client.outbound);
+    let (status, _, _) = h2.get(&url, Some("echo")).await.unwrap();
+    assert_eq!(status, 200);
+    let port = server.inbound.port();
+    assert_eq!(
+        connections_to(port, "01"),
+        1,
+        "one HTTP/2 connection between the sidecars"
+    );
+
+    // A peer that stops answering (frozen, or its host gone) keeps its TCP connection open:
+    // only the client sidecar's pings notice, within 10 s + 5 s.
+    let pid = server.proc.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let frozen = Instant::now();
+    eventually(
+        Duration::from_secs(25),
+        "the connection to the frozen peer closed",
+        || async { connections_to(port, "01") == 0 },
+    )
+    .await;
+    assert!(
+        frozen.elapsed() >= Duration::from_secs(9),
+        "closed after {:?}",
+        frozen.elapsed()
+    );
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    // Awake again, the peer gets requests on a fresh connection: the closed one is not reused.
+    let (status, headers, _) = h2.get(&url, Some("echo")).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-app"], "echo");
+    assert_eq!(connections_to(port, "01"), 1);
+    drop(server);
+}

@@ -7,8 +7,12 @@ use http::{Request, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+/// A response body streamed from the next hop: from hyper's HTTP/1.1 client, or from an
+/// HTTP/2 stream (`h2client`).
+pub type UpstreamBody = Either<Incoming, crate::h2client::H2Body>;
+
 /// Body of every response the proxy returns: a streamed upstream body, or one the proxy made.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// Names the reason of every response the proxy makes itself.
 pub static FERRULE_ERROR: HeaderName = HeaderName::from_static("ferrule-error");

@@ -28,6 +28,7 @@ pub mod errors;
 pub mod fastpath;
 pub mod framing;
 pub mod h1;
+pub mod h2client;
 pub mod http;
 pub mod inbound;
 pub mod metrics;

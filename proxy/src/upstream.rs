@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::http::Wire;
+use crate::h2client;
+use crate::http::{UpstreamBody, Wire};
 
 /// Most HTTP/1.1 connections pooled per upstream; beyond that, a connection closes once its
 /// response is done.
@@ -55,9 +56,12 @@ pub enum ConnectError {
         /// Where.
         addr: SocketAddr,
         /// Why.
-        source: hyper::Error,
+        source: BoxError,
     },
 }
+
+/// An error of either HTTP stack (hyper for HTTP/1.1, h2 for HTTP/2).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Failure of an exchange on an established connection.
 #[derive(Debug)]
@@ -65,7 +69,7 @@ pub enum SendError {
     /// No connection could be made; the request is returned untouched.
     Connect(ConnectError, Box<Request<Incoming>>),
     /// The request was (possibly) sent and then failed.
-    Failed(hyper::Error),
+    Failed(BoxError),
 }
 
 /// Shared connection state and load of one upstream address.
@@ -77,7 +81,7 @@ pub struct Upstream {
     last_failure_ms: AtomicU64,
     epoch: Instant,
     idle_h1: Mutex<Vec<http1::SendRequest<Incoming>>>,
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<h2client::Sender>>,
     /// Idle keep-alive sockets of the fast path, each with its read buffer.
     idle_raw: Mutex<Vec<RawConn>>,
     /// Serialises HTTP/2 connects so a burst of first requests opens one connection, not many.
@@ -125,11 +129,11 @@ impl Upstream {
         self: &Arc<Self>,
         wire: Wire,
         req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let _guard = InFlight::new(&self.in_flight);
         match wire {
-            Wire::Http1 => self.send_h1(req).await,
-            Wire::Http2 => self.send_h2(req).await,
+            Wire::Http1 => Ok(self.send_h1(req).await?.map(UpstreamBody::Left)),
+            Wire::Http2 => Ok(self.send_h2(req).await?.map(UpstreamBody::Right)),
         }
     }
 
@@ -154,7 +158,7 @@ impl Upstream {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
-                    None => return Err(SendError::Failed(e.into_error())),
+                    None => return Err(SendError::Failed(e.into_error().into())),
                 },
             }
         }
@@ -253,45 +257,46 @@ impl Upstream {
             .await
             .map_err(|source| ConnectError::Handshake {
                 addr: self.addr,
-                source,
+                source: source.into(),
             })?;
         drive(conn, "HTTP/1.1");
         Ok(sender)
     }
 
-    async fn send_h2(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, SendError> {
+    async fn send_h2(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<h2client::H2Body>, SendError> {
         // A connection that closed (GOAWAY) just before use hands the request back untouched:
         // retry once on a fresh connection, then let the balancer try another endpoint.
         let mut retried = false;
         loop {
-            let mut conn = match self.h2_conn().await {
+            let conn = match self.h2_conn().await {
                 Ok(c) => c,
                 Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             };
-            match conn.try_send_request(req).await {
+            match conn.send(req).await {
                 Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(back) => {
-                        req = back;
-                        self.h2.lock().expect("h2 lock poisoned").take();
-                        if retried {
-                            let closed = ConnectError::Closed { addr: self.addr };
-                            return Err(SendError::Connect(closed, Box::new(req)));
-                        }
-                        retried = true;
+                Err(h2client::Failure::Closed(back)) => {
+                    req = *back;
+                    self.h2.lock().expect("h2 lock poisoned").take();
+                    if retried {
+                        let closed = ConnectError::Closed { addr: self.addr };
+                        return Err(SendError::Connect(closed, Box::new(req)));
                     }
-                    None => return Err(SendError::Failed(e.into_error())),
-                },
+                    retried = true;
+                }
+                Err(h2client::Failure::Failed(e)) => return Err(SendError::Failed(e)),
             }
         }
     }
 
-    fn cached_h2(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn cached_h2(&self) -> Option<h2client::Sender> {
         let slot = self.h2.lock().expect("h2 lock poisoned");
         slot.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 
-    async fn h2_conn(&self) -> Result<http2::SendRequest<Incoming>, ConnectError> {
+    async fn h2_conn(&self) -> Result<h2client::Sender, ConnectError> {
         if let Some(c) = self.cached_h2() {
             return Ok(c);
         }
@@ -299,20 +304,13 @@ impl Upstream {
         if let Some(c) = self.cached_h2() {
             return Ok(c);
         }
-        let io = self.connect_tcp().await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            // Detect a dead peer sidecar even when no request is in flight.
-            .keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .handshake(io)
+        let stream = self.connect_stream().await?;
+        let sender = h2client::Sender::handshake(stream, crate::server::MAX_HEADER_BYTES as u32)
             .await
-            .map_err(|source| ConnectError::Handshake {
+            .map_err(|e| ConnectError::Handshake {
                 addr: self.addr,
-                source,
+                source: e.into(),
             })?;
-        drive(conn, "HTTP/2");
         *self.h2.lock().expect("h2 lock poisoned") = Some(sender.clone());
         Ok(sender)
     }
