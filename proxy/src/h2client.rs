@@ -109,7 +109,8 @@ impl Sender {
             .send_request(Request::from_parts(parts, ()), head_only)
             .map_err(|e| Failure::Failed(e.into()))?;
         if let Some(frame) = first {
-            // Within one frame's size, so h2 may buffer it until the window allows.
+            // One body frame (at most 16 KiB from an HTTP/2 client, 64 KiB from an HTTP/1.1
+            // one: the server's read buffer), so h2 may buffer it until the window allows.
             let sent = match frame.into_data() {
                 Ok(data) => stream.send_data(data, end_of_stream),
                 Err(frame) => match frame.into_trailers() {

@@ -13,6 +13,7 @@
 //! - [`policy`]: snapshots compiled into lookup tables and swapped atomically.
 //! - [`balance`]: round robin and P2C least-request over a backend's endpoints.
 //! - [`upstream`]: connections to one address (HTTP/1.1 pool, shared HTTP/2 connection).
+//! - [`h2client`]: the HTTP/2 client connection, on the h2 crate directly, with keepalive.
 //! - [`discovery`]: the push stream to the control plane, and the persisted snapshot.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`.
 //! - [`metrics`]: the Prometheus registry.

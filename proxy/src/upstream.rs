@@ -1,6 +1,7 @@
-//! Connections to one upstream address: a pool of idle HTTP/1.1 connections and one shared,
-//! multiplexed HTTP/2 connection for hyper's general path, a pool of plain sockets for the
-//! HTTP/1.1 fast path (`fastpath.rs`), plus the counters the balancer reads.
+//! Connections to one upstream address: a pool of idle HTTP/1.1 connections (hyper's client)
+//! and one shared, multiplexed HTTP/2 connection (`h2client.rs`) for the general path, a pool
+//! of plain sockets for the HTTP/1.1 fast path (`fastpath.rs`), plus the counters the balancer
+//! reads.
 //!
 //! Written by hand rather than with hyper-util's pooled `Client` because the balancer must
 //! know that a connection was refused *before* the request is handed over: the request body
@@ -259,7 +260,7 @@ impl Upstream {
                 addr: self.addr,
                 source: source.into(),
             })?;
-        drive(conn, "HTTP/1.1");
+        drive_h1(conn);
         Ok(sender)
     }
 
@@ -316,14 +317,14 @@ impl Upstream {
     }
 }
 
-/// Runs a client connection's task until the connection ends.
-fn drive<F>(conn: F, protocol: &'static str)
+/// Runs an HTTP/1.1 client connection's task until the connection ends.
+fn drive_h1<F>(conn: F)
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, protocol, "upstream connection ended");
+            tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended");
         }
     });
 }
