@@ -34,11 +34,17 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// streams without waiting for window updates (hyper's client uses the same sizes).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Data a stream may queue beyond what the peer's window lets out (hyper's client's size).
+const SEND_BUFFER: usize = 1024 * 1024;
 
 /// One HTTP/2 connection, shared by every request to its address.
 #[derive(Clone, Debug)]
 pub struct Sender {
-    send: SendRequest<Bytes>,
+    /// One handle for all requests, taken in turn: h2 lets a handle open one stream beyond
+    /// the peer's concurrency limit and then makes it wait until that stream is open. Clones
+    /// would each get one, so requests over the limit would pile up inside h2, where a GOAWAY
+    /// fails them instead of handing them back. Taken in turn, they wait here, untouched.
+    send: Arc<tokio::sync::Mutex<SendRequest<Bytes>>>,
     /// Set by the connection's task when the connection has ended.
     closed: Arc<AtomicBool>,
 }
@@ -57,8 +63,12 @@ impl Sender {
     pub async fn handshake(io: TcpStream, max_header_list: u32) -> Result<Sender, h2::Error> {
         let (send, mut conn) = h2::client::Builder::new()
             .enable_push(false)
+            // Until the peer's SETTINGS say otherwise, as many streams as any common server
+            // allows (hyper's choice too), not h2's unlimited default.
+            .initial_max_send_streams(100)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buffer_size(SEND_BUFFER)
             .max_header_list_size(max_header_list)
             .handshake::<_, Bytes>(io)
             .await?;
@@ -70,7 +80,10 @@ impl Sender {
             done.store(true, Ordering::Release);
             tracing::debug!(reason, "upstream HTTP/2 connection ended");
         });
-        Ok(Sender { send, closed })
+        Ok(Sender {
+            send: Arc::new(tokio::sync::Mutex::new(send)),
+            closed,
+        })
     }
 
     /// Whether the connection has ended (new requests need a new one).
@@ -78,15 +91,14 @@ impl Sender {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Whether `self` and `other` are handles of the same connection.
+    pub fn same_connection(&self, other: &Sender) -> bool {
+        Arc::ptr_eq(&self.closed, &other.closed)
+    }
+
     /// Sends `req` (already rewritten for HTTP/2: absolute URI, no connection headers) and
     /// waits for the response head.
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<H2Body>, Failure> {
-        // Waits while the peer's stream limit is reached; fails only if the connection is
-        // gone, and then nothing of the request has been used.
-        let mut send = match self.send.clone().ready().await {
-            Ok(send) => send,
-            Err(_) => return Err(Failure::Closed(Box::new(req))),
-        };
         let (parts, mut body) = req.into_parts();
         // One look at the body: a small one (a gRPC unary message) has usually arrived with the
         // head, and then it goes out with it and needs no task to stream it.
@@ -105,9 +117,21 @@ impl Sender {
             }
         }
         let head_only = end_of_stream && first.is_none();
-        let (response, mut stream) = send
-            .send_request(Request::from_parts(parts, ()), head_only)
-            .map_err(|e| Failure::Failed(e.into()))?;
+        let (response, mut stream) = {
+            let mut send = self.send.lock().await;
+            // Waits while the peer's stream limit is reached; fails only if the connection
+            // is gone, and then nothing of the request has gone out.
+            if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
+                let body = match first {
+                    // Not expected (the body was just looked at), but never lose bytes.
+                    Some(_) => return Err(Failure::Failed("connection closed".into())),
+                    None => body,
+                };
+                return Err(Failure::Closed(Box::new(Request::from_parts(parts, body))));
+            }
+            send.send_request(Request::from_parts(parts, ()), head_only)
+                .map_err(|e| Failure::Failed(e.into()))?
+        };
         if let Some(frame) = first {
             // One body frame (at most 16 KiB from an HTTP/2 client, 64 KiB from an HTTP/1.1
             // one: the server's read buffer), so h2 may buffer it until the window allows.
@@ -120,10 +144,18 @@ impl Sender {
             };
             sent.map_err(|e| Failure::Failed(e.into()))?;
         }
-        if !end_of_stream {
-            tokio::spawn(send_body(body, stream));
-        }
+        // If this future is dropped before the response head (a route timeout, the client
+        // gone), the body task must reset the stream: h2 resets it only when every handle is
+        // gone, and the task holds one for as long as the body keeps coming.
+        let keep_going = (!end_of_stream).then(|| {
+            let (keep_going, abandoned) = tokio::sync::oneshot::channel();
+            tokio::spawn(send_body(body, stream, abandoned));
+            keep_going
+        });
         let response = response.await.map_err(|e| Failure::Failed(e.into()))?;
+        if let Some(keep_going) = keep_going {
+            let _ = keep_going.send(());
+        }
         Ok(response.map(|recv| H2Body {
             recv,
             data_done: false,
@@ -174,10 +206,25 @@ fn ended(r: Result<(), h2::Error>) -> String {
 /// Streams a request body that was still arriving when the request went out, within the
 /// stream's flow-control window, then its trailers if any. A body error or a reset from the
 /// peer ends it; the peer sees the reset or the response fails, either way not silently.
-async fn send_body(mut body: Incoming, mut stream: h2::SendStream<Bytes>) {
+async fn send_body(
+    mut body: Incoming,
+    mut stream: h2::SendStream<Bytes>,
+    mut abandoned: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut watching = true;
     loop {
         let frame = tokio::select! {
             biased;
+            // Sent: the response head arrived, the body goes on as long as it lasts. Dropped
+            // unsent: the request was abandoned before its response.
+            r = &mut abandoned, if watching => {
+                if r.is_err() {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    return;
+                }
+                watching = false;
+                continue;
+            }
             f = body.frame() => f,
             // The peer no longer wants the body (it answered early, or reset the stream).
             _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
@@ -271,5 +318,134 @@ impl Body for H2Body {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A hyper `Incoming` body whose bytes are `raw` (an HTTP/1.1 response, read by hyper's
+    /// client from a socket that then stays open): the only way to get one outside hyper.
+    async fn incoming(raw: &'static [u8]) -> Incoming {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(raw).await.unwrap();
+            // Keeps the body open for as long as the test runs.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/").body(http_body_util::Empty::<Bytes>::new());
+        send.send_request(req.unwrap()).await.unwrap().into_body()
+    }
+
+    fn request(body: Incoming) -> Request<Incoming> {
+        Request::post("http://peer/upload").body(body).unwrap()
+    }
+
+    async fn connect() -> (Sender, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let io = TcpStream::connect(listener.local_addr().unwrap());
+        let io = io.await.unwrap();
+        (Sender::handshake(io, 64 * 1024).await.unwrap(), listener)
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_request_resets_its_stream_while_its_body_still_streams() {
+        let (sender, listener) = connect().await;
+        let (reset_tx, reset_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (io, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(io).await.unwrap();
+            let (req, _respond) = conn.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            // Never answers; reads the body until it ends or is reset.
+            let mut body = req.into_body();
+            let mut got = Vec::new();
+            let end = loop {
+                match body.data().await {
+                    Some(Ok(data)) => got.extend_from_slice(&data),
+                    Some(Err(e)) => break e.reason(),
+                    None => break None,
+                }
+            };
+            let _ = reset_tx.send((got, end));
+        });
+        // A body that has sent "hello" and goes on (chunked, never finished).
+        let body =
+            incoming(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+        // The route's timeout gives up on the response.
+        let gave_up = tokio::time::timeout(Duration::from_millis(200), sender.send(request(body)));
+        assert!(gave_up.await.is_err());
+        let (got, end) = tokio::time::timeout(Duration::from_secs(5), reset_rx)
+            .await
+            .expect("the peer saw the stream end")
+            .unwrap();
+        assert_eq!(got, b"hello");
+        assert_eq!(end, Some(h2::Reason::CANCEL));
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_stream_slot_are_handed_back_on_goaway() {
+        let (sender, listener) = connect().await;
+        tokio::spawn(async move {
+            let (io, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::Builder::new()
+                .max_concurrent_streams(1)
+                .handshake::<_, Bytes>(io)
+                .await
+                .unwrap();
+            let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+            // Let the other requests queue behind the first, then leave gracefully.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            conn.graceful_shutdown();
+            let response = http::Response::new(());
+            respond.send_response(response, true).unwrap();
+            while conn.accept().await.is_some() {}
+        });
+        let empty = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        // The first request opens the one stream the peer allows: wait until it has.
+        let first = tokio::spawn({
+            let sender = sender.clone();
+            let body = incoming(empty).await;
+            async move { sender.send(request(body)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut waiting = Vec::new();
+        for _ in 0..4 {
+            let sender = sender.clone();
+            let body = incoming(empty).await;
+            waiting.push(tokio::spawn(
+                async move { sender.send(request(body)).await },
+            ));
+        }
+        let first = first.await.unwrap();
+        assert_eq!(first.expect("the first request is answered").status(), 200);
+        // h2 lets one request wait inside it for a stream slot (hyper's client had the same
+        // one): the GOAWAY fails that one. Every other waits outside h2 and comes back
+        // untouched, to be sent on a fresh connection.
+        let (mut handed_back, mut failed) = (0, 0);
+        for w in waiting {
+            match w.await.unwrap() {
+                Err(Failure::Closed(back)) => {
+                    assert_eq!(back.uri(), "http://peer/upload");
+                    handed_back += 1;
+                }
+                Err(Failure::Failed(e)) => {
+                    let h2 = e.downcast_ref::<h2::Error>().expect("an h2 error");
+                    assert!(h2.is_go_away(), "{h2:?}");
+                    failed += 1;
+                }
+                Ok(r) => panic!("answered after GOAWAY: {r:?}"),
+            }
+        }
+        assert_eq!((handed_back, failed), (3, 1));
     }
 }

@@ -55,9 +55,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
     if let Some(te) = headers.get(header::TE) {
-        let trailers_only = te.as_bytes().eq_ignore_ascii_case(b"trailers");
+        let exact = te.as_bytes() == b"trailers";
+        let trailers_only = exact || te.as_bytes().eq_ignore_ascii_case(b"trailers");
         if !(keep_te_trailers && trailers_only) {
             headers.remove(header::TE);
+        } else if !exact {
+            // HTTP/2 allows only the lowercase token (h2 refuses the request otherwise).
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
 }
@@ -179,6 +183,14 @@ mod tests {
         assert!(h.contains_key("x-kept"));
         strip_hop_by_hop(&mut grpc, true);
         assert_eq!(grpc.get(header::TE).unwrap(), "trailers");
+        // HTTP/1.1 matches the token in any case; HTTP/2 takes only lowercase.
+        let mut mixed = HeaderMap::new();
+        mixed.insert(header::TE, "Trailers".parse().unwrap());
+        strip_hop_by_hop(&mut mixed, true);
+        assert_eq!(mixed.get(header::TE).unwrap().as_bytes(), b"trailers");
+        mixed.insert(header::TE, "trailers, deflate".parse().unwrap());
+        strip_hop_by_hop(&mut mixed, true);
+        assert!(mixed.get(header::TE).is_none());
     }
 
     #[test]

@@ -280,7 +280,12 @@ impl Upstream {
                 Ok(resp) => return Ok(resp),
                 Err(h2client::Failure::Closed(back)) => {
                     req = *back;
-                    self.h2.lock().expect("h2 lock poisoned").take();
+                    // Forget this connection, not one another request has just put in its place.
+                    let mut slot = self.h2.lock().expect("h2 lock poisoned");
+                    if slot.as_ref().is_some_and(|c| c.same_connection(&conn)) {
+                        *slot = None;
+                    }
+                    drop(slot);
                     if retried {
                         let closed = ConnectError::Closed { addr: self.addr };
                         return Err(SendError::Connect(closed, Box::new(req)));
