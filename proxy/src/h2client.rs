@@ -99,6 +99,12 @@ impl Sender {
     /// Sends `req` (already rewritten for HTTP/2: absolute URI, no connection headers) and
     /// waits for the response head.
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<H2Body>, Failure> {
+        let mut send = self.send.lock().await;
+        // Waits while the peer's stream limit is reached; fails only if the connection is
+        // gone, and then nothing of the request has been touched.
+        if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
+            return Err(Failure::Closed(Box::new(req)));
+        }
         let (parts, mut body) = req.into_parts();
         // One look at the body: a small one (a gRPC unary message) has usually arrived with the
         // head, and then it goes out with it and needs no task to stream it.
@@ -117,21 +123,10 @@ impl Sender {
             }
         }
         let head_only = end_of_stream && first.is_none();
-        let (response, mut stream) = {
-            let mut send = self.send.lock().await;
-            // Waits while the peer's stream limit is reached; fails only if the connection
-            // is gone, and then nothing of the request has gone out.
-            if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
-                let body = match first {
-                    // Not expected (the body was just looked at), but never lose bytes.
-                    Some(_) => return Err(Failure::Failed("connection closed".into())),
-                    None => body,
-                };
-                return Err(Failure::Closed(Box::new(Request::from_parts(parts, body))));
-            }
-            send.send_request(Request::from_parts(parts, ()), head_only)
-                .map_err(|e| Failure::Failed(e.into()))?
-        };
+        let (response, mut stream) = send
+            .send_request(Request::from_parts(parts, ()), head_only)
+            .map_err(|e| Failure::Failed(e.into()))?;
+        drop(send);
         if let Some(frame) = first {
             // One body frame (at most 16 KiB from an HTTP/2 client, 64 KiB from an HTTP/1.1
             // one: the server's read buffer), so h2 may buffer it until the window allows.
@@ -418,10 +413,12 @@ mod tests {
             async move { sender.send(request(body)).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
+        // These carry a body that has fully arrived, as a gRPC unary request's has.
+        let hello = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
         let mut waiting = Vec::new();
         for _ in 0..4 {
             let sender = sender.clone();
-            let body = incoming(empty).await;
+            let body = incoming(hello).await;
             waiting.push(tokio::spawn(
                 async move { sender.send(request(body)).await },
             ));
@@ -436,6 +433,8 @@ mod tests {
             match w.await.unwrap() {
                 Err(Failure::Closed(back)) => {
                     assert_eq!(back.uri(), "http://peer/upload");
+                    let body = back.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(body, "hello", "the body comes back whole");
                     handed_back += 1;
                 }
                 Err(Failure::Failed(e)) => {
