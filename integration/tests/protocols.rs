@@ -81,6 +81,18 @@ async fn http1_and_h2c_cross_two_sidecars() {
         "an http service gets HTTP/1.1: {seen}"
     );
     assert_eq!(seen["host"], "echo");
+    // The admin listener has no fast path: it tells h2c from HTTP/1.1 by the first bytes.
+    for proto in ["--http1.1", "--http2-prior-knowledge"] {
+        let admin = format!("http://{}/live", client.admin);
+        let (body, ok) = curl(&[proto, "-w", " %{http_version}", &admin]);
+        assert!(ok, "{proto}: {body}");
+        let want = if proto == "--http1.1" {
+            "live\n 1.1"
+        } else {
+            "live\n 2"
+        };
+        assert_eq!(body, want, "{proto}");
+    }
 
     // hyper clients, both protocols, both services.
     for (client_kind, c) in [("h1", TestClient::http1()), ("h2", TestClient::http2())] {

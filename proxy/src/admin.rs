@@ -7,9 +7,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
-use crate::http::ProxyBody;
+use crate::http::{ProxyBody, RequestBody};
 use crate::policy::Policy;
 
 /// Lifecycle flags the admin endpoint reports.
@@ -54,7 +53,7 @@ impl Admin {
     }
 
     /// Handles one admin request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<RequestBody>) -> Response<ProxyBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
         }

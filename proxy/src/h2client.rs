@@ -15,16 +15,17 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Request, Response};
-use http_body::{Body, Frame};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use http_body::Body;
 use tokio::net::TcpStream;
+
+use crate::h2stream::{pump, H2Body};
+use crate::http::RequestBody;
 
 /// How often an open connection pings its peer.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -53,7 +54,7 @@ pub struct Sender {
 #[derive(Debug)]
 pub enum Failure {
     /// The connection was closed before the request was sent; it is handed back untouched.
-    Closed(Box<Request<Incoming>>),
+    Closed(Box<Request<RequestBody>>),
     /// The request was (possibly) sent and then failed.
     Failed(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -98,7 +99,7 @@ impl Sender {
 
     /// Sends `req` (already rewritten for HTTP/2: absolute URI, no connection headers) and
     /// waits for the response head.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<H2Body>, Failure> {
+    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<H2Body>, Failure> {
         let mut send = self.send.lock().await;
         // Waits while the peer's stream limit is reached; fails only if the connection is
         // gone, and then nothing of the request has been touched.
@@ -118,7 +119,7 @@ impl Sender {
                     end_of_stream = body.is_end_stream();
                 }
                 Poll::Ready(None) => end_of_stream = true,
-                Poll::Ready(Some(Err(e))) => return Err(Failure::Failed(e.into())),
+                Poll::Ready(Some(Err(e))) => return Err(Failure::Failed(e)),
                 Poll::Pending => {}
             }
         }
@@ -144,17 +145,16 @@ impl Sender {
         // gone, and the task holds one for as long as the body keeps coming.
         let keep_going = (!end_of_stream).then(|| {
             let (keep_going, abandoned) = tokio::sync::oneshot::channel();
-            tokio::spawn(send_body(body, stream, abandoned));
+            tokio::spawn(pump(body, stream, h2::Reason::CANCEL, Some(abandoned)));
             keep_going
         });
         let response = response.await.map_err(|e| Failure::Failed(e.into()))?;
         if let Some(keep_going) = keep_going {
             let _ = keep_going.send(());
         }
-        Ok(response.map(|recv| H2Body {
-            recv,
-            data_done: false,
-        }))
+        let (parts, recv) = response.into_parts();
+        let body = H2Body::new(recv, &parts.headers);
+        Ok(Response::from_parts(parts, body))
     }
 }
 
@@ -198,123 +198,11 @@ fn ended(r: Result<(), h2::Error>) -> String {
     }
 }
 
-/// Streams a request body that was still arriving when the request went out, within the
-/// stream's flow-control window, then its trailers if any. A body error or a reset from the
-/// peer ends it; the peer sees the reset or the response fails, either way not silently.
-async fn send_body(
-    mut body: Incoming,
-    mut stream: h2::SendStream<Bytes>,
-    mut abandoned: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut watching = true;
-    loop {
-        let frame = tokio::select! {
-            biased;
-            // Sent: the response head arrived, the body goes on as long as it lasts. Dropped
-            // unsent: the request was abandoned before its response.
-            r = &mut abandoned, if watching => {
-                if r.is_err() {
-                    stream.send_reset(h2::Reason::CANCEL);
-                    return;
-                }
-                watching = false;
-                continue;
-            }
-            f = body.frame() => f,
-            // The peer no longer wants the body (it answered early, or reset the stream).
-            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
-        };
-        let frame = match frame {
-            None => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "request body failed; resetting the stream");
-                stream.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => frame,
-        };
-        let mut data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = stream.send_trailers(trailers);
-                }
-                return;
-            }
-        };
-        let last = body.is_end_stream();
-        if data.is_empty() {
-            if last {
-                let _ = stream.send_data(data, true);
-                return;
-            }
-            continue;
-        }
-        while !data.is_empty() {
-            stream.reserve_capacity(data.len());
-            let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
-                Some(Ok(n)) => n,
-                // Reset or connection gone.
-                _ => return,
-            };
-            if granted == 0 {
-                continue;
-            }
-            let chunk = data.split_to(granted.min(data.len()));
-            if stream.send_data(chunk, last && data.is_empty()).is_err() {
-                return;
-            }
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-/// A response body arriving on an HTTP/2 stream. Received data is handed back to the
-/// connection's flow control as soon as it is passed on, so the peer can keep sending.
-#[derive(Debug)]
-pub struct H2Body {
-    recv: h2::RecvStream,
-    data_done: bool,
-}
-
-impl Body for H2Body {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        if !self.data_done {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => self.data_done = true,
-            }
-        }
-        Poll::Ready(match ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use hyper::body::Incoming;
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
@@ -337,8 +225,10 @@ mod tests {
         send.send_request(req.unwrap()).await.unwrap().into_body()
     }
 
-    fn request(body: Incoming) -> Request<Incoming> {
-        Request::post("http://peer/upload").body(body).unwrap()
+    fn request(body: Incoming) -> Request<RequestBody> {
+        Request::post("http://peer/upload")
+            .body(RequestBody::Left(body))
+            .unwrap()
     }
 
     async fn connect() -> (Sender, TcpListener) {

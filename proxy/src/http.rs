@@ -1,4 +1,4 @@
-//! HTTP plumbing shared by both directions: the body type, hop-by-hop headers, authority
+//! HTTP plumbing shared by both directions: the body types, hop-by-hop headers, authority
 //! extraction and the rewrite of a request for the next hop's protocol.
 
 use bytes::Bytes;
@@ -7,9 +7,15 @@ use http::{Request, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+pub use crate::h2stream::H2Body;
+
+/// A request body as received from downstream: from hyper's HTTP/1.1 server (the general
+/// path), or from an HTTP/2 stream (`h2server`).
+pub type RequestBody = Either<Incoming, H2Body>;
+
 /// A response body streamed from the next hop: from hyper's HTTP/1.1 client, or from an
 /// HTTP/2 stream (`h2client`).
-pub type UpstreamBody = Either<Incoming, crate::h2client::H2Body>;
+pub type UpstreamBody = Either<Incoming, H2Body>;
 
 /// Body of every response the proxy returns: a streamed upstream body, or one the proxy made.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
@@ -121,7 +127,7 @@ pub enum Wire {
 
 /// Rewrites a request for the next hop's protocol: HTTP/2 wants an absolute URI (scheme and
 /// `:authority`) and no `Host`; HTTP/1.1 wants origin-form with a `Host` header.
-pub fn set_wire(req: &mut Request<Incoming>, wire: Wire, authority: &str) -> Result<(), String> {
+pub fn set_wire<B>(req: &mut Request<B>, wire: Wire, authority: &str) -> Result<(), String> {
     match wire {
         Wire::Http2 => {
             *req.version_mut() = Version::HTTP_2;

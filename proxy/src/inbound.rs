@@ -13,12 +13,11 @@ use std::time::Instant;
 use ferrule_config::Protocol;
 use http::{Request, Response, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 
 use crate::errors::{ProxyError, Reason};
 use crate::fastpath::{Dest, Plan};
 use crate::h1;
-use crate::http::{self as h, ProxyBody, Wire};
+use crate::http::{self as h, ProxyBody, RequestBody, Wire};
 use crate::metrics::{Direction, ServiceMetrics};
 use crate::policy::Policy;
 use crate::upstream::{SendError, Upstream};
@@ -43,7 +42,7 @@ impl Inbound {
     }
 
     /// Forwards one request; every failure becomes a response here.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<RequestBody>) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = h::is_grpc(req.headers());
         let from_http1 = req.version() < Version::HTTP_2;
@@ -103,7 +102,7 @@ impl Inbound {
 
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         wire: Wire,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let downstream = req.version();

@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - [`app`]: settings, listeners, lifecycle (start, serve, drain).
-//! - [`server`]: the accept loop shared by every listener (fast path, then hyper's HTTP/1.1 +
-//!   h2c for the rest; limits, draining).
+//! - [`server`]: the accept loop shared by every listener (fast path, then h2c or hyper's
+//!   HTTP/1.1 for the rest; limits, draining).
 //! - [`fastpath`]: plain HTTP/1.1 forwarded by one task per connection, bytes passed through;
 //!   everything else goes to the general (hyper) path.
 //! - [`h1`]: the fast path's HTTP/1.1 head parsing, rewriting and body framing.
@@ -14,6 +14,8 @@
 //! - [`balance`]: round robin and P2C least-request over a backend's endpoints.
 //! - [`upstream`]: connections to one address (HTTP/1.1 pool, shared HTTP/2 connection).
 //! - [`h2client`]: the HTTP/2 client connection, on the h2 crate directly, with keepalive.
+//! - [`h2server`]: HTTP/2 (h2c) connections from downstream, on the h2 crate directly.
+//! - [`h2stream`]: message bodies over HTTP/2 streams, received and sent, for both.
 //! - [`discovery`]: the push stream to the control plane, and the persisted snapshot.
 //! - [`admin`]: `/live`, `/ready`, `/metrics`, `/config`.
 //! - [`metrics`]: the Prometheus registry.
@@ -30,6 +32,8 @@ pub mod fastpath;
 pub mod framing;
 pub mod h1;
 pub mod h2client;
+pub mod h2server;
+pub mod h2stream;
 pub mod http;
 pub mod inbound;
 pub mod metrics;

@@ -19,12 +19,11 @@ use std::time::Instant;
 use ferrule_config::Protocol;
 use http::{Request, Response, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
 
 use crate::errors::{ProxyError, Reason};
 use crate::fastpath::{Dest, Plan};
 use crate::h1;
-use crate::http::{self as h, ProxyBody, Wire};
+use crate::http::{self as h, ProxyBody, RequestBody, Wire};
 use crate::metrics::ServiceMetrics;
 use crate::policy::{Policy, Tables, Target};
 use crate::upstream::SendError;
@@ -45,7 +44,7 @@ impl Outbound {
     }
 
     /// Proxies one request; every failure becomes a response here.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<RequestBody>) -> Response<ProxyBody> {
         let start = Instant::now();
         let grpc = h::is_grpc(req.headers());
         let tables = self.policy.load();
@@ -110,7 +109,7 @@ impl Outbound {
 
 async fn forward(
     tables: &Tables,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     grpc: bool,
 ) -> (
     Result<Response<ProxyBody>, ProxyError>,
@@ -185,7 +184,7 @@ async fn forward(
 
 async fn send_to_target(
     target: Arc<Target>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     authority: String,
     downstream: Version,
     grpc: bool,

@@ -17,14 +17,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::h2client;
-use crate::http::{UpstreamBody, Wire};
+use crate::http::{H2Body, RequestBody, UpstreamBody, Wire};
 
 /// Most HTTP/1.1 connections pooled per upstream; beyond that, a connection closes once its
 /// response is done.
@@ -68,7 +67,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub enum SendError {
     /// No connection could be made; the request is returned untouched.
-    Connect(ConnectError, Box<Request<Incoming>>),
+    Connect(ConnectError, Box<Request<RequestBody>>),
     /// The request was (possibly) sent and then failed.
     Failed(BoxError),
 }
@@ -81,7 +80,7 @@ pub struct Upstream {
     /// Milliseconds since `epoch` of the last failed connect, 0 if none.
     last_failure_ms: AtomicU64,
     epoch: Instant,
-    idle_h1: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    idle_h1: Mutex<Vec<http1::SendRequest<RequestBody>>>,
     h2: Mutex<Option<h2client::Sender>>,
     /// Idle keep-alive sockets of the fast path, each with its read buffer.
     idle_raw: Mutex<Vec<RawConn>>,
@@ -129,7 +128,7 @@ impl Upstream {
     pub async fn send(
         self: &Arc<Self>,
         wire: Wire,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let _guard = InFlight::new(&self.in_flight);
         match wire {
@@ -140,8 +139,8 @@ impl Upstream {
 
     async fn send_h1(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, SendError> {
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
         // A pooled connection can die between checkout and use (the peer's idle timeout);
         // hyper hands the request back in that case, so try the next one.
         loop {
@@ -168,7 +167,7 @@ impl Upstream {
     /// Takes a connection that can send now. The pool also holds connections whose response
     /// body is still streaming (they become ready when it ends): those are skipped, and
     /// closed ones are dropped on the way.
-    fn checkout_h1(&self) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
         let mut pool = self.idle_h1.lock().expect("pool lock poisoned");
         let mut i = pool.len();
         while i > 0 {
@@ -186,7 +185,7 @@ impl Upstream {
     /// Puts a connection back as soon as its response head is in. It turns ready by itself
     /// when hyper's connection task has read the response body to the end, so no task waits
     /// on it (hyper-util's pool spawns one per request for that).
-    fn checkin_h1(&self, conn: http1::SendRequest<Incoming>) {
+    fn checkin_h1(&self, conn: http1::SendRequest<RequestBody>) {
         let mut pool = self.idle_h1.lock().expect("pool lock poisoned");
         if pool.len() < MAX_IDLE_H1 {
             pool.push(conn);
@@ -251,7 +250,7 @@ impl Upstream {
         })
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, ConnectError> {
+    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let io = self.connect_tcp().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
@@ -264,10 +263,7 @@ impl Upstream {
         Ok(sender)
     }
 
-    async fn send_h2(
-        &self,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<h2client::H2Body>, SendError> {
+    async fn send_h2(&self, mut req: Request<RequestBody>) -> Result<Response<H2Body>, SendError> {
         // A connection that closed (GOAWAY) just before use hands the request back untouched:
         // retry once on a fresh connection, then let the balancer try another endpoint.
         let mut retried = false;

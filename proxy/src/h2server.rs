@@ -1,0 +1,593 @@
+//! HTTP/2 connections from downstream (prior-knowledge h2c), served with the h2 crate directly.
+//!
+//! hyper's HTTP/2 server was the last hyper layer on the HTTP/2 path, and it cost every gRPC
+//! call a write and a wake-up at each hop: its response pump waits for flow-control capacity
+//! between a body's last data frame and its trailers, so a response left in two writes
+//! (HEADERS and DATA, then the trailers), each of which woke the peer. Here the frames of a
+//! response that are already at hand are queued in one go (`h2stream::pump`) and leave in
+//! one write.
+//!
+//! On the one-thread runtime a stream is a future polled by its connection's task, not a task
+//! of its own: no spawn per request, and the wake-ups of a stream land on the task that writes
+//! its frames. On a multi-thread runtime each stream is spawned, so one busy connection (a
+//! peer sidecar's, which carries all its traffic) can use every worker.
+//!
+//! What hyper's server did and this one keeps: the handshake must finish within the header
+//! read timeout; the client is pinged every [`KEEPALIVE_INTERVAL`] and the connection closed
+//! when no answer comes within [`KEEPALIVE_TIMEOUT`]; a stop sends GOAWAY and lets the open
+//! streams finish; a client's reset drops the stream's routing future, which cancels the
+//! request upstream.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::{Connection, SendResponse};
+use h2::RecvStream;
+use http::{Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::watch;
+
+use crate::h2stream::{pump, H2Body};
+use crate::http::{ProxyBody, RequestBody};
+use crate::server::Prefixed;
+
+/// How often an open connection pings its client.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered before the connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Flow-control windows offered to clients (hyper's server's sizes): 1 MiB lets a request of
+/// that size stream without waiting for window updates, at a bounded cost per connection.
+const WINDOW: u32 = 1024 * 1024;
+/// Response data a stream may queue beyond what the client's window lets out.
+const SEND_BUFFER: usize = 400 * 1024;
+/// Streams a client may have open at once on one connection.
+const MAX_STREAMS: u32 = 1024;
+/// Most bytes held back for the end of a turn; beyond that they go out at once.
+const CORK_LIMIT: usize = 64 * 1024;
+
+/// A stream's whole exchange, from its request to the end of its response body.
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves one HTTP/2 connection, whose first bytes (`prefix`, the client preface at least)
+/// were already read from `stream`, until the connection ends. Returns why it ended badly.
+pub async fn serve<H, Fut>(
+    stream: TcpStream,
+    prefix: Bytes,
+    handler: &H,
+    mut stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+    max_header_list: u32,
+) -> Result<(), String>
+where
+    H: Fn(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let (io, mut out) = Corked::new(stream, prefix);
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_send_buffer_size(SEND_BUFFER)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(max_header_list)
+        .handshake::<_, Bytes>(io);
+    let mut conn = match tokio::time::timeout(handshake_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(format!("HTTP/2 handshake: {e}")),
+        Err(_) => return Err(format!("no HTTP/2 handshake within {handshake_timeout:?}")),
+    };
+    let mut ping = conn.ping_pong();
+    let inline = Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
+    let mut streams = FuturesUnordered::<StreamFuture>::new();
+    let mut stopping = false;
+    // Waiting for the next ping, or (`pinged`) for the answer to the last one.
+    let timer = tokio::time::sleep(KEEPALIVE_INTERVAL);
+    tokio::pin!(timer);
+    let mut pinged = false;
+    loop {
+        if !stopping && *stop.borrow() {
+            stopping = true;
+            conn.graceful_shutdown();
+        }
+        tokio::select! {
+            // `biased`: the connection first, and no random draw on each of its wake-ups.
+            biased;
+            r = poll_fn(|cx| drive(cx, &mut conn, &mut out, &mut streams, handler, inline)) => {
+                return r;
+            }
+            _ = stop.changed(), if !stopping => {}
+            r = poll_fn(|cx| ping.as_mut().expect("guarded").poll_pong(cx)), if pinged => {
+                if let Err(e) = r {
+                    return Err(format!("ping: {e}"));
+                }
+                pinged = false;
+                timer.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE_INTERVAL);
+            }
+            _ = &mut timer, if ping.is_some() => {
+                if pinged {
+                    // Dropping the connection closes it and ends its streams.
+                    return Err(format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}"));
+                }
+                if let Some(Err(e)) = ping.as_mut().map(|p| p.send_ping(h2::Ping::opaque())) {
+                    return Err(format!("ping: {e}"));
+                }
+                pinged = true;
+                timer.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE_TIMEOUT);
+            }
+        }
+    }
+}
+
+/// Moves the connection along: takes new streams, reads and writes frames, and runs the
+/// streams woken since the last call. Ready when the connection has ended.
+fn drive<H, Fut>(
+    cx: &mut Context<'_>,
+    conn: &mut Connection<Corked, Bytes>,
+    out: &mut Output,
+    streams: &mut FuturesUnordered<StreamFuture>,
+    handler: &H,
+    inline: bool,
+) -> Poll<Result<(), String>>
+where
+    H: Fn(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let mut streams_ran = false;
+    loop {
+        // `poll_accept` first reads every frame at hand and writes what is queued, then hands
+        // out a new stream: a request body that came with its head is in the stream's buffer
+        // before the stream first runs, so it can go on with the head.
+        let mut accepted = false;
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    accepted = true;
+                    let exchange = exchange(handler, req, respond);
+                    if inline {
+                        streams.push(Box::pin(exchange));
+                    } else {
+                        tokio::spawn(exchange);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.to_string())),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        if streams.is_empty() || (streams_ran && !accepted) {
+            // The turn is over: what h2 wrote during it leaves in one write.
+            return match out.poll_send(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(format!("write: {e}"))),
+                _ => Poll::Pending,
+            };
+        }
+        // Streams queue frames as they run; going round once more writes them out now, not
+        // after a trip through the scheduler.
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        streams_ran = true;
+    }
+}
+
+/// One stream's exchange: the request to the handler, its response back to the client.
+fn exchange<H, Fut>(
+    handler: &H,
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    H: Fn(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let (parts, recv) = req.into_parts();
+    let body = H2Body::new(recv, &parts.headers);
+    let response = handler(Request::from_parts(parts, RequestBody::Right(body)));
+    respond_with(respond, response)
+}
+
+/// Waits for the response and sends it: its head, then its body within the client's window.
+async fn respond_with<F>(mut respond: SendResponse<Bytes>, response: F)
+where
+    F: Future<Output = Response<ProxyBody>>,
+{
+    tokio::pin!(response);
+    let response = tokio::select! {
+        biased;
+        r = &mut response => r,
+        // The client reset the stream; dropping the routing future cancels the request.
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(stream) if !end => pump(body, stream, h2::Reason::INTERNAL_ERROR, None).await,
+        Ok(_) => {}
+        // The stream was reset meanwhile, or the head is not valid HTTP/2 (h2 refuses
+        // connection-specific headers, which the handlers remove); h2 resets the stream.
+        Err(e) => tracing::debug!(error = %e, "could not send a response head"),
+    }
+}
+
+/// The connection's socket as h2 sees it: reads replay `prefix` first, and writes are
+/// collected, to be sent when the connection's turn is over ([`Output::poll_send`]).
+///
+/// Why: h2 writes a data frame of 256 bytes or more straight from its buffer, and can queue
+/// nothing behind it until that write is done, so it flushes in the middle of a turn. A gRPC
+/// response (head, message, trailers) then left in two writes, and each woke the client. A
+/// copy of a few KiB is far cheaper than a write and a wake-up; a bulk body is held back at
+/// most [`CORK_LIMIT`] at a time, which also merges its 16 KiB frames into fewer writes.
+struct Corked {
+    read: Prefixed<OwnedReadHalf>,
+    out: Arc<Mutex<Pending>>,
+}
+
+/// The sending side of [`Corked`], kept by the connection's task.
+struct Output {
+    out: Arc<Mutex<Pending>>,
+}
+
+/// Bytes h2 has written and the socket has not taken yet.
+struct Pending {
+    buf: BytesMut,
+    write: OwnedWriteHalf,
+}
+
+impl Corked {
+    fn new(stream: TcpStream, prefix: Bytes) -> (Corked, Output) {
+        let (read, write) = stream.into_split();
+        let out = Arc::new(Mutex::new(Pending {
+            buf: BytesMut::new(),
+            write,
+        }));
+        let output = Output { out: out.clone() };
+        let read = Prefixed { prefix, io: read };
+        (Corked { read, out }, output)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // Only the connection's task takes it, one holder at a time; a panic while holding it
+        // leaves nothing half-done that matters.
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Output {
+    /// Sends what the turn collected; Pending (with a wake-up set) while the socket is full.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut pending = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        pending.poll_drain(cx)
+    }
+}
+
+impl Pending {
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.write).poll_write(cx, &self.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.buf.advance(n);
+        }
+        // Empty again: start over at the front of the allocation.
+        self.buf.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Corked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.read).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Corked {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut pending = self.pending();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if pending.buf.len() + len > CORK_LIMIT {
+            ready!(pending.poll_drain(cx))?;
+            if len > CORK_LIMIT {
+                return Pin::new(&mut pending.write).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            pending.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    /// Nothing to do yet: h2 flushes in the middle of a turn too; the turn's end sends.
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut pending = self.pending();
+        ready!(pending.poll_drain(cx))?;
+        Pin::new(&mut pending.write).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Either, Full};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Serves every connection to the returned address with `handler`, until `stop` is sent.
+    async fn start<H, Fut>(handler: H) -> (SocketAddr, watch::Sender<bool>)
+    where
+        H: Fn(Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (handler, stop) = (handler.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    let _ = serve(stream, Bytes::new(), &handler, stop, TIMEOUT, 64 * 1024).await;
+                });
+            }
+        });
+        (addr, stop_tx)
+    }
+
+    fn text(body: &'static str) -> Response<ProxyBody> {
+        Response::new(Either::Right(Full::new(Bytes::from_static(
+            body.as_bytes(),
+        ))))
+    }
+
+    /// A connected pair: (the server's end wrapped as h2 sees it, the client's end).
+    async fn corked_pair() -> (Corked, Output, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (corked, output) = Corked::new(server, Bytes::from_static(b"first "));
+        (corked, output, client)
+    }
+
+    #[tokio::test]
+    async fn writes_of_a_turn_leave_together_when_the_turn_ends() {
+        let (mut corked, mut output, client) = corked_pair().await;
+        // A plain socket, so that each read below is a real read(2), not tokio's cached
+        // readiness.
+        let mut client = client.into_std().unwrap();
+        client.set_nonblocking(true).unwrap();
+        // h2 writes a data frame from its buffer, flushes, then writes the trailers.
+        corked.write_all(&[1u8; 300]).await.unwrap();
+        corked.flush().await.unwrap();
+        corked.write_all(&[2u8; 10]).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let early = std::io::Read::read(&mut client, &mut buf);
+        assert!(
+            matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "nothing may leave before the turn ends: {early:?}"
+        );
+        poll_fn(|cx| output.poll_send(cx)).await.unwrap();
+        // Loopback delivers during the write, so all of it is there now.
+        client.set_nonblocking(false).unwrap();
+        client.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut got = vec![0u8; 310];
+        std::io::Read::read_exact(&mut client, &mut got).unwrap();
+        assert_eq!(&got[..300], &[1u8; 300][..]);
+        assert_eq!(&got[300..], &[2u8; 10][..]);
+        // Reads replay what was read before the connection came here, then the socket.
+        std::io::Write::write_all(&mut client, b"then the socket").unwrap();
+        let mut read = vec![0u8; 21];
+        tokio::time::timeout(TIMEOUT, corked.read_exact(&mut read))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read, b"first then the socket");
+    }
+
+    #[tokio::test]
+    async fn a_bulk_write_is_not_held_back() {
+        let (mut corked, _output, mut client) = corked_pair().await;
+        corked.write_all(&[7u8; 300]).await.unwrap();
+        // More than the limit: what was held goes first, then this, without waiting for the
+        // turn to end.
+        let bulk = vec![8u8; CORK_LIMIT + 1];
+        corked.write_all(&bulk).await.unwrap();
+        let mut got = vec![0u8; 300 + bulk.len()];
+        tokio::time::timeout(TIMEOUT, client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got[..300].iter().all(|&b| b == 7) && got[300..].iter().all(|&b| b == 8));
+    }
+
+    /// Concurrent streams on one connection, answered out of order, each with its own body.
+    async fn concurrent_streams() {
+        let (addr, _stop) = start(|req: Request<RequestBody>| async move {
+            let n: u64 = req.uri().path()[1..].parse().unwrap();
+            // Later requests answer first.
+            tokio::time::sleep(Duration::from_millis(50 - n)).await;
+            let body = Bytes::from(format!("stream {n}"));
+            Response::new(Either::Right(Full::new(body)))
+        })
+        .await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let calls = (0..40u64).map(|n| {
+            let mut send = send.clone();
+            async move {
+                send = send.ready().await.unwrap();
+                let req = Request::get(format!("http://test/{n}")).body(()).unwrap();
+                let (response, _) = send.send_request(req, true).unwrap();
+                let mut body = response.await.unwrap().into_body();
+                let data = body.data().await.unwrap().unwrap();
+                assert_eq!(data, format!("stream {n}"));
+            }
+        });
+        let all = futures_util::future::join_all(calls);
+        tokio::time::timeout(TIMEOUT, all).await.unwrap();
+    }
+
+    /// One thread: streams are polled by the connection's task.
+    #[tokio::test]
+    async fn concurrent_streams_on_one_thread() {
+        concurrent_streams().await;
+    }
+
+    /// Several threads: each stream is a task of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_streams_on_several_threads() {
+        concurrent_streams().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_reset_drops_the_routing_future() {
+        let (started_tx, started_rx) = oneshot::channel::<oneshot::Sender<()>>();
+        let started_tx = Arc::new(Mutex::new(Some(started_tx)));
+        let (addr, _stop) = start(move |_req| {
+            let started = started_tx.lock().unwrap().take();
+            async move {
+                // `_alive` is dropped with the future, which the test sees as its sender closed.
+                let (guard, _alive) = oneshot::channel::<()>();
+                started.unwrap().send(guard).unwrap();
+                std::future::pending::<Response<ProxyBody>>().await
+            }
+        })
+        .await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("http://test/slow").body(()).unwrap();
+        let (response, _stream) = send.send_request(req, true).unwrap();
+        let mut guard = tokio::time::timeout(TIMEOUT, started_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        // Dropping the response future (its stream already closed on our side) resets it.
+        drop(response);
+        drop(_stream);
+        let closed = tokio::time::timeout(TIMEOUT, guard.closed()).await;
+        assert!(
+            closed.is_ok(),
+            "the handler's future was not dropped after the reset"
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_sends_goaway_and_lets_the_open_stream_finish() {
+        let (release_tx, release_rx) = oneshot::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(Some(release_rx)));
+        let (addr, stop) = start(move |_req| {
+            let release = release_rx.lock().unwrap().take();
+            async move {
+                if let Some(release) = release {
+                    let _ = release.await;
+                }
+                text("finished")
+            }
+        })
+        .await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = h2::client::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        let req = Request::get("http://test/in-flight").body(()).unwrap();
+        let (response, _) = send.send_request(req, true).unwrap();
+        // Let the request reach the handler before stopping.
+        let mut send = send.ready().await.unwrap();
+        stop.send(true).unwrap();
+        // GOAWAY: the connection soon takes no new streams. (h2 announces it twice, and
+        // streams the client opened before the second one are still served.)
+        let refused = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
+                    break e;
+                }
+                let req = Request::get("http://test/late").body(()).unwrap();
+                match send.send_request(req, true) {
+                    Ok((late, _)) => {
+                        if let Err(e) = late.await {
+                            break e;
+                        }
+                    }
+                    Err(e) => break e,
+                }
+            }
+        });
+        let refused = refused.await.expect("GOAWAY did not arrive");
+        assert!(refused.is_go_away() || refused.is_reset(), "{refused:?}");
+        // ...but the one in flight is answered, and then the connection closes.
+        release_tx.send(()).unwrap();
+        let response = tokio::time::timeout(TIMEOUT, response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let data = tokio::time::timeout(TIMEOUT, body.data()).await.unwrap();
+        assert_eq!(data.unwrap().unwrap(), "finished");
+        let ended = tokio::time::timeout(TIMEOUT, conn).await;
+        assert!(
+            ended.is_ok(),
+            "the connection stayed open after its last stream"
+        );
+    }
+
+    /// Time is paused and jumps ahead whenever everything waits, so the 30 s this takes on
+    /// the server's clock pass at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_answering_pings_is_disconnected() {
+        let (addr, _stop) = start(|_req| async { text("unused") }).await;
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        // The preface and an empty SETTINGS frame, then silence: no SETTINGS ack, no PING ack.
+        raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        raw.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let limit = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(30);
+        let mut sink = Vec::new();
+        let read = tokio::time::timeout(limit, raw.read_to_end(&mut sink)).await;
+        assert!(read.is_ok(), "still open after {limit:?} without answering");
+        let waited = start.elapsed();
+        assert!(
+            waited >= KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT,
+            "closed after {waited:?}, before a ping could go unanswered"
+        );
+    }
+}
