@@ -13,8 +13,8 @@
 //! peer sidecar's, which carries all its traffic) can use every worker.
 //!
 //! What hyper's server did and this one keeps: the handshake must finish within the header
-//! read timeout; the client is pinged every [`KEEPALIVE_INTERVAL`] and the connection closed
-//! when no answer comes within [`KEEPALIVE_TIMEOUT`]; a stop sends GOAWAY and lets the open
+//! read timeout; the client is pinged every 20 s and the connection closed when no answer
+//! comes within 10 s (see [`Settings`]); a stop sends GOAWAY and lets the open
 //! streams finish; a client's reset drops the stream's routing future, which cancels the
 //! request upstream.
 
@@ -26,9 +26,11 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, SendResponse};
 use h2::RecvStream;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,10 +43,30 @@ use crate::h2stream::{pump, H2Body};
 use crate::http::{ProxyBody, RequestBody};
 use crate::server::Prefixed;
 
-/// How often an open connection pings its client.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-/// How long a ping may go unanswered before the connection is closed.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a connection is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Time the client has to complete the handshake (the listener's header-read timeout).
+    pub handshake_timeout: Duration,
+    /// Largest header list accepted; bigger ones get 431 (from h2).
+    pub max_header_list: u32,
+    /// How often an open connection pings its client.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Settings {
+    /// hyper's server's keepalive as the proxy configured it, and its head limit.
+    fn default() -> Self {
+        Settings {
+            handshake_timeout: Duration::from_secs(10),
+            max_header_list: 64 * 1024,
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
 /// Flow-control windows offered to clients (hyper's server's sizes): 1 MiB lets a request of
 /// that size stream without waiting for window updates, at a bounded cost per connection.
 const WINDOW: u32 = 1024 * 1024;
@@ -54,6 +76,8 @@ const SEND_BUFFER: usize = 400 * 1024;
 const MAX_STREAMS: u32 = 1024;
 /// Most bytes held back for the end of a turn; beyond that they go out at once.
 const CORK_LIMIT: usize = 64 * 1024;
+/// Largest write buffer a connection keeps between turns.
+const IDLE_BUFFER: usize = 16 * 1024;
 
 /// A stream's whole exchange, from its request to the end of its response body.
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -65,8 +89,7 @@ pub async fn serve<H, Fut>(
     prefix: Bytes,
     handler: &H,
     mut stop: watch::Receiver<bool>,
-    handshake_timeout: Duration,
-    max_header_list: u32,
+    settings: Settings,
 ) -> Result<(), String>
 where
     H: Fn(Request<RequestBody>) -> Fut,
@@ -78,8 +101,9 @@ where
         .initial_connection_window_size(WINDOW)
         .max_send_buffer_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(max_header_list)
+        .max_header_list_size(settings.max_header_list)
         .handshake::<_, Bytes>(io);
+    let handshake_timeout = settings.handshake_timeout;
     let mut conn = match tokio::time::timeout(handshake_timeout, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err(format!("HTTP/2 handshake: {e}")),
@@ -90,7 +114,8 @@ where
     let mut streams = FuturesUnordered::<StreamFuture>::new();
     let mut stopping = false;
     // Waiting for the next ping, or (`pinged`) for the answer to the last one.
-    let timer = tokio::time::sleep(KEEPALIVE_INTERVAL);
+    let (interval, pong_timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
+    let timer = tokio::time::sleep(interval);
     tokio::pin!(timer);
     let mut pinged = false;
     loop {
@@ -104,24 +129,34 @@ where
             r = poll_fn(|cx| drive(cx, &mut conn, &mut out, &mut streams, handler, inline)) => {
                 return r;
             }
-            _ = stop.changed(), if !stopping => {}
+            // A dropped sender counts as a stop (otherwise `changed` would fire at once forever).
+            r = stop.changed(), if !stopping => {
+                if r.is_err() {
+                    stopping = true;
+                    conn.graceful_shutdown();
+                }
+            }
             r = poll_fn(|cx| ping.as_mut().expect("guarded").poll_pong(cx)), if pinged => {
                 if let Err(e) = r {
                     return Err(format!("ping: {e}"));
                 }
                 pinged = false;
-                timer.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE_INTERVAL);
+                timer.as_mut().reset(tokio::time::Instant::now() + interval);
             }
             _ = &mut timer, if ping.is_some() => {
                 if pinged {
-                    // Dropping the connection closes it and ends its streams.
-                    return Err(format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}"));
+                    // Tell the client why (it may be alive but slow), without waiting long for
+                    // a socket that may be dead; dropping the connection ends its streams.
+                    conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+                    let close = poll_fn(|cx| drive(cx, &mut conn, &mut out, &mut streams, handler, inline));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                    return Err(format!("no answer to a ping within {pong_timeout:?}"));
                 }
                 if let Some(Err(e)) = ping.as_mut().map(|p| p.send_ping(h2::Ping::opaque())) {
                     return Err(format!("ping: {e}"));
                 }
                 pinged = true;
-                timer.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE_TIMEOUT);
+                timer.as_mut().reset(tokio::time::Instant::now() + pong_timeout);
             }
         }
     }
@@ -153,7 +188,7 @@ where
                     accepted = true;
                     let exchange = exchange(handler, req, respond);
                     if inline {
-                        streams.push(Box::pin(exchange));
+                        streams.push(Box::pin(isolated(exchange)));
                     } else {
                         tokio::spawn(exchange);
                     }
@@ -174,6 +209,19 @@ where
         // after a trip through the scheduler.
         while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
         streams_ran = true;
+    }
+}
+
+/// An exchange polled inside its connection's task: a panic in it must cost its own stream
+/// only (as it would in a task of its own), not every stream of the connection. Unwinding
+/// drops the stream's handles, and h2 resets the stream.
+async fn isolated(exchange: impl Future<Output = ()>) {
+    if std::panic::AssertUnwindSafe(exchange)
+        .catch_unwind()
+        .await
+        .is_err()
+    {
+        tracing::error!("a request panicked; its stream was reset");
     }
 }
 
@@ -205,14 +253,35 @@ where
         // The client reset the stream; dropping the routing future cancels the request.
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     let end = body.is_end_stream();
+    complete_head(&mut parts.headers, &body, end);
     match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(stream) if !end => pump(body, stream, h2::Reason::INTERNAL_ERROR, None).await,
         Ok(_) => {}
         // The stream was reset meanwhile, or the head is not valid HTTP/2 (h2 refuses
-        // connection-specific headers, which the handlers remove); h2 resets the stream.
-        Err(e) => tracing::debug!(error = %e, "could not send a response head"),
+        // connection-specific headers, which the handlers remove).
+        Err(e) => {
+            tracing::debug!(error = %e, "could not send a response head");
+            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+        }
+    }
+}
+
+/// What hyper's servers add to a response head that lacks them, on HTTP/2 as on HTTP/1.1:
+/// `date` (RFC 9110 §6.6.1; upstream responses nearly always carry theirs, the proxy's own
+/// do not) and, for a body that is not empty, `content-length` when its length is known.
+fn complete_head(headers: &mut HeaderMap, body: &ProxyBody, end: bool) {
+    if !headers.contains_key(header::DATE) {
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        if let Ok(v) = HeaderValue::from_str(&now) {
+            headers.insert(header::DATE, v);
+        }
+    }
+    if !end && !headers.contains_key(header::CONTENT_LENGTH) {
+        if let Some(n) = body.size_hint().exact() {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
     }
 }
 
@@ -267,17 +336,30 @@ impl Output {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Socket writes made by `Corked` on this thread, so a test can count a response's writes.
+    static SOCKET_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 impl Pending {
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.buf.is_empty() {
             let n = ready!(Pin::new(&mut self.write).poll_write(cx, &self.buf))?;
+            #[cfg(test)]
+            SOCKET_WRITES.with(|w| w.set(w.get() + 1));
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.buf.advance(n);
         }
-        // Empty again: start over at the front of the allocation.
-        self.buf.clear();
+        // Empty again: start over at the front of the allocation, or give back what a burst
+        // grew it to, since an idle connection should not keep it.
+        if self.buf.capacity() > IDLE_BUFFER {
+            self.buf = BytesMut::new();
+        } else {
+            self.buf.clear();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -353,6 +435,14 @@ mod tests {
         H: Fn(Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
     {
+        start_with(handler, Settings::default()).await
+    }
+
+    async fn start_with<H, Fut>(handler: H, settings: Settings) -> (SocketAddr, watch::Sender<bool>)
+    where
+        H: Fn(Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -361,11 +451,23 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 let (handler, stop) = (handler.clone(), stop_rx.clone());
                 tokio::spawn(async move {
-                    let _ = serve(stream, Bytes::new(), &handler, stop, TIMEOUT, 64 * 1024).await;
+                    let _ = serve(stream, Bytes::new(), &handler, stop, settings).await;
                 });
             }
         });
         (addr, stop_tx)
+    }
+
+    /// A GET of `path` on the connection of `send`: the response body's first data frame, or
+    /// the error that ended the exchange.
+    async fn ask(send: &h2::client::SendRequest<Bytes>, path: &str) -> Result<Bytes, h2::Error> {
+        let mut send = send.clone().ready().await?;
+        let req = Request::get(format!("http://test{path}")).body(()).unwrap();
+        let (response, _) = send.send_request(req, true)?;
+        let response = tokio::time::timeout(TIMEOUT, response)
+            .await
+            .expect("no answer")?;
+        response.into_body().data().await.expect("no body")
     }
 
     fn text(body: &'static str) -> Response<ProxyBody> {
@@ -436,20 +538,24 @@ mod tests {
         assert!(got[..300].iter().all(|&b| b == 7) && got[300..].iter().all(|&b| b == 8));
     }
 
-    /// Concurrent streams on one connection, answered out of order, each with its own body.
+    /// Concurrent streams on one connection, each with its own body. Every handler waits
+    /// until all of them are in, so streams served one after another would never finish.
     async fn concurrent_streams() {
-        let (addr, _stop) = start(|req: Request<RequestBody>| async move {
-            let n: u64 = req.uri().path()[1..].parse().unwrap();
-            // Later requests answer first.
-            tokio::time::sleep(Duration::from_millis(50 - n)).await;
-            let body = Bytes::from(format!("stream {n}"));
-            Response::new(Either::Right(Full::new(body)))
+        const N: u64 = 40;
+        let all_in = Arc::new(tokio::sync::Barrier::new(N as usize));
+        let (addr, _stop) = start(move |req: Request<RequestBody>| {
+            let all_in = all_in.clone();
+            async move {
+                all_in.wait().await;
+                let body = Bytes::from(format!("stream {}", &req.uri().path()[1..]));
+                Response::new(Either::Right(Full::new(body)))
+            }
         })
         .await;
         let io = TcpStream::connect(addr).await.unwrap();
         let (send, conn) = h2::client::handshake(io).await.unwrap();
         tokio::spawn(conn);
-        let calls = (0..40u64).map(|n| {
+        let calls = (0..N).map(|n| {
             let mut send = send.clone();
             async move {
                 send = send.ready().await.unwrap();
@@ -461,7 +567,9 @@ mod tests {
             }
         });
         let all = futures_util::future::join_all(calls);
-        tokio::time::timeout(TIMEOUT, all).await.unwrap();
+        tokio::time::timeout(TIMEOUT, all)
+            .await
+            .expect("streams were not served concurrently");
     }
 
     /// One thread: streams are polled by the connection's task.
@@ -477,15 +585,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_reset_drops_the_routing_future() {
+    async fn a_client_reset_drops_the_routing_future_and_only_its_stream() {
         let (started_tx, started_rx) = oneshot::channel::<oneshot::Sender<()>>();
         let started_tx = Arc::new(Mutex::new(Some(started_tx)));
         let (addr, _stop) = start(move |_req| {
             let started = started_tx.lock().unwrap().take();
             async move {
+                let Some(started) = started else {
+                    return text("second");
+                };
                 // `_alive` is dropped with the future, which the test sees as its sender closed.
                 let (guard, _alive) = oneshot::channel::<()>();
-                started.unwrap().send(guard).unwrap();
+                started.send(guard).unwrap();
                 std::future::pending::<Response<ProxyBody>>().await
             }
         })
@@ -494,19 +605,40 @@ mod tests {
         let (mut send, conn) = h2::client::handshake(io).await.unwrap();
         tokio::spawn(conn);
         let req = Request::get("http://test/slow").body(()).unwrap();
-        let (response, _stream) = send.send_request(req, true).unwrap();
+        let (response, stream) = send.send_request(req, true).unwrap();
         let mut guard = tokio::time::timeout(TIMEOUT, started_rx)
             .await
             .unwrap()
             .unwrap();
         // Dropping the response future (its stream already closed on our side) resets it.
-        drop(response);
-        drop(_stream);
+        drop((response, stream));
         let closed = tokio::time::timeout(TIMEOUT, guard.closed()).await;
         assert!(
             closed.is_ok(),
             "the handler's future was not dropped after the reset"
         );
+        // The connection and its other streams go on.
+        assert_eq!(ask(&send, "/second").await.unwrap(), "second");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_costs_only_its_own_stream() {
+        let (addr, _stop) = start(|req: Request<RequestBody>| async move {
+            if req.uri().path() == "/panic" {
+                panic!("a bug in one request");
+            }
+            text("fine")
+        })
+        .await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let panicked = ask(&send, "/panic").await;
+        assert!(
+            panicked.as_ref().is_err_and(|e| e.is_reset()),
+            "{panicked:?}"
+        );
+        assert_eq!(ask(&send, "/after").await.unwrap(), "fine");
     }
 
     #[tokio::test]
@@ -550,7 +682,7 @@ mod tests {
             }
         });
         let refused = refused.await.expect("GOAWAY did not arrive");
-        assert!(refused.is_go_away() || refused.is_reset(), "{refused:?}");
+        assert!(refused.is_go_away(), "{refused:?}");
         // ...but the one in flight is answered, and then the connection closes.
         release_tx.send(()).unwrap();
         let response = tokio::time::timeout(TIMEOUT, response)
@@ -568,11 +700,29 @@ mod tests {
         );
     }
 
-    /// Time is paused and jumps ahead whenever everything waits, so the 30 s this takes on
-    /// the server's clock pass at once.
-    #[tokio::test(start_paused = true)]
+    /// Frame types of the HTTP/2 frames in `bytes` (a server's side of a connection), with
+    /// their flags.
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, u8)> {
+        let mut out = Vec::new();
+        while bytes.len() >= 9 {
+            let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+            out.push((bytes[3], bytes[4]));
+            bytes = &bytes[(9 + len).min(bytes.len())..];
+        }
+        out
+    }
+
+    /// Keepalive on a short clock, so the tests take a second or two.
+    const QUICK_PINGS: Settings = Settings {
+        handshake_timeout: TIMEOUT,
+        max_header_list: 64 * 1024,
+        keepalive_interval: Duration::from_millis(200),
+        keepalive_timeout: Duration::from_secs(1),
+    };
+
+    #[tokio::test]
     async fn a_client_that_stops_answering_pings_is_disconnected() {
-        let (addr, _stop) = start(|_req| async { text("unused") }).await;
+        let (addr, _stop) = start_with(|_req| async { text("unused") }, QUICK_PINGS).await;
         let mut raw = TcpStream::connect(addr).await.unwrap();
         // The preface and an empty SETTINGS frame, then silence: no SETTINGS ack, no PING ack.
         raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -580,14 +730,120 @@ mod tests {
             .unwrap();
         raw.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
         let start = tokio::time::Instant::now();
-        let limit = KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT + Duration::from_secs(30);
-        let mut sink = Vec::new();
-        let read = tokio::time::timeout(limit, raw.read_to_end(&mut sink)).await;
-        assert!(read.is_ok(), "still open after {limit:?} without answering");
-        let waited = start.elapsed();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(TIMEOUT, raw.read_to_end(&mut got)).await;
         assert!(
-            waited >= KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT,
-            "closed after {waited:?}, before a ping could go unanswered"
+            read.is_ok(),
+            "still open after {TIMEOUT:?} without answering"
+        );
+        let waited = start.elapsed();
+        let least = QUICK_PINGS.keepalive_interval + QUICK_PINGS.keepalive_timeout;
+        assert!(
+            waited >= least,
+            "closed after {waited:?}, before a ping went unanswered"
+        );
+        let frames = frames(&got);
+        // A PING (type 6) that is not an ack, then a GOAWAY (type 7) saying why it closed.
+        assert!(frames.contains(&(6, 0)), "{frames:?}");
+        assert_eq!(frames.last().map(|f| f.0), Some(7), "{frames:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_answers_pings_stays_connected() {
+        let (addr, _stop) = start_with(|_req| async { text("still here") }, QUICK_PINGS).await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        // h2's client answers pings whenever its connection is polled.
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        let conn = tokio::spawn(conn);
+        // Several pings' worth, and more than one unanswered ping would be allowed.
+        let quiet = 2 * (QUICK_PINGS.keepalive_interval + QUICK_PINGS.keepalive_timeout);
+        tokio::time::sleep(quiet).await;
+        assert!(!conn.is_finished(), "the connection was closed");
+        assert_eq!(ask(&send, "/").await.unwrap(), "still here");
+    }
+
+    /// An HTTP/2 upstream that answers each connection's first request (stream 1) with a
+    /// gRPC-like response — head, a 300-byte message, trailers — in one write, as a peer
+    /// sidecar does. The frames are written by hand so that they are certain to arrive together.
+    async fn one_write_upstream() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    // Read the preface, then frames until the request's HEADERS (type 1).
+                    let mut preface = [0u8; 24];
+                    s.read_exact(&mut preface).await.unwrap();
+                    loop {
+                        let mut head = [0u8; 9];
+                        s.read_exact(&mut head).await.unwrap();
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let mut payload = vec![0u8; len];
+                        s.read_exact(&mut payload).await.unwrap();
+                        if head[3] == 1 {
+                            break;
+                        }
+                    }
+                    let mut out = Vec::new();
+                    // SETTINGS (none), and the ack of the client's.
+                    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+                    out.extend_from_slice(&[0, 0, 0, 4, 1, 0, 0, 0, 0]);
+                    // HEADERS, END_HEADERS: `:status: 200` (static table entry 8).
+                    out.extend_from_slice(&[0, 0, 1, 1, 4, 0, 0, 0, 1, 0x88]);
+                    // DATA, 300 bytes.
+                    out.extend_from_slice(&[0, 1, 0x2c, 0, 0, 0, 0, 0, 1]);
+                    out.extend_from_slice(&[b'x'; 300]);
+                    // Trailers, END_STREAM | END_HEADERS: `grpc-status: 0`, a literal.
+                    out.extend_from_slice(&[0, 0, 15, 1, 5, 0, 0, 0, 1, 0, 11]);
+                    out.extend_from_slice(b"grpc-status");
+                    out.extend_from_slice(&[1, b'0']);
+                    s.write_all(&out).await.unwrap();
+                    tokio::time::sleep(TIMEOUT).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_response_with_trailers_leaves_in_one_write() {
+        let upstream = one_write_upstream().await;
+        // The handler forwards each request to the upstream over the proxy's HTTP/2 client.
+        let (addr, _stop) = start(move |req| async move {
+            let io = TcpStream::connect(upstream).await.unwrap();
+            let sender = crate::h2client::Sender::handshake(io, 64 * 1024)
+                .await
+                .unwrap();
+            let response = sender.send(req).await.unwrap();
+            response.map(|body| Either::Left(Either::Right(body)))
+        })
+        .await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let mut writes = Vec::new();
+        // The first exchange also settles the connection (SETTINGS and their acks).
+        for _ in 0..2 {
+            let before = SOCKET_WRITES.with(|w| w.get());
+            let mut send = send.clone().ready().await.unwrap();
+            let req = Request::post("http://test/call").body(()).unwrap();
+            let (response, _) = send.send_request(req, true).unwrap();
+            let response = tokio::time::timeout(TIMEOUT, response)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut body = response.into_body();
+            let data = body.data().await.unwrap().unwrap();
+            assert_eq!(data.len(), 300);
+            let trailers = body.trailers().await.unwrap().unwrap();
+            assert_eq!(trailers["grpc-status"], "0");
+            writes.push(SOCKET_WRITES.with(|w| w.get()) - before);
+        }
+        assert_eq!(
+            writes[1], 1,
+            "head, data and trailers took {} writes",
+            writes[1]
         );
     }
 }

@@ -105,8 +105,9 @@ pub async fn pump<B>(
     tokio::pin!(body);
     loop {
         let frame = tokio::select! {
+            // `biased`, abandonment first: a request given up must not keep streaming because
+            // its body keeps coming.
             biased;
-            f = body.frame() => f,
             r = async { abandoned.as_mut().expect("guarded").await }, if abandoned.is_some() => {
                 if r.is_err() {
                     stream.send_reset(h2::Reason::CANCEL);
@@ -115,6 +116,7 @@ pub async fn pump<B>(
                 abandoned = None;
                 continue;
             }
+            f = body.frame() => f,
             // The peer no longer wants the body (it answered early, or reset the stream).
             _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
         };

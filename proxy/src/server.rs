@@ -156,16 +156,12 @@ async fn serve_general<H, Fut>(
         }
     };
     if h2 {
-        let max_headers = MAX_HEADER_BYTES as u32;
-        let timeout = limits.header_read_timeout;
-        let served = h2server::serve(
-            stream,
-            prefix.freeze(),
-            &handler,
-            stop,
-            timeout,
-            max_headers,
-        );
+        let settings = h2server::Settings {
+            handshake_timeout: limits.header_read_timeout,
+            max_header_list: MAX_HEADER_BYTES as u32,
+            ..Default::default()
+        };
+        let served = h2server::serve(stream, prefix.freeze(), &handler, stop, settings);
         if let Err(e) = served.await {
             tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
         }
