@@ -622,6 +622,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn response_heads_get_a_date_and_a_known_length() {
+        let (addr, _stop) = start(|req: Request<RequestBody>| async move {
+            match req.uri().path() {
+                "/empty" => text(""),
+                _ => text("three"),
+            }
+        })
+        .await;
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        for (path, length) in [("/full", Some("5")), ("/empty", None)] {
+            let mut send = send.clone().ready().await.unwrap();
+            let req = Request::get(format!("http://test{path}")).body(()).unwrap();
+            let (response, _) = send.send_request(req, true).unwrap();
+            let response = tokio::time::timeout(TIMEOUT, response)
+                .await
+                .unwrap()
+                .unwrap();
+            let headers = response.headers();
+            let date = headers[header::DATE].to_str().unwrap();
+            assert!(
+                httpdate::parse_http_date(date).is_ok(),
+                "{path}: date {date:?}"
+            );
+            let got = headers
+                .get(header::CONTENT_LENGTH)
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(got, length, "{path}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_panicking_request_costs_only_its_own_stream() {
         let (addr, _stop) = start(|req: Request<RequestBody>| async move {
             if req.uri().path() == "/panic" {
