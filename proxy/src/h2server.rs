@@ -477,6 +477,14 @@ mod tests {
         (addr, stop_tx)
     }
 
+    /// An h2 client connection to `addr`, driven by a task of its own.
+    async fn connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+        let io = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send
+    }
+
     /// A GET of `path` on the connection of `send`: the response body's first data frame, or
     /// the error that ended the exchange.
     async fn ask(send: &h2::client::SendRequest<Bytes>, path: &str) -> Result<Bytes, h2::Error> {
@@ -588,9 +596,7 @@ mod tests {
             }
         })
         .await;
-        let io = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = h2::client::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        let send = connect(addr).await;
         let calls = (0..N).map(|n| {
             let mut send = send.clone();
             async move {
@@ -666,9 +672,7 @@ mod tests {
             }
         })
         .await;
-        let io = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = h2::client::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        let send = connect(addr).await;
         for (path, length) in [("/full", Some("5")), ("/empty", None)] {
             let mut send = send.clone().ready().await.unwrap();
             let req = Request::get(format!("http://test{path}")).body(()).unwrap();
@@ -699,9 +703,7 @@ mod tests {
             text("fine")
         })
         .await;
-        let io = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = h2::client::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        let send = connect(addr).await;
         let panicked = ask(&send, "/panic").await;
         assert!(
             panicked.as_ref().is_err_and(|e| e.is_reset()),
@@ -888,9 +890,7 @@ mod tests {
             response.map(|body| Either::Left(Either::Right(body)))
         })
         .await;
-        let io = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = h2::client::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        let send = connect(addr).await;
         let mut writes = Vec::new();
         // The first exchange also settles the connection (SETTINGS and their acks).
         for _ in 0..2 {
