@@ -13,6 +13,9 @@
 //! Reads are open; writes need the admin token when one is configured (the push stream is
 //! authenticated by the sidecar's identity in a later step, not by the operators' token).
 //! Handlers return `Result<_, ApiError>` and [`handle`] turns errors into responses.
+//!
+//! The module owns the route table and the REST handlers; they read the shared `State` and
+//! hand `/v1/stream` to [`crate::push`]. The server calls `handle` for every request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +30,9 @@ use serde_json::{json, Value};
 use crate::auth;
 use crate::body::{self, Body};
 use crate::error::ApiError;
-use crate::server::State;
-use crate::store::{Action, Applied};
+use crate::push;
+use crate::state::State;
+use crate::store::{Action, Applied, StoreError};
 
 /// The largest request body the API reads (a large `apply` is well under this).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -102,9 +106,7 @@ async fn dispatch(
         (Route::Version, _) => not_allowed("GET"),
         (Route::Proxies, &Method::GET) => Ok(body::json(StatusCode::OK, &st.proxies.list())),
         (Route::Proxies, _) => not_allowed("GET"),
-        (Route::Stream, &Method::POST) => {
-            Ok(crate::push::stream(Arc::clone(st), req.into_body(), peer))
-        }
+        (Route::Stream, &Method::POST) => Ok(push::stream(Arc::clone(st), req.into_body(), peer)),
         (Route::Stream, _) => not_allowed("POST"),
         (Route::Apply, &Method::POST) => {
             authorize(st, &req)?;
@@ -162,7 +164,7 @@ async fn dispatch(
 }
 
 fn not_found(kind: Kind, name: &str) -> ApiError {
-    crate::store::StoreError::NotFound(format!("{kind}/{name}")).into()
+    StoreError::NotFound(format!("{kind}/{name}")).into()
 }
 
 fn authorize(st: &State, req: &Request<Incoming>) -> Result<(), ApiError> {

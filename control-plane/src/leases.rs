@@ -10,6 +10,9 @@
 //! A stream that breaks without a goodbye leaves the lease running: a sidecar that reconnects
 //! within the TTL keeps its endpoint without a flap. The expiry task deletes the endpoint of
 //! a lease that ran out, which produces a snapshot without it.
+//!
+//! [`Leases`] owns the in-memory table and the group-commit queue, and uses only the store; the
+//! shared state holds it, the push stream registers and renews through it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 use ferrule_config::Endpoint;
 use tokio::sync::{oneshot, watch};
 
+use crate::shutdown::until_shutdown;
 use crate::store::{Action, Store, StoreError};
 
 /// A registration waiting for the next group commit.
@@ -217,7 +221,7 @@ impl Leases {
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
-                () = crate::server::until_shutdown(&mut shutdown) => return,
+                () = until_shutdown(&mut shutdown) => return,
             }
             if let Ok(names) = self.expire(Instant::now()).await {
                 for name in names {

@@ -2,18 +2,33 @@
 //! the push streams that keep every sidecar on the latest snapshot.
 //!
 //! # Layout
-//! - [`server`]: the listener (HTTP/1.1 and h2c on one port), background tasks, shutdown.
-//! - [`api`]: routing and the `/v1` REST handlers.
-//! - [`error`]: the one place where failures become HTTP responses (`{"error", "details"}`).
-//! - [`auth`]: bearer-token checks for writes.
-//! - [`store`]: the redb database: resources, the global revision, leases.
-//! - [`snapshot`]: builds and serialises each version's snapshot once, shares it with every stream.
-//! - [`push`]: the `/v1/stream` handler that speaks [`ferrule_config::push`] with one sidecar.
-//! - [`proxies`]: what each connected sidecar runs (shown by `GET /v1/proxies`).
-//! - [`leases`]: endpoints registered by sidecars, renewed by heartbeat, removed on expiry.
-//! - [`body`]: response bodies (buffered JSON, and the streaming body of the push stream).
-//! - [`cli`]: `ferrulectl`, the operator CLI over the API.
-//! - [`demo`]: `ferrulectl demo`, a whole mesh on loopback in one command.
+//! The modules stand on floors. A module imports only from the floors below its own (and, where
+//! noted, from its own floor one way), so no two modules import each other. From the top:
+//! 1. Entry points, with the two binaries:
+//!    - [`cli`]: `ferrulectl`, the operator CLI over the API (starts [`demo`]).
+//!    - [`demo`]: `ferrulectl demo`, a whole mesh on loopback in one command.
+//! 2. Wiring:
+//!    - [`server`]: the listener (HTTP/1.1 and h2c on one port), building the shared state,
+//!      background tasks, shutdown.
+//! 3. Handlers:
+//!    - [`api`]: routing and the `/v1` REST handlers (hands `/v1/stream` to [`push`]).
+//!    - [`push`]: the `/v1/stream` handler that speaks [`ferrule_config::push`] with one sidecar.
+//! 4. Shared state:
+//!    - `state`: what every handler reads: store handle, lease table, proxies registry,
+//!      snapshot watch, admin token, shutdown signal.
+//! 5. What the state holds:
+//!    - [`leases`]: endpoints registered by sidecars, renewed by heartbeat, removed on expiry.
+//!    - [`snapshot`]: builds and serialises each version's snapshot once, shares it with every
+//!      stream.
+//!    - [`proxies`]: what each connected sidecar runs (shown by `GET /v1/proxies`).
+//! 6. Foundations:
+//!    - [`store`]: the redb database: resources, the global revision, leases.
+//!    - [`error`]: the one place where failures become HTTP responses (`{"error", "details"}`;
+//!      uses [`body`] and [`store`]).
+//!    - [`auth`]: bearer-token checks for writes (uses [`error`]).
+//!    - [`body`]: response bodies (buffered JSON, and the streaming body of the push stream).
+//!    - `time`: RFC 3339 timestamps.
+//!    - `shutdown`: waiting for the shutdown signal, which every long-lived task ends on.
 //!
 //! # Consistency model
 //! Every write is one redb transaction committed with fsync before its HTTP response is sent,
@@ -31,7 +46,9 @@ pub mod leases;
 pub mod proxies;
 pub mod push;
 pub mod server;
+mod shutdown;
 pub mod snapshot;
+mod state;
 pub mod store;
 mod time;
 

@@ -1,6 +1,9 @@
 //! The registry of connected proxies: who they are, where they connect from, which snapshot
 //! version they run and whether they refused one. This is what `GET /v1/proxies` and
 //! `ferrulectl status` show; it lives in memory only, since it describes live connections.
+//!
+//! [`Proxies`] owns that registry and [`ProxyStatus`], the shape `ferrulectl` reads back; the
+//! shared state holds the registry, the push stream fills it, the API lists it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -7,6 +7,10 @@
 //! serialisations or store reads. The request body streams the proxy's messages: hello
 //! (registers its endpoint under a lease), ACK/NACK (shown by `/v1/proxies`), heartbeat
 //! (renews the lease) and goodbye (removes the endpoint now).
+//!
+//! The module owns one stream's session (what its proxy has said so far); everything that
+//! outlives the stream (leases, the proxies registry, the snapshot watch) is in the shared
+//! `State` it reads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,8 +26,9 @@ use hyper::body::Incoming;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::{Body, ChannelBody};
-use crate::server::State;
+use crate::shutdown::until_shutdown;
 use crate::snapshot::Published;
+use crate::state::State;
 
 /// The longest message line a proxy may send; a hello with a large endpoint is a few hundred
 /// bytes, so this only stops a broken peer from growing the buffer without bound.
@@ -62,7 +67,7 @@ async fn serve(state: Arc<State>, body: Incoming, tx: mpsc::Sender<Bytes>, peer:
             Ok(()) => "the proxy closed its stream".to_owned(),
             Err(e) => e,
         },
-        () = crate::server::until_shutdown(&mut shutdown) => "the control plane is shutting down".to_owned(),
+        () = until_shutdown(&mut shutdown) => "the control plane is shutting down".to_owned(),
     };
     // The lease (if any) keeps running: a sidecar that reconnects in time keeps its endpoint.
     match &session.proxy {

@@ -1,6 +1,10 @@
 //! The server: opens the store, binds the listener, serves HTTP/1.1 and prior-knowledge h2c on
 //! the same port (the API for operators and `curl`, the push streams for sidecars), runs the
 //! snapshot builder and lease expiry, and shuts down cleanly.
+//!
+//! This is the wiring on top of everything else: it owns the listener, the [`Config`], and the
+//! senders of the snapshot watch and of the shutdown signal. The state that handlers read is
+//! built here but defined (and owned) by the `state` module; nothing below imports this one.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,9 +19,12 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::api;
 use crate::leases::Leases;
 use crate::proxies::Proxies;
+use crate::shutdown::until_shutdown;
 use crate::snapshot::{self, Published};
+use crate::state::State;
 use crate::store::{Store, StoreError};
 
 /// A request must send its headers within this long: a client that connects and stalls
@@ -56,18 +63,6 @@ pub enum StartError {
     /// The lease TTL is too short to be useful.
     #[error("lease TTL {0:?} is too short (minimum 30ms)")]
     LeaseTtl(Duration),
-}
-
-/// What every request handler and push stream shares.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) store: Arc<Store>,
-    pub(crate) leases: Arc<Leases>,
-    pub(crate) proxies: Proxies,
-    pub(crate) snapshots: watch::Receiver<Arc<Published>>,
-    pub(crate) admin_token: Option<String>,
-    /// Becomes true when the server shuts down; push streams end on it.
-    pub(crate) shutdown: watch::Receiver<bool>,
 }
 
 /// A bound, not yet running, control plane.
@@ -227,12 +222,6 @@ impl Server {
     }
 }
 
-/// Completes once `rx` turns true (or its sender is gone). The guard `wait_for` returns is
-/// dropped here, so callers stay `Send` across the await.
-pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
 async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<State>,
@@ -243,7 +232,7 @@ async fn serve_connection(
     let mut shutdown = state.shutdown.clone();
     let svc = service_fn(move |req| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, Infallible>(crate::api::handle(state, req, peer).await) }
+        async move { Ok::<_, Infallible>(api::handle(state, req, peer).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(tcp), svc);
     tokio::pin!(conn);

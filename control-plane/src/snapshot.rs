@@ -5,6 +5,9 @@
 //! proxy that missed versions 5 and 6 gets 7, never a backlog. Writes are debounced so that a
 //! burst (an `apply` followed by a few lease registrations) is one push rather than several, and
 //! a storm of writes yields a few pushes a second rather than one per write.
+//!
+//! The module owns [`Published`] and the builder task, and uses only the store; the server owns
+//! the sending side of the watch, the shared state its receiving side.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use bytes::Bytes;
 use ferrule_config::push::{to_line, ControlMessage};
 use tokio::sync::watch;
 
+use crate::shutdown::until_shutdown;
 use crate::store::{Store, StoreError};
 
 /// How long the store must stay quiet after a change before a snapshot is built.
@@ -66,7 +70,7 @@ pub async fn run_builder(
     loop {
         tokio::select! {
             r = changes.changed() => if r.is_err() { return },
-            () = crate::server::until_shutdown(&mut shutdown) => return,
+            () = until_shutdown(&mut shutdown) => return,
         }
         let first = tokio::time::Instant::now();
         loop {

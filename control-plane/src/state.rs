@@ -1,0 +1,33 @@
+//! The state every request handler and push stream shares, [`State`]: the store handle, the
+//! lease table, the registry of connected proxies, the latest published snapshot, the admin
+//! token and the shutdown signal.
+//!
+//! It sits between the parts it holds (`store`, `leases`, `proxies`, `snapshot`, which do not
+//! know about it) and the handlers that read it (`api`, `push`); the server builds it once at
+//! start and hands an `Arc` of it to every connection.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::leases::Leases;
+use crate::proxies::Proxies;
+use crate::snapshot::Published;
+use crate::store::Store;
+
+/// What every request handler and push stream shares.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// The policy store.
+    pub(crate) store: Arc<Store>,
+    /// Leases on the endpoints sidecars registered (also held by the expiry task).
+    pub(crate) leases: Arc<Leases>,
+    /// The connected proxies, as `GET /v1/proxies` lists them.
+    pub(crate) proxies: Proxies,
+    /// The latest published snapshot; the server's snapshot builder sends new ones.
+    pub(crate) snapshots: watch::Receiver<Arc<Published>>,
+    /// The token writes must present, if one is configured.
+    pub(crate) admin_token: Option<String>,
+    /// Becomes true when the server shuts down; push streams end on it.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
