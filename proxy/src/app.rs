@@ -13,14 +13,13 @@ use ferrule_config::Endpoint;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{Admin, Lifecycle};
-use crate::discovery::{self, Registration};
-use crate::fastpath;
-use crate::inbound::Inbound;
-use crate::metrics::Metrics;
-use crate::outbound::Outbound;
-use crate::policy::Policy;
-use crate::server;
+use crate::admin::Admin;
+use crate::base::{Lifecycle, Limits, Listener};
+use crate::listen;
+use crate::pipeline::Pipeline;
+use crate::plan::policy::Policy;
+use crate::sync::{self, Registration};
+use crate::telemetry::metrics::Metrics;
 
 /// Settings of one sidecar; every flag can also come from a `FERRULE_*` variable.
 #[derive(Debug, Parser)]
@@ -207,47 +206,41 @@ pub async fn run(args: Args) -> Result<(), String> {
     let metrics = Arc::new(Metrics::new());
     let policy = Arc::new(Policy::new(&args.service, metrics));
     let life = Arc::new(Lifecycle::default());
-    discovery::load_persisted(&policy, &args.data_dir);
+    sync::load_persisted(&policy, &args.data_dir);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let outbound = Outbound::new(policy.clone());
-    let inbound = Inbound::new(policy.clone(), &args.service, args.app);
-    let fast_out = Arc::new(fastpath::Side::Outbound(outbound.clone()));
-    let fast_in = Arc::new(fastpath::Side::Inbound(inbound.clone()));
+    let outbound = Arc::new(Pipeline::outbound(policy.clone()));
+    let inbound = Arc::new(Pipeline::inbound(policy.clone(), &args.service, args.app));
     let admin = Admin::new(policy.clone(), life.clone(), &proxy_id);
     let grace = args.drain_timeout;
-    let limits = server::Limits {
+    let limits = Limits {
         header_read_timeout: args.header_read_timeout,
     };
+    let serve_pipeline = |listener, kind, p: &Arc<Pipeline>| {
+        let general = p.clone();
+        tokio::spawn(listen::serve(
+            listener,
+            kind,
+            move |ctx, req| {
+                let p = general.clone();
+                async move { p.handle(&ctx, req).await }
+            },
+            Some(p.clone()),
+            stop_rx.clone(),
+            grace,
+            limits,
+        ))
+    };
     let servers = [
-        tokio::spawn(server::serve(
-            outbound_l,
-            move |req| {
-                let o = outbound.clone();
-                async move { o.handle(req).await }
-            },
-            Some(fast_out),
-            stop_rx.clone(),
-            grace,
-            limits,
-        )),
-        tokio::spawn(server::serve(
-            inbound_l,
-            move |req| {
-                let i = inbound.clone();
-                async move { i.handle(req).await }
-            },
-            Some(fast_in),
-            stop_rx.clone(),
-            grace,
-            limits,
-        )),
+        serve_pipeline(outbound_l, Listener::Outbound, &outbound),
+        serve_pipeline(inbound_l, Listener::Inbound, &inbound),
     ];
     // The admin listener outlives the drain so /ready can say "draining".
     let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(server::serve(
+    let admin_task = tokio::spawn(listen::serve(
         admin_l,
-        move |req| {
+        Listener::Admin,
+        move |_ctx, req| {
             let a = admin.clone();
             async move { a.handle(req).await }
         },
@@ -274,7 +267,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             sidecar: true,
         },
     };
-    let discovery = tokio::spawn(discovery::run(
+    let discovery = tokio::spawn(sync::run(
         args.control_plane.clone(),
         registration,
         policy.clone(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use ferrule_config::LoadBalancer;
 use rand::Rng;
 
-use crate::upstream::Upstream;
+use crate::forward::upstream::Upstream;
 
 /// One endpoint as the balancer sees it.
 #[derive(Debug, Clone)]

@@ -35,15 +35,13 @@ use h2::RecvStream;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
-use crate::h2stream::{pump, H2Body};
-use crate::http::{ProxyBody, RequestBody};
-use crate::server::Prefixed;
+use crate::codec::h2body::{pump, H2Body};
+use crate::codec::headers::{ProxyBody, RequestBody};
+use crate::codec::io::Prefixed;
 
 /// What a connection is held to.
 #[derive(Debug, Clone, Copy)]
@@ -86,14 +84,15 @@ type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Serves one HTTP/2 connection, whose first bytes (`prefix`, the client preface at least)
 /// were already read from `stream`, until the connection ends. Returns why it ended badly.
-pub async fn serve<H, Fut>(
-    stream: TcpStream,
+pub async fn serve<I, H, Fut>(
+    stream: I,
     prefix: Bytes,
     handler: &H,
     mut stop: watch::Receiver<bool>,
     settings: Settings,
 ) -> Result<(), String>
 where
+    I: AsyncRead + AsyncWrite + Send + 'static,
     H: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
@@ -303,10 +302,21 @@ fn complete_head(headers: &mut HeaderMap, body: &ProxyBody, end: bool) {
 /// response (head, message, trailers) then left in two writes, and each woke the client. A
 /// copy of a few KiB is far cheaper than a write and a wake-up; a bulk body is held back at
 /// most [`CORK_LIMIT`] at a time, which also merges its 16 KiB frames into fewer writes.
+///
+/// The stream is any IO (plain TCP, TLS): tokio's `split` gives the two halves; its lock is
+/// taken by this connection's task only, so it is never contended.
 struct Corked {
-    read: Prefixed<OwnedReadHalf>,
+    read: Prefixed<ReadHalf<BoxIo>>,
     out: Arc<Mutex<Pending>>,
 }
+
+/// The connection's stream, boxed once per connection so the h2 machinery is compiled once,
+/// not once per IO type.
+type BoxIo = Pin<Box<dyn Io>>;
+
+/// What an HTTP/2 connection can be served over.
+trait Io: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> Io for T {}
 
 /// The sending side of [`Corked`], kept by the connection's task.
 struct Output {
@@ -318,12 +328,16 @@ struct Pending {
     buf: Vec<u8>,
     /// How much of `buf` the socket has taken.
     sent: usize,
-    write: OwnedWriteHalf,
+    write: WriteHalf<BoxIo>,
 }
 
 impl Corked {
-    fn new(stream: TcpStream, prefix: Bytes) -> (Corked, Output) {
-        let (read, write) = stream.into_split();
+    fn new<I: AsyncRead + AsyncWrite + Send + 'static>(
+        stream: I,
+        prefix: Bytes,
+    ) -> (Corked, Output) {
+        let boxed: BoxIo = Box::pin(stream);
+        let (read, write) = tokio::io::split(boxed);
         let out = Arc::new(Mutex::new(Pending {
             buf: Vec::new(),
             sent: 0,
@@ -443,7 +457,7 @@ mod tests {
     use http_body_util::{Either, Full};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::oneshot;
 
     const TIMEOUT: Duration = Duration::from_secs(5);
@@ -883,7 +897,7 @@ mod tests {
         // The handler forwards each request to the upstream over the proxy's HTTP/2 client.
         let (addr, _stop) = start(move |req| async move {
             let io = TcpStream::connect(upstream).await.unwrap();
-            let sender = crate::h2client::Sender::handshake(io, 64 * 1024)
+            let sender = crate::codec::h2client::Sender::handshake(io, 64 * 1024)
                 .await
                 .unwrap();
             let response = sender.send(req).await.unwrap();

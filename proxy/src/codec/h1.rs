@@ -10,14 +10,16 @@
 
 use http::{HeaderName, HeaderValue};
 
-use crate::policy::RouteInput;
+use crate::codec::headers::{is_hop_by_hop, listed_in_connection};
+use crate::codec::HeadView;
 
 /// Most headers a request head may have on the fast path; more go to the general path.
 pub const MAX_HEADERS: usize = 64;
 /// Most headers a response head may have: as many as hyper's client takes, since a response
 /// cannot be handed to the general path.
 pub const MAX_RESPONSE_HEADERS: usize = 100;
-/// Most `Connection` header lines a response may have.
+/// Most `Connection` header lines a head may have on the fast path (a request with more goes
+/// to the general path; a response with more is refused).
 const MAX_CONNECTION_LINES: usize = 4;
 
 /// How a message body is delimited on the wire.
@@ -50,8 +52,10 @@ pub struct RequestHead<'a> {
     pub close: bool,
     /// Length of the head in the buffer.
     pub len: usize,
-    /// Value of the `Connection` header (names more hop-by-hop headers).
-    connection: Option<&'a [u8]>,
+    /// Values of the `Connection` lines (they name more hop-by-hop headers).
+    connection: [&'a [u8]; MAX_CONNECTION_LINES],
+    /// Whether the request is gRPC (`content-type: application/grpc...`).
+    grpc: bool,
 }
 
 impl RequestHead<'_> {
@@ -65,7 +69,7 @@ impl RequestHead<'_> {
     }
 }
 
-impl RouteInput for RequestHead<'_> {
+impl HeadView for RequestHead<'_> {
     fn method(&self) -> &str {
         self.method
     }
@@ -78,6 +82,18 @@ impl RouteInput for RequestHead<'_> {
         self.headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case(name.as_str()) && h.value == value.as_bytes())
+    }
+
+    fn authority(&self) -> Option<&str> {
+        self.authority
+    }
+
+    fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
+    fn is_http2(&self) -> bool {
+        false
     }
 }
 
@@ -125,8 +141,10 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
     let mut host = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    let mut connection = None;
+    let mut connection: [&'a [u8]; MAX_CONNECTION_LINES] = [b""; MAX_CONNECTION_LINES];
+    let mut connection_lines = 0;
     let mut close = false;
+    let mut grpc = false;
     for h in headers {
         let name = h.name.as_bytes();
         // Dispatch on length first: most headers are none of these.
@@ -140,7 +158,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
             6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::General,
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::General,
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                if connection.is_some() {
+                if connection_lines == MAX_CONNECTION_LINES {
                     return Parsed::General;
                 }
                 for token in h.value.split(|&b| b == b',') {
@@ -151,13 +169,14 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
                         return Parsed::General;
                     }
                 }
-                connection = Some(h.value);
+                connection[connection_lines] = h.value;
+                connection_lines += 1;
             }
-            // gRPC needs HTTP/2; the general path answers it.
+            // gRPC needs HTTP/2: the plan sends it to the general path.
             12 if name.eq_ignore_ascii_case(b"content-type")
                 && h.value.starts_with(b"application/grpc") =>
             {
-                return Parsed::General
+                grpc = true;
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 let Some(n) = parse_length(h.value) else {
@@ -198,6 +217,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
         close,
         len,
         connection,
+        grpc,
     })
 }
 
@@ -328,31 +348,12 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
-/// Whether a header must not be forwarded: the hop-by-hop set of RFC 9110 §7.6.1 and every name
-/// the `Connection` header lines list. Framing headers are written back by the caller when the
-/// framing passes through; `Connection` can never remove `Content-Length` or `Host` (a message
-/// whose framing header vanished on the way would be read differently by the next hop).
+/// Whether a header must not be forwarded: the one hop-by-hop rule of `codec::headers`, over
+/// every `Connection` line of the head. Framing headers are written back by the caller when the
+/// framing passes through.
 fn skip_header(name: &str, connection: &[&[u8]]) -> bool {
     let n = name.as_bytes();
-    let fixed = match n.len() {
-        2 => n.eq_ignore_ascii_case(b"te"),
-        7 => n.eq_ignore_ascii_case(b"upgrade") || n.eq_ignore_ascii_case(b"trailer"),
-        10 => n.eq_ignore_ascii_case(b"connection") || n.eq_ignore_ascii_case(b"keep-alive"),
-        16 => n.eq_ignore_ascii_case(b"proxy-connection"),
-        17 => n.eq_ignore_ascii_case(b"transfer-encoding"),
-        19 => n.eq_ignore_ascii_case(b"proxy-authorization"),
-        _ => false,
-    };
-    if fixed {
-        return true;
-    }
-    if n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"host") {
-        return false;
-    }
-    connection.iter().any(|list| {
-        list.split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(n))
-    })
+    is_hop_by_hop(n) || listed_in_connection(n, connection.iter().copied())
 }
 
 /// Writes the head to send upstream: origin-form target, `Host` set to `authority`, no
@@ -665,7 +666,6 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\ncontent-type: application/grpc\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET https://a/ HTTP/1.1\r\n\r\n",
@@ -799,6 +799,18 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 404 Not Found\r\nX-B: 2\r\nContent-Length: 0\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    /// Regression: a name listed on a second `Connection` line reached the next hop (the
+    /// request went to the general path, whose rule looked at the first line only).
+    #[test]
+    fn names_on_every_connection_line_are_dropped() {
+        let raw = "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: x-secret\r\n\
+                   X-Secret: 1\r\nX-Keep: 2\r\n\r\n";
+        assert_eq!(
+            rewritten_request(raw, "a"),
+            "GET / HTTP/1.1\r\nhost: a\r\nX-Keep: 2\r\n\r\n"
         );
     }
 

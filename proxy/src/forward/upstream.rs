@@ -1,7 +1,12 @@
 //! Connections to one upstream address: a pool of idle HTTP/1.1 connections (hyper's client)
-//! and one shared, multiplexed HTTP/2 connection (`h2client.rs`) for the general path, a pool
-//! of plain sockets for the HTTP/1.1 fast path (`fastpath.rs`), plus the counters the balancer
-//! reads.
+//! and one shared, multiplexed HTTP/2 connection (`codec::h2client`) for the general path, a
+//! pool of plain sockets for the HTTP/1.1 fast path (`pipeline::fast`), plus the counters the
+//! balancer reads.
+//!
+//! Pools follow one set of rules: an idle connection is closed after [`POOL_IDLE_TIMEOUT`], no
+//! connection is reused past [`POOL_MAX_LIFETIME`], at most [`POOL_MAX_IDLE`] idle connections
+//! are kept per endpoint and protocol, and a pooled connection that fails before a response is
+//! resent on only by [`may_resend`].
 //!
 //! Written by hand rather than with hyper-util's pooled `Client` because the balancer must
 //! know that a connection was refused *before* the request is handed over: the request body
@@ -22,12 +27,29 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::h2client;
-use crate::http::{H2Body, RequestBody, UpstreamBody, Wire};
+use crate::codec::h2client;
+use crate::codec::headers::{H2Body, RequestBody, UpstreamBody, Wire};
 
-/// Most HTTP/1.1 connections pooled per upstream; beyond that, a connection closes once its
-/// response is done.
-const MAX_IDLE_H1: usize = 256;
+/// Most idle HTTP/1.1 connections pooled per upstream (for each of the two HTTP/1.1 clients);
+/// beyond that, a connection closes once its response is done.
+pub const POOL_MAX_IDLE: usize = 256;
+/// An idle pooled connection older than this is closed rather than reused: shorter than the
+/// usual server keep-alive timeouts (nginx 75 s, Node.js 5 s is the outlier), so the proxy
+/// rarely writes to a connection the server is closing, and a burst's connections do not stay
+/// open for ever.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// No connection is used for new requests after this age, so load spreads again over endpoints
+/// that were added or restarted, and DNS or address changes are picked up.
+pub const POOL_MAX_LIFETIME: Duration = Duration::from_secs(300);
+
+/// The one rule for a connection that failed before any byte of its response: the request is
+/// sent again, on a fresh connection to the same endpoint, only when the failed connection was
+/// a reused one (a fresh connection that fails says something about the endpoint, and the
+/// attempt loop decides what happens next), and either the request was not written at all, or
+/// it is idempotent (RFC 9110 §9.2.2) and its whole body is in hand to send again.
+pub fn may_resend(reused: bool, written: bool, idempotent: bool, body_in_hand: bool) -> bool {
+    reused && (!written || (idempotent && body_in_hand))
+}
 /// How long a connect may take before the endpoint counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// An endpoint whose connect failed this recently is avoided while others are available.
@@ -80,8 +102,8 @@ pub struct Upstream {
     /// Milliseconds since `epoch` of the last failed connect, 0 if none.
     last_failure_ms: AtomicU64,
     epoch: Instant,
-    idle_h1: Mutex<Vec<http1::SendRequest<RequestBody>>>,
-    h2: Mutex<Option<h2client::Sender>>,
+    idle_h1: Mutex<Vec<Pooled<http1::SendRequest<RequestBody>>>>,
+    h2: Mutex<Option<Pooled<h2client::Sender>>>,
     /// Idle keep-alive sockets of the fast path, each with its read buffer.
     idle_raw: Mutex<Vec<RawConn>>,
     /// Serialises HTTP/2 connects so a burst of first requests opens one connection, not many.
@@ -124,13 +146,13 @@ impl Upstream {
         self.last_failure_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Sends `req` on a connection of the given protocol, connecting if needed.
+    /// Sends `req` on a connection of the given protocol, connecting if needed. (The attempt
+    /// loop counts the request in flight.)
     pub async fn send(
         self: &Arc<Self>,
         wire: Wire,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let _guard = InFlight::new(&self.in_flight);
         match wire {
             Wire::Http1 => Ok(self.send_h1(req).await?.map(UpstreamBody::Left)),
             Wire::Http2 => Ok(self.send_h2(req).await?.map(UpstreamBody::Right)),
@@ -142,22 +164,29 @@ impl Upstream {
         mut req: Request<RequestBody>,
     ) -> Result<Response<hyper::body::Incoming>, SendError> {
         // A pooled connection can die between checkout and use (the peer's idle timeout);
-        // hyper hands the request back in that case, so try the next one.
+        // hyper hands the request back in that case, unwritten. A request hyper has written
+        // cannot be had back (hyper owns it), so only the unwritten case of `may_resend`
+        // applies here.
         loop {
-            let mut conn = match self.checkout_h1() {
-                Some(c) => c,
+            let (conn, reused) = match self.checkout_h1() {
+                Some(c) => (c, true),
                 None => match self.connect_h1().await {
-                    Ok(c) => c,
+                    Ok(c) => (c, false),
                     Err(e) => return Err(SendError::Connect(e, Box::new(req))),
                 },
             };
-            match conn.try_send_request(req).await {
+            let mut conn = conn;
+            match conn.conn.try_send_request(req).await {
                 Ok(resp) => {
                     self.checkin_h1(conn);
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
-                    Some(back) => req = back,
+                    Some(back) if may_resend(reused, false, false, false) => req = back,
+                    Some(back) => {
+                        let closed = ConnectError::Closed { addr: self.addr };
+                        return Err(SendError::Connect(closed, Box::new(back)));
+                    }
                     None => return Err(SendError::Failed(e.into_error().into())),
                 },
             }
@@ -167,16 +196,16 @@ impl Upstream {
     /// Takes a connection that can send now. The pool also holds connections whose response
     /// body is still streaming (they become ready when it ends): those are skipped, and
     /// closed ones are dropped on the way.
-    fn checkout_h1(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn checkout_h1(&self) -> Option<Pooled<http1::SendRequest<RequestBody>>> {
         let mut pool = self.idle_h1.lock().expect("pool lock poisoned");
+        let now = Instant::now();
         let mut i = pool.len();
         while i > 0 {
             i -= 1;
-            if pool[i].is_ready() {
-                return Some(pool.swap_remove(i));
-            }
-            if pool[i].is_closed() {
+            if pool[i].conn.is_closed() || pool[i].expired(now) {
                 pool.swap_remove(i);
+            } else if pool[i].conn.is_ready() {
+                return Some(pool.swap_remove(i));
             }
         }
         None
@@ -185,9 +214,10 @@ impl Upstream {
     /// Puts a connection back as soon as its response head is in. It turns ready by itself
     /// when hyper's connection task has read the response body to the end, so no task waits
     /// on it (hyper-util's pool spawns one per request for that).
-    fn checkin_h1(&self, conn: http1::SendRequest<RequestBody>) {
+    fn checkin_h1(&self, mut conn: Pooled<http1::SendRequest<RequestBody>>) {
         let mut pool = self.idle_h1.lock().expect("pool lock poisoned");
-        if pool.len() < MAX_IDLE_H1 {
+        if pool.len() < POOL_MAX_IDLE {
+            conn.times.idle_since = Instant::now();
             pool.push(conn);
         }
     }
@@ -220,24 +250,23 @@ impl Upstream {
 
     /// An idle fast-path connection that is still open, if one is pooled. A socket the
     /// upstream closed while idle is readable (EOF); such sockets are dropped here, before a
-    /// request is written to them. The check costs no syscall while the socket is not
-    /// readable, which is the normal case.
+    /// request is written to them, as are connections past their idle time or lifetime.
     pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
         let mut pool = self.idle_raw.lock().expect("pool lock poisoned");
+        let now = Instant::now();
         while let Some(conn) = pool.pop() {
-            let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(conn),
-                _ => continue,
+            if !conn.times.expired(now) && idle_and_open(&conn.stream) {
+                return Some(conn);
             }
         }
         None
     }
 
     /// Returns a fast-path connection whose exchange ended cleanly.
-    pub(crate) fn checkin_raw(&self, conn: RawConn) {
+    pub(crate) fn checkin_raw(&self, mut conn: RawConn) {
         let mut pool = self.idle_raw.lock().expect("pool lock poisoned");
-        if pool.len() < MAX_IDLE_H1 {
+        if pool.len() < POOL_MAX_IDLE {
+            conn.times.idle_since = Instant::now();
             pool.push(conn);
         }
     }
@@ -247,10 +276,11 @@ impl Upstream {
         Ok(RawConn {
             stream: self.connect_stream().await?,
             buf: bytes::BytesMut::with_capacity(RAW_BUF),
+            times: Times::new(),
         })
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
+    async fn connect_h1(&self) -> Result<Pooled<http1::SendRequest<RequestBody>>, ConnectError> {
         let io = self.connect_tcp().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
@@ -260,15 +290,15 @@ impl Upstream {
                 source: source.into(),
             })?;
         drive_h1(conn);
-        Ok(sender)
+        Ok(Pooled::new(sender))
     }
 
     async fn send_h2(&self, mut req: Request<RequestBody>) -> Result<Response<H2Body>, SendError> {
-        // A connection that closed (GOAWAY) just before use hands the request back untouched:
-        // retry once on a fresh connection, then let the balancer try another endpoint.
-        let mut retried = false;
+        // A connection that closed (GOAWAY) just before use hands the request back unwritten:
+        // `may_resend` sends it on a fresh connection if the closed one was a reused one, and
+        // otherwise the attempt loop tries another endpoint.
         loop {
-            let conn = match self.h2_conn().await {
+            let (conn, reused) = match self.h2_conn().await {
                 Ok(c) => c,
                 Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             };
@@ -278,43 +308,55 @@ impl Upstream {
                     req = *back;
                     // Forget this connection, not one another request has just put in its place.
                     let mut slot = self.h2.lock().expect("h2 lock poisoned");
-                    if slot.as_ref().is_some_and(|c| c.same_connection(&conn)) {
+                    if slot.as_ref().is_some_and(|c| c.conn.same_connection(&conn)) {
                         *slot = None;
                     }
                     drop(slot);
-                    if retried {
+                    if !may_resend(reused, false, false, false) {
                         let closed = ConnectError::Closed { addr: self.addr };
                         return Err(SendError::Connect(closed, Box::new(req)));
                     }
-                    retried = true;
                 }
                 Err(h2client::Failure::Failed(e)) => return Err(SendError::Failed(e)),
             }
         }
     }
 
+    /// The shared connection, if it is open and young enough for new requests. One past its
+    /// lifetime is let go: requests on it finish, and it closes when the last one is done.
     fn cached_h2(&self) -> Option<h2client::Sender> {
-        let slot = self.h2.lock().expect("h2 lock poisoned");
-        slot.as_ref().filter(|c| !c.is_closed()).cloned()
+        let mut slot = self.h2.lock().expect("h2 lock poisoned");
+        let now = Instant::now();
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.times.created + POOL_MAX_LIFETIME <= now)
+        {
+            *slot = None;
+        }
+        slot.as_ref()
+            .map(|c| &c.conn)
+            .filter(|c| !c.is_closed())
+            .cloned()
     }
 
-    async fn h2_conn(&self) -> Result<h2client::Sender, ConnectError> {
+    /// The shared HTTP/2 connection, and whether it was already open (reused).
+    async fn h2_conn(&self) -> Result<(h2client::Sender, bool), ConnectError> {
         if let Some(c) = self.cached_h2() {
-            return Ok(c);
+            return Ok((c, true));
         }
         let _connecting = self.h2_connecting.lock().await;
         if let Some(c) = self.cached_h2() {
-            return Ok(c);
+            return Ok((c, true));
         }
         let stream = self.connect_stream().await?;
-        let sender = h2client::Sender::handshake(stream, crate::server::MAX_HEADER_BYTES as u32)
+        let sender = h2client::Sender::handshake(stream, crate::base::MAX_HEADER_BYTES as u32)
             .await
             .map_err(|e| ConnectError::Handshake {
                 addr: self.addr,
                 source: e.into(),
             })?;
-        *self.h2.lock().expect("h2 lock poisoned") = Some(sender.clone());
-        Ok(sender)
+        *self.h2.lock().expect("h2 lock poisoned") = Some(Pooled::new(sender.clone()));
+        Ok((sender, false))
     }
 }
 
@@ -338,6 +380,64 @@ const RAW_BUF: usize = 8 * 1024;
 pub(crate) struct RawConn {
     pub stream: TcpStream,
     pub buf: bytes::BytesMut,
+    pub times: Times,
+}
+
+/// When a pooled connection was opened and when it last went idle.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Times {
+    created: Instant,
+    idle_since: Instant,
+}
+
+impl Times {
+    fn new() -> Self {
+        let now = Instant::now();
+        Times {
+            created: now,
+            idle_since: now,
+        }
+    }
+
+    /// Past its idle time or its lifetime: not to be used for a new request.
+    fn expired(&self, now: Instant) -> bool {
+        now.duration_since(self.idle_since) >= POOL_IDLE_TIMEOUT
+            || now.duration_since(self.created) >= POOL_MAX_LIFETIME
+    }
+}
+
+/// A pooled connection handle with its [`Times`].
+#[derive(Debug)]
+struct Pooled<C> {
+    conn: C,
+    times: Times,
+}
+
+impl<C> Pooled<C> {
+    fn new(conn: C) -> Self {
+        Pooled {
+            conn,
+            times: Times::new(),
+        }
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        self.times.expired(now)
+    }
+}
+
+/// Whether an idle connection is still usable: nothing to read (a peer that closed it is
+/// readable at EOF; an HTTP/1.1 server says nothing unasked, so any byte means it is broken).
+///
+/// The probe only peeks, so it consumes nothing: a TLS connection may have a record waiting
+/// (a session ticket) that its TLS layer must still read. It costs no syscall while tokio has
+/// not seen the socket readable, which is the normal case.
+fn idle_and_open(stream: &TcpStream) -> bool {
+    let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        socket2::SockRef::from(stream).peek(&mut probe)
+    });
+    matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// Counts a request in flight for as long as it lives (also when its future is dropped).

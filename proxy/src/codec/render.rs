@@ -1,83 +1,19 @@
-//! Every response the proxy makes itself is built here, from a [`ProxyError`]: one status per
-//! reason, a `ferrule-error: <reason>` header, and a body that says what to do about it.
-//! gRPC callers get the matching `grpc-status` instead of an HTTP error they cannot parse.
+//! The one renderer: every response the proxy makes itself is built here, from a
+//! [`ProxyError`], in each wire form a codec needs: an `http::Response` (hyper's HTTP/1.1 server
+//! and the HTTP/2 server), HTTP/1.1 bytes (the fast path and the general path's own refusals),
+//! or a trailers-only gRPC response. Status, code and gRPC status come from the table in
+//! `base::reason`; the header `ferrule-error: <code>` names the reason, and the body says what
+//! to do about it.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use crate::http::{ProxyBody, FERRULE_ERROR};
-
-/// Why the proxy answered a request itself; stable names used in headers, logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// The proxy holds no snapshot yet.
-    NoConfig,
-    /// No service is named by the request's host.
-    UnknownService,
-    /// The service has routes but none matches the request.
-    NoRoute,
-    /// The chosen backend has no endpoints.
-    NoEndpoints,
-    /// Every endpoint tried refused or failed the connection.
-    ConnectFailed,
-    /// The route's timeout elapsed before the response headers arrived.
-    Timeout,
-    /// The request is malformed or cannot be proxied.
-    BadRequest,
-    /// The upstream failed after the request was sent (reset, protocol error).
-    UpstreamError,
-    /// The local application did not accept the connection.
-    AppUnavailable,
-    /// The proxy is shutting down.
-    Draining,
-}
-
-impl Reason {
-    /// The stable reason code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::NoConfig => "no-config",
-            Reason::UnknownService => "unknown-service",
-            Reason::NoRoute => "no-route",
-            Reason::NoEndpoints => "no-endpoints",
-            Reason::ConnectFailed => "connect-failed",
-            Reason::Timeout => "timeout",
-            Reason::BadRequest => "bad-request",
-            Reason::UpstreamError => "upstream-error",
-            Reason::AppUnavailable => "app-unavailable",
-            Reason::Draining => "draining",
-        }
-    }
-
-    /// The HTTP status of the response.
-    pub fn status(self) -> StatusCode {
-        match self {
-            Reason::UnknownService | Reason::NoRoute => StatusCode::NOT_FOUND,
-            Reason::NoConfig | Reason::NoEndpoints | Reason::Draining => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Reason::ConnectFailed | Reason::UpstreamError | Reason::AppUnavailable => {
-                StatusCode::BAD_GATEWAY
-            }
-            Reason::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::BadRequest => StatusCode::BAD_REQUEST,
-        }
-    }
-
-    /// gRPC status code (UNAVAILABLE for anything a retry elsewhere might fix).
-    fn grpc_status(self) -> &'static str {
-        match self {
-            Reason::UnknownService | Reason::NoRoute => "12", // UNIMPLEMENTED
-            Reason::Timeout => "4",                           // DEADLINE_EXCEEDED
-            Reason::BadRequest => "13",                       // INTERNAL
-            _ => "14",                                        // UNAVAILABLE
-        }
-    }
-}
+use crate::base::Reason;
+use crate::codec::headers::{ProxyBody, FERRULE_ERROR};
 
 /// A request the proxy could not forward, with a human explanation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{}: {detail}", reason.as_str())]
 pub struct ProxyError {
     /// Stable reason.
@@ -95,7 +31,7 @@ impl ProxyError {
         }
     }
 
-    /// The response the client gets.
+    /// The response the client gets, as an `http::Response`.
     pub fn into_response(self, grpc: bool) -> Response<ProxyBody> {
         let reason = HeaderValue::from_static(self.reason.as_str());
         if grpc {

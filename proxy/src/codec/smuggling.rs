@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, Version};
-use http_body_util::{Either, Full};
+use http::{HeaderValue, Request, Response, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::http::{ProxyBody, FERRULE_ERROR};
+use crate::base::Reason;
+use crate::codec::headers::ProxyBody;
+use crate::codec::render::ProxyError;
 
 const NONE: u64 = u64::MAX;
 
@@ -64,19 +64,14 @@ impl FramingGuard {
         if self.shared.bad.load(Ordering::Relaxed) != index {
             return None;
         }
-        let body = "ferrule: bad-request: the request has both Content-Length and \
-                    Transfer-Encoding; send only one\n";
-        Some(
-            Response::builder()
-                .status(StatusCode::BAD_REQUEST)
-                .header(http::header::CONNECTION, "close")
-                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .header(&FERRULE_ERROR, "bad-request")
-                .body(Either::Right(Full::new(Bytes::from_static(
-                    body.as_bytes(),
-                ))))
-                .expect("static response parts are valid"),
-        )
+        let e = ProxyError::new(
+            Reason::BadRequest,
+            "the request has both Content-Length and Transfer-Encoding; send only one",
+        );
+        let mut resp = e.into_response(false);
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        Some(resp)
     }
 }
 
@@ -215,7 +210,7 @@ impl Scanner {
         self.line.extend_from_slice(bytes);
         self.head_len += bytes.len();
         // hyper refuses heads this large itself (431); stop tracking rather than buffer more.
-        if self.head_len > crate::server::MAX_HEADER_BYTES * 2 {
+        if self.head_len > crate::base::MAX_HEADER_BYTES * 2 {
             self.state = State::Off;
         }
     }

@@ -1,6 +1,8 @@
 //! The HTTP/1.1 fast path: plain HTTP/1.1 requests forwarded to an HTTP/1.1 upstream by one task
 //! per client connection, with the bytes of heads and bodies passed through rather than decoded
-//! and re-encoded.
+//! and re-encoded. It is a codec of the pipeline, not a second router: each request is planned by
+//! [`Pipeline::plan`], sent by the one attempt loop ([`attempt::run`]) over the raw HTTP/1.1
+//! transport below, and recorded by the pipeline's finish step.
 //!
 //! Why it exists: a sidecar sits on every request, and with hyper on both sides an HTTP/1.1
 //! request costs about 30k instructions per sidecar, against 18k for nginx. The cost is hyper's
@@ -15,14 +17,11 @@
 //! - the next hop is HTTP/1.1 (a peer sidecar for HTTP/1.1 clients, or an `http`/`auto` app).
 //!
 //! Anything else — HTTP/2 (the preface does not parse as HTTP/1.1), malformed or oversized heads,
-//! requests this sidecar answers with an error before forwarding (unknown service, no route, no
-//! config), an upstream that wants HTTP/2 — hands the connection, with the bytes already read,
-//! to the general path (`server.rs`, hyper), which then serves it to the end. So every error
-//! response for bad input keeps coming from one place, and the fast path only has to be right
-//! about the requests it takes.
-//!
-//! Failures after the request was handed to an upstream (connect refused, timeout, upstream
-//! reset) are answered here with the same responses `errors.rs` builds for the general path.
+//! requests the plan refused (unknown service, no route, no config), an upstream that wants
+//! HTTP/2 — hands the connection, with the bytes already read and the decision already made, to
+//! the general path (`general.rs`), which then serves it to the end. The IO is any stream
+//! (plain TCP today, TLS next): both directions of one stream are lent to two futures of this
+//! task through `codec::io::split_ref`, never split by socket.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -30,59 +29,31 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::errors::{ProxyError, Reason};
-use crate::h1::{self, BodyTracker, Framing, Parsed};
-use crate::inbound::Inbound;
-use crate::outbound::Outbound;
-use crate::policy::{ServiceTable, Target};
-use crate::server::{Limits, MAX_HEADER_BYTES};
-use crate::upstream::{RawConn, Upstream};
+use crate::base::{ConnCtx, Limits, Reason, MAX_HEADER_BYTES};
+use crate::codec::h1::{self, BodyTracker, Framing, Parsed};
+use crate::codec::headers::Wire;
+use crate::codec::io::{share, split_ref};
+use crate::codec::render::ProxyError;
+use crate::forward::upstream::{may_resend, RawConn, Upstream};
+use crate::pipeline::attempt::{self, AttemptError, Failure, Transport};
+use crate::pipeline::{Decision, Pipeline, Planned};
+use crate::telemetry::metrics::Codec;
 
 /// Room made in a buffer before each read. Buffers live as long as their connection (idle
 /// keep-alive ones included), so this bounds the memory an idle connection holds; nginx's
 /// equivalent default is 1 KiB for heads, hyper's 8 KiB.
 const READ_CHUNK: usize = 8 * 1024;
-/// Most endpoints one request tries when connects are refused (as on the general path).
-const MAX_CONNECT_ATTEMPTS: usize = 3;
-
-/// The listener a connection arrived on, with what it needs to plan a request.
-#[derive(Debug)]
-pub enum Side {
-    /// The local app's requests to other services.
-    Outbound(Outbound),
-    /// Requests for the local app.
-    Inbound(Inbound),
-}
 
 /// How the fast path left a connection.
 #[derive(Debug)]
-pub enum Exit {
+pub enum Exit<I> {
     /// The connection is finished (client closed, drain, timeout or error).
     Closed,
-    /// The general path takes over the socket, with the bytes read from it but not yet served.
-    General(TcpStream, BytesMut),
-}
-
-/// Where a planned request goes.
-#[derive(Debug)]
-pub(crate) enum Dest {
-    /// A balanced backend of a service (outbound).
-    Balanced(Arc<Target>),
-    /// One fixed upstream (inbound: the app).
-    Fixed(Arc<Upstream>),
-}
-
-/// The decision for one request, made while its head is parsed.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    pub dest: Dest,
-    /// The destination service (outbound), for metrics and messages.
-    pub service: Option<Arc<ServiceTable>>,
-    /// The route's deadline for the response head.
-    pub timeout: Option<Duration>,
+    /// The general path takes over the connection, with the bytes read from it but not yet
+    /// served, and the decision made for the request those bytes start with, if it was parsed.
+    General(I, BytesMut, Option<Planned>),
 }
 
 /// What the loop keeps of a request head once its bytes are consumed.
@@ -94,65 +65,26 @@ struct Request {
     is_head: bool,
 }
 
-/// How an exchange ended, for metrics and the connection's fate.
+/// How an exchange ended, for the finish step and the connection's fate.
 struct Outcome {
     status: u16,
-    error: &'static str,
+    reason: Option<Reason>,
+    /// From the request head to the response head.
+    latency: Duration,
     close: bool,
 }
 
-impl Side {
-    fn plan(&self, head: &h1::RequestHead<'_>, out: &mut Vec<u8>) -> Option<Plan> {
-        match self {
-            Side::Outbound(o) => o.plan_h1(head, out),
-            Side::Inbound(i) => i.plan_h1(head, out),
-        }
-    }
-
-    fn record(&self, plan: &Plan, status: u16, error: &'static str, start: Instant) {
-        match self {
-            Side::Outbound(o) => o.record_h1(plan, status, error, start),
-            Side::Inbound(i) => i.record_h1(status, error, start),
-        }
-    }
-
-    fn connect_failure(&self, plan: &Plan, tried: usize, last: &str) -> ProxyError {
-        match (self, &plan.service) {
-            (Side::Outbound(_), Some(svc)) => ProxyError::new(
-                Reason::ConnectFailed,
-                format!(
-                    "could not connect to any of {tried} endpoint(s) of {} tried; last error: {last}",
-                    svc.name
-                ),
-            ),
-            _ => ProxyError::new(
-                Reason::AppUnavailable,
-                format!("the local app is not accepting connections: {last}"),
-            ),
-        }
-    }
-
-    fn upstream_failure(&self, upstream: &Upstream, e: &dyn std::fmt::Display) -> ProxyError {
-        match self {
-            Side::Outbound(_) => ProxyError::new(
-                Reason::UpstreamError,
-                format!("endpoint {}: {e}", upstream.addr()),
-            ),
-            Side::Inbound(_) => ProxyError::new(
-                Reason::UpstreamError,
-                format!("the local app failed the request: {e}"),
-            ),
-        }
-    }
-}
-
 /// Serves HTTP/1.1 requests on `client` for as long as the fast path can carry them.
-pub async fn serve(
-    side: &Side,
-    mut client: TcpStream,
+pub async fn serve<I>(
+    p: &Pipeline,
+    ctx: &ConnCtx,
+    mut client: I,
     limits: Limits,
     stop: &mut watch::Receiver<bool>,
-) -> Exit {
+) -> Exit<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     loop {
@@ -162,17 +94,25 @@ pub async fn serve(
         // A complete head, within the header-read timeout (which is also the keep-alive idle
         // limit, as on the general path).
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        let (plan, req) = loop {
+        let (decision, req, start) = loop {
             let step = if buf.is_empty() {
                 None
             } else {
                 let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
                 match h1::parse_request(&buf, &mut storage) {
                     Parsed::Partial => None,
-                    Parsed::General => return Exit::General(client, buf),
+                    Parsed::General => return Exit::General(client, buf, None),
                     Parsed::Ready(head) => {
-                        let Some(plan) = side.plan(&head, &mut out) else {
-                            return Exit::General(client, buf);
+                        let start = Instant::now();
+                        let planned = p.plan(ctx, &head);
+                        let decision = match (planned, head.authority) {
+                            (Ok(d), Some(authority)) if p.fast_can_carry(&d) => {
+                                h1::write_request_head(&mut out, &head, authority);
+                                d
+                            }
+                            // Refused, or another protocol towards the next hop: the general
+                            // path answers or translates it, with this decision.
+                            (planned, _) => return Exit::General(client, buf, Some(planned)),
                         };
                         let req = Request {
                             framing: head.framing,
@@ -180,18 +120,17 @@ pub async fn serve(
                             idempotent: head.idempotent(),
                             is_head: head.method == "HEAD",
                         };
-                        let len = head.len;
-                        Some((plan, req, len))
+                        Some((decision, req, head.len, start))
                     }
                 }
             };
-            if let Some((plan, req, len)) = step {
+            if let Some((decision, req, len, start)) = step {
                 buf.advance(len);
-                break (plan, req);
+                break (decision, req, start);
             }
             if buf.len() >= MAX_HEADER_BYTES {
                 // The general path answers 431.
-                return Exit::General(client, buf);
+                return Exit::General(client, buf, None);
             }
             buf.reserve(READ_CHUNK);
             let idle = buf.is_empty();
@@ -203,26 +142,33 @@ pub async fn serve(
                 _ = stop.changed(), if idle => return Exit::Closed,
             }
         };
-        let start = Instant::now();
         // While draining, this is the connection's last response, and it says so.
         let stopping = *stop.borrow();
-        let outcome = exchange(side, &plan, req, &mut client, &mut buf, stopping, &mut out).await;
+        let outcome = exchange(
+            p,
+            &decision,
+            req,
+            &mut client,
+            &mut buf,
+            stopping,
+            &mut out,
+            start,
+        )
+        .await;
         if let Some(o) = &outcome {
-            side.record(&plan, o.status, o.error, start);
+            p.finish(
+                decision.service.as_ref(),
+                Codec::Fast,
+                o.status,
+                o.reason,
+                o.latency,
+            );
         }
         match outcome {
             Some(o) if !o.close && !req.close && !stopping => {}
             _ => return Exit::Closed,
         }
     }
-}
-
-/// Why the head phase of an exchange failed.
-enum Failure {
-    /// Answer the client with this error.
-    Respond(ProxyError),
-    /// The client broke the exchange (closed, or sent a malformed body): close, no answer.
-    Abort,
 }
 
 /// An upstream connection whose response head has arrived and been rewritten into `out`.
@@ -236,15 +182,20 @@ struct Sent {
 }
 
 /// One request: `None` if it was aborted without a response.
-async fn exchange(
-    side: &Side,
-    plan: &Plan,
+#[allow(clippy::too_many_arguments)]
+async fn exchange<I>(
+    p: &Pipeline,
+    d: &Decision,
     req: Request,
-    client: &mut TcpStream,
+    client: &mut I,
     buf: &mut BytesMut,
     stopping: bool,
     out: &mut Vec<u8>,
-) -> Option<Outcome> {
+    start: Instant,
+) -> Option<Outcome>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let mut pump = Pump {
         body: BodyTracker::new(req.framing),
         pending: 0,
@@ -254,37 +205,25 @@ async fn exchange(
         let _ = client.write_all(&e.to_http1(true, req.is_head)).await;
         return Some(Outcome {
             status: 400,
-            error: Reason::BadRequest.as_str(),
+            reason: Some(Reason::BadRequest),
+            latency: start.elapsed(),
             close: true,
         });
     };
     // The body bytes that came with the head leave the client buffer now, whatever happens
     // next: on any failure, what stays in the buffer must be the next request and nothing else.
-    // They are kept aside for a retry on a fresh connection.
+    // They are kept aside for a resend on a fresh connection.
     let early_body = buf.split_to(initial);
-    // The route's timeout covers everything up to the response head, as on the general path.
-    let mut outgoing = Outgoing {
+    let mut transport = Raw(Outgoing {
         req,
         client: &mut *client,
         buf: &mut *buf,
         early_body: &early_body,
         pump: &mut pump,
         out: &mut *out,
-    };
-    let head_phase = send_request(side, plan, &mut outgoing);
-    let result = match plan.timeout {
-        Some(t) => match tokio::time::timeout(t, head_phase).await {
-            Ok(r) => r,
-            Err(_) => {
-                let name = plan.service.as_ref().map_or("the app", |s| &s.name);
-                Err(Failure::Respond(ProxyError::new(
-                    Reason::Timeout,
-                    format!("no response from {name} within the route's {t:?} timeout"),
-                )))
-            }
-        },
-        None => head_phase.await,
-    };
+    });
+    let result = attempt::run(p, d, &mut transport).await;
+    let latency = start.elapsed();
     let sent = match result {
         Ok(sent) => sent,
         Err(Failure::Abort) => return None,
@@ -295,13 +234,21 @@ async fn exchange(
             let _ = client.write_all(&e.to_http1(close, req.is_head)).await;
             return Some(Outcome {
                 status: e.reason.status().as_u16(),
-                error: e.reason.as_str(),
+                reason: Some(e.reason),
+                latency,
                 close,
             });
         }
     };
     drop(early_body);
-    Some(relay_response(sent, client, buf, &mut pump, req.close || stopping, out).await)
+    let (status, close) =
+        relay_response(sent, client, buf, &mut pump, req.close || stopping, out).await;
+    Some(Outcome {
+        status,
+        reason: None,
+        latency,
+        close,
+    })
 }
 
 /// The request body on its way from the client to the upstream. Its progress lives here, not
@@ -320,9 +267,9 @@ impl Pump {
 }
 
 /// The client's side of one exchange, lent to each attempt at sending it upstream.
-struct Outgoing<'a> {
+struct Outgoing<'a, I> {
     req: Request,
-    client: &'a mut TcpStream,
+    client: &'a mut I,
     /// The client connection's buffer: the rest of the request body arrives here.
     buf: &'a mut BytesMut,
     /// The body bytes that came with the head, kept to resend on a fresh connection.
@@ -332,28 +279,20 @@ struct Outgoing<'a> {
     out: &'a mut Vec<u8>,
 }
 
-/// Sends the request (head, then body) to an upstream and waits for the response head. Picks
-/// another endpoint when a connect is refused, and opens a fresh connection when a pooled one
-/// turns out to be closed before the request could have been processed.
-async fn send_request(
-    side: &Side,
-    plan: &Plan,
-    outgoing: &mut Outgoing<'_>,
-) -> Result<Sent, Failure> {
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_error = String::new();
-    loop {
-        let (upstream, index) = match &plan.dest {
-            Dest::Fixed(u) if tried.is_empty() => (u.clone(), 0),
-            Dest::Balanced(t) if tried.len() < MAX_CONNECT_ATTEMPTS => {
-                match t.balancer.pick(&tried) {
-                    Some(i) => (t.balancer.members()[i].upstream.clone(), i),
-                    None => break,
-                }
-            }
-            _ => break,
-        };
-        let _in_flight = upstream.in_flight_guard();
+/// The raw HTTP/1.1 transport: a pooled (or new) plain connection, the head and body written
+/// as they are, the response head parsed in place.
+struct Raw<'a, I>(Outgoing<'a, I>);
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Transport for Raw<'_, I> {
+    type Output = Sent;
+
+    async fn attempt(
+        &mut self,
+        upstream: &Arc<Upstream>,
+        wire: Wire,
+    ) -> Result<Sent, AttemptError> {
+        // The plan only lets the fast path carry requests whose every hop is HTTP/1.1.
+        debug_assert_eq!(wire, Wire::Http1);
         // A pooled connection first; a fresh one if the pooled one proves stale.
         let mut pooled = upstream.checkout_raw();
         loop {
@@ -362,15 +301,10 @@ async fn send_request(
                 Some(c) => c,
                 None => match upstream.connect_raw().await {
                     Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(upstream = %upstream.addr(), error = %e, "connect failed");
-                        last_error = e.to_string();
-                        tried.push(index);
-                        break;
-                    }
+                    Err(e) => return Err(AttemptError::Refused(e.to_string())),
                 },
             };
-            match send_on(&mut conn, outgoing).await {
+            match send_on(&mut conn, &mut self.0).await {
                 Ok(head) => {
                     return Ok(Sent {
                         upstream: upstream.clone(),
@@ -381,28 +315,36 @@ async fn send_request(
                         head_len: head.len,
                     })
                 }
-                Err(SendFailure::Stale) if reused => continue,
-                Err(SendFailure::Stale) => {
-                    let e = io::Error::from(io::ErrorKind::ConnectionReset);
-                    return Err(Failure::Respond(side.upstream_failure(&upstream, &e)));
+                Err(SendFailure::Closed {
+                    written,
+                    replayable,
+                }) => {
+                    let idempotent = self.0.req.idempotent;
+                    if may_resend(reused, written, idempotent, replayable) {
+                        continue;
+                    }
+                    let e = if written {
+                        "connection closed before a response arrived"
+                    } else {
+                        "connection closed before the request could be sent"
+                    };
+                    return Err(AttemptError::Failed(e.into()));
                 }
-                Err(SendFailure::Upstream(e)) => {
-                    return Err(Failure::Respond(side.upstream_failure(&upstream, &e)))
-                }
-                Err(SendFailure::Client) => return Err(Failure::Abort),
+                Err(SendFailure::Upstream(e)) => return Err(AttemptError::Failed(e)),
+                Err(SendFailure::Client) => return Err(AttemptError::Abort),
             }
         }
     }
-    Err(Failure::Respond(side.connect_failure(
-        plan,
-        tried.len(),
-        &last_error,
-    )))
 }
 
 enum SendFailure {
-    /// The connection failed before the request could have been processed; safe to resend.
-    Stale,
+    /// The connection failed before any byte of a response.
+    Closed {
+        /// Whether the request head had been written.
+        written: bool,
+        /// Whether the whole body is in hand to send again.
+        replayable: bool,
+    },
     /// The upstream failed the exchange.
     Upstream(Box<dyn std::error::Error + Send + Sync>),
     /// The client failed (closed mid-body, malformed body).
@@ -418,7 +360,13 @@ struct HeadIn {
 
 /// One attempt on one connection: writes the head and the body bytes already read, streams
 /// the rest of the body while watching for the response head, and parses that head.
-async fn send_on(conn: &mut RawConn, outgoing: &mut Outgoing<'_>) -> Result<HeadIn, SendFailure> {
+async fn send_on<I>(
+    conn: &mut RawConn,
+    outgoing: &mut Outgoing<'_, I>,
+) -> Result<HeadIn, SendFailure>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let Outgoing {
         req,
         client,
@@ -427,21 +375,27 @@ async fn send_on(conn: &mut RawConn, outgoing: &mut Outgoing<'_>) -> Result<Head
         pump,
         out,
     } = outgoing;
-    if write_two(&mut conn.stream, out, early_body).await.is_err() {
-        return Err(SendFailure::Stale);
-    }
     // A body that came whole with the head can be sent again on a fresh connection; once more
     // must be streamed from the client, there is no going back.
     let replayable = pump.body.done();
+    if write_two(&mut conn.stream, out, early_body).await.is_err() {
+        return Err(SendFailure::Closed {
+            written: false,
+            replayable,
+        });
+    }
     let RawConn {
         stream,
         buf: upstream_buf,
+        ..
     } = conn;
     let head = if pump.done() {
         read_head(stream, upstream_buf, req.is_head, out).await
     } else {
-        let (mut client_rd, _) = client.split();
-        let (mut up_rd, mut up_wr) = stream.split();
+        let client = share(&mut **client);
+        let upstream = share(stream);
+        let (mut client_rd, _) = split_ref(&client);
+        let (mut up_rd, mut up_wr) = split_ref(&upstream);
         let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
         let recv = read_head(&mut up_rd, upstream_buf, req.is_head, out);
         tokio::pin!(send, recv);
@@ -470,10 +424,10 @@ async fn send_on(conn: &mut RawConn, outgoing: &mut Outgoing<'_>) -> Result<Head
             close,
             len,
         }),
-        Err(HeadError::ClosedEarly) if replayable && req.idempotent => Err(SendFailure::Stale),
-        Err(HeadError::ClosedEarly) => Err(SendFailure::Upstream(
-            "connection closed before a response arrived".into(),
-        )),
+        Err(HeadError::ClosedEarly) => Err(SendFailure::Closed {
+            written: true,
+            replayable,
+        }),
         Err(HeadError::Io(e)) => Err(SendFailure::Upstream(Box::new(e))),
         Err(HeadError::Bad(e)) => Err(SendFailure::Upstream(Box::new(e))),
     }
@@ -581,16 +535,20 @@ async fn read_head<R: AsyncRead + Unpin>(
 
 /// Writes the response head and relays the body, while the rest of the request body (if any)
 /// is still pumped to the upstream; pools the upstream connection if everything ended cleanly.
-async fn relay_response(
+/// Returns the status and whether the client connection closes.
+async fn relay_response<I>(
     sent: Sent,
-    client: &mut TcpStream,
+    client: &mut I,
     buf: &mut BytesMut,
     pump: &mut Pump,
     close_client: bool,
     out: &mut Vec<u8>,
-) -> Outcome {
+) -> (u16, bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let Sent {
-        upstream,
+        upstream: pool,
         mut conn,
         status,
         framing,
@@ -601,9 +559,8 @@ async fn relay_response(
     let RawConn {
         stream,
         buf: upstream_buf,
+        ..
     } = &mut conn;
-    let (mut client_rd, mut client_wr) = client.split();
-    let (mut up_rd, mut up_wr) = stream.split();
     // The client connection closes after this response when the client asked, when the proxy
     // is draining, when the body runs to the upstream's EOF, or when the request body is still
     // arriving (its rest might not be consumed). An upstream that merely closes its own
@@ -613,8 +570,12 @@ async fn relay_response(
     let said_close = close_client || framing == Framing::UntilClose || !pump.done();
     h1::end_head(out, said_close);
     let relayed = if pump.done() {
-        relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out).await
+        relay_body(stream, upstream_buf, client, framing, out).await
     } else {
+        let client = share(client);
+        let upstream = share(stream);
+        let (mut client_rd, mut client_wr) = split_ref(&client);
+        let (mut up_rd, mut up_wr) = split_ref(&upstream);
         // The body may still be pumping when the response ends; then both connections close.
         let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
         let relay = relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out);
@@ -632,13 +593,9 @@ async fn relay_response(
     let clean = relayed.is_ok() && pump.done();
     let close = !clean || said_close;
     if clean && !upstream_close && upstream_buf.is_empty() {
-        upstream.checkin_raw(conn);
+        pool.checkin_raw(conn);
     }
-    Outcome {
-        status,
-        error: "",
-        close,
-    }
+    (status, close)
 }
 
 /// Relays a response: the head in `out` and the body bytes already read go out in one write,

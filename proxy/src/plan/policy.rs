@@ -14,13 +14,17 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ferrule_config::{Protocol, Snapshot};
-use http::{HeaderName, HeaderValue, Method, Request};
+#[cfg(test)]
+use http::Request;
+use http::{HeaderName, HeaderValue, Method};
 use rand::Rng;
 
-use crate::balance::{Balancer, Member};
-use crate::errors::{ProxyError, Reason};
-use crate::metrics::{Direction, Metrics, ServiceMetrics};
-use crate::upstream::Upstream;
+use crate::base::Reason;
+use crate::codec::render::ProxyError;
+use crate::codec::HeadView;
+use crate::forward::upstream::Upstream;
+use crate::plan::balance::{Balancer, Member};
+use crate::telemetry::metrics::{Direction, Metrics, ServiceMetrics};
 
 /// One backend destination: a service's endpoints, narrowed to a label subset.
 #[derive(Debug)]
@@ -42,7 +46,7 @@ struct CompiledMatch {
 }
 
 impl CompiledMatch {
-    fn matches<R: RouteInput + ?Sized>(&self, req: &R) -> bool {
+    fn matches<R: HeadView + ?Sized>(&self, req: &R) -> bool {
         let path = req.path();
         if let Some(p) = &self.path_exact {
             if path != p {
@@ -63,34 +67,6 @@ impl CompiledMatch {
             }
         }
         self.headers.iter().all(|(k, v)| req.has_header(k, v))
-    }
-}
-
-/// What route matching reads of a request: implemented by hyper's requests (general path) and
-/// by the fast path's in-place HTTP/1.1 heads, so both match routes by the same code.
-pub trait RouteInput {
-    /// The method.
-    fn method(&self) -> &str;
-    /// The path, without the query.
-    fn path(&self) -> &str;
-    /// Whether some value of header `name` equals `value`.
-    fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool;
-}
-
-impl<B> RouteInput for Request<B> {
-    fn method(&self) -> &str {
-        Request::method(self).as_str()
-    }
-
-    fn path(&self) -> &str {
-        self.uri().path()
-    }
-
-    fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool {
-        self.headers()
-            .get_all(name)
-            .iter()
-            .any(|have| have == value)
     }
 }
 
@@ -147,7 +123,7 @@ pub struct ServiceTable {
 
 impl ServiceTable {
     /// The first route that matches, or the whole service when it has no routes.
-    pub fn route<R: RouteInput + ?Sized>(&self, req: &R) -> Result<&RouteTable, ProxyError> {
+    pub fn route<R: HeadView + ?Sized>(&self, req: &R) -> Result<&RouteTable, ProxyError> {
         if self.routes.is_empty() {
             return Ok(&self.default_route);
         }

@@ -1,26 +1,16 @@
 //! The admin listener: `/live`, `/ready`, `/metrics`, `/config`. Loopback by default; read-only
 //! in this version (mutations, when they come, are POST-only).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 
-use crate::http::{ProxyBody, RequestBody};
-use crate::policy::Policy;
-
-/// Lifecycle flags the admin endpoint reports.
-#[derive(Debug, Default)]
-pub struct Lifecycle {
-    /// Every listener is bound.
-    pub listening: AtomicBool,
-    /// Shutting down: no longer ready.
-    pub draining: AtomicBool,
-    /// The push stream to the control plane is up.
-    pub connected: AtomicBool,
-}
+use crate::base::Lifecycle;
+use crate::codec::headers::{ProxyBody, RequestBody};
+use crate::plan::policy::Policy;
 
 /// Serves admin requests.
 #[derive(Debug, Clone)]

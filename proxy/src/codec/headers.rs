@@ -1,5 +1,6 @@
-//! HTTP plumbing shared by both directions: the body types, hop-by-hop headers, authority
-//! extraction and the rewrite of a request for the next hop's protocol.
+//! HTTP plumbing shared by every codec: the body types, the one hop-by-hop rule (for header
+//! maps here, and for the fast path's in-place heads in `h1`), authority extraction, and the
+//! rewrite of a request for the next hop's protocol.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -7,7 +8,7 @@ use http::{Request, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-pub use crate::h2stream::H2Body;
+pub use crate::codec::h2body::H2Body;
 
 /// A request body as received from downstream: from hyper's HTTP/1.1 server (the general
 /// path), or from an HTTP/2 stream (`h2server`).
@@ -26,34 +27,71 @@ pub static FERRULE_ERROR: HeaderName = HeaderName::from_static("ferrule-error");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Removes the connection-scoped headers of RFC 9110 §7.6.1, and every header that
-/// `Connection` names, so they never leak onto the next hop.
+/// Whether a header is connection-scoped by name (RFC 9110 §7.6.1, plus the `Keep-Alive`,
+/// `Proxy-Connection` and `Proxy-Authorization` of older proxies): it is never forwarded,
+/// whatever `Connection` says. `te` is in the set; an HTTP/2 hop keeps `te: trailers` only.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    // Dispatch on length first: most header names are none of these.
+    match name.len() {
+        2 => name.eq_ignore_ascii_case(b"te"),
+        7 => name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"trailer"),
+        10 => name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"keep-alive"),
+        16 => name.eq_ignore_ascii_case(b"proxy-connection"),
+        17 => name.eq_ignore_ascii_case(b"transfer-encoding"),
+        19 => name.eq_ignore_ascii_case(b"proxy-authorization"),
+        _ => false,
+    }
+}
+
+/// Whether header `name` is listed by any of the `Connection` values (every `Connection` line
+/// counts, not only the first), so it must not be forwarded either. `Content-Length` and `Host`
+/// are never removed this way: a message whose framing or target vanished on the way would be
+/// read differently by the next hop.
+pub fn listed_in_connection<'a>(
+    name: &[u8],
+    mut connection: impl Iterator<Item = &'a [u8]>,
+) -> bool {
+    if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"host") {
+        return false;
+    }
+    connection.any(|list| {
+        list.split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Removes the connection-scoped headers of RFC 9110 §7.6.1, and every header that any
+/// `Connection` line names, so they never leak onto the next hop. The same rule as the fast
+/// path's ([`is_hop_by_hop`] and [`listed_in_connection`]).
 ///
 /// `keep_te_trailers` keeps `te: trailers`, which gRPC needs end to end over HTTP/2.
 ///
 /// Runs on every request and response: one pass over the (few) header names decides whether
 /// there is anything to remove at all, instead of a hashed lookup per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
-    let mut found = false;
-    for name in headers.keys() {
-        if is_hop_by_hop(name) {
-            found = true;
-            break;
-        }
-    }
-    if !found {
+    if !headers.keys().any(|n| is_hop_by_hop(n.as_str().as_bytes())) {
         return;
     }
-    if let Some(conn) = headers.remove(header::CONNECTION) {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',') {
-                let name = name.trim();
-                if !name.is_empty() {
-                    headers.remove(name);
+    // Names listed on the `Connection` lines, other than those removed anyway.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for line in headers.get_all(header::CONNECTION) {
+        for token in line.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() || is_hop_by_hop(token) {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                if listed_in_connection(name.as_str().as_bytes(), std::iter::once(token)) {
+                    listed.push(name);
                 }
             }
         }
     }
+    for name in &listed {
+        headers.remove(name);
+    }
+    // `remove` takes every value of a name, so every `Connection` line goes.
+    headers.remove(header::CONNECTION);
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::PROXY_AUTHORIZATION);
@@ -63,24 +101,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     if let Some(te) = headers.get(header::TE) {
         let exact = te.as_bytes() == b"trailers";
         let trailers_only = exact || te.as_bytes().eq_ignore_ascii_case(b"trailers");
-        if !(keep_te_trailers && trailers_only) {
+        let one_line = headers.get_all(header::TE).iter().count() == 1;
+        if !(keep_te_trailers && trailers_only && one_line) {
             headers.remove(header::TE);
         } else if !exact {
             // HTTP/2 allows only the lowercase token (h2 refuses the request otherwise).
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
     }
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TRAILER
-        || name == header::PROXY_AUTHORIZATION
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
 }
 
 /// The authority a request is for: the URI's (absolute-form proxy requests, HTTP/2
@@ -197,6 +225,31 @@ mod tests {
         mixed.insert(header::TE, "trailers, deflate".parse().unwrap());
         strip_hop_by_hop(&mut mixed, true);
         assert!(mixed.get(header::TE).is_none());
+    }
+
+    /// Regression: only the first `Connection` line's names were removed, so a name listed on
+    /// a second line leaked to the next hop.
+    #[test]
+    fn names_on_every_connection_line_are_removed() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "keep-alive".parse().unwrap());
+        h.append(header::CONNECTION, "x-secret, X-Other".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-other", "2".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "0".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "x-kept"]);
+
+        // `Connection` cannot remove the framing or the host.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "content-length, host".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "3".parse().unwrap());
+        h.insert(header::HOST, "a".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]

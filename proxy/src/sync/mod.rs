@@ -23,8 +23,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
-use crate::admin::Lifecycle;
-use crate::policy::Policy;
+use crate::base::Lifecycle;
+use crate::plan::policy::Policy;
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
 const BACKOFF_BASE: Duration = Duration::from_millis(200);

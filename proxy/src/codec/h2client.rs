@@ -24,8 +24,8 @@ use http::{Request, Response};
 use http_body::Body;
 use tokio::net::TcpStream;
 
-use crate::h2stream::{pump, H2Body};
-use crate::http::RequestBody;
+use crate::codec::h2body::{pump, H2Body};
+use crate::codec::headers::RequestBody;
 
 /// How often an open connection pings its peer.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);

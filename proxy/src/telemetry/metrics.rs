@@ -36,6 +36,46 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+/// Which codec carried a request: the fast path's in-place HTTP/1.1, hyper's HTTP/1.1 server,
+/// or the HTTP/2 server. Tests read it to prove that a request took the path they meant.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Codec {
+    /// HTTP/1.1 passed through in place (`pipeline::fast`).
+    Fast,
+    /// hyper's HTTP/1.1 server.
+    Http1,
+    /// The HTTP/2 server (`codec::h2server`).
+    Http2,
+}
+
+impl Codec {
+    const ALL: [Codec; 3] = [Codec::Fast, Codec::Http1, Codec::Http2];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Codec::Fast => "fast",
+            Codec::Http1 => "http1",
+            Codec::Http2 => "http2",
+        }
+    }
+}
+
+impl EncodeLabelValue for Codec {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodecLabels {
+    direction: Direction,
+    codec: Codec,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabels {
     direction: Direction,
@@ -60,8 +100,17 @@ pub struct ServiceMetrics {
     /// `200` responses not made by the proxy: by far the most common label set, resolved once
     /// so the request path neither hashes labels nor takes the family's lock for it.
     ok: Counter,
+    /// Requests by the codec that carried them, indexed by `Codec as usize`.
+    carried: [Counter; 3],
     direction: Direction,
     service: String,
+}
+
+impl ServiceMetrics {
+    /// The counter of requests this service's direction got over `codec`.
+    pub fn carried(&self, codec: Codec) -> &Counter {
+        &self.carried[codec as usize]
+    }
 }
 
 /// The sidecar's metric registry.
@@ -70,6 +119,7 @@ pub struct Metrics {
     requests: Family<ServiceLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    carried: Family<CodecLabels, Counter>,
     /// Version of the applied snapshot.
     pub snapshot_version: Gauge<u64, AtomicU64>,
     /// Snapshots refused.
@@ -107,6 +157,7 @@ impl Metrics {
         let latency = Family::<ServiceLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
+        let carried = Family::<CodecLabels, Counter>::default();
         let snapshot_version = Gauge::<u64, AtomicU64>::default();
         let snapshot_nacks = Counter::default();
         let snapshot_applies = Counter::default();
@@ -121,6 +172,11 @@ impl Metrics {
             "response_latency_seconds",
             "Time from request received to response headers sent",
             latency.clone(),
+        );
+        registry.register(
+            "requests_by_codec",
+            "Requests by the codec that carried them: fast (HTTP/1.1 in place), http1 (hyper), http2",
+            carried.clone(),
         );
         registry.register(
             "snapshot_version",
@@ -147,6 +203,7 @@ impl Metrics {
             requests,
             responses,
             latency,
+            carried,
             snapshot_version,
             snapshot_nacks,
             snapshot_applies,
@@ -173,23 +230,14 @@ impl Metrics {
             requests: self.requests.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
             ok,
+            carried: Codec::ALL.map(|codec| {
+                self.carried
+                    .get_or_create(&CodecLabels { direction, codec })
+                    .clone()
+            }),
             direction,
             service: service.to_owned(),
         }
-    }
-
-    /// Records one finished request of either direction: count, latency to response headers,
-    /// and the response by status and proxy error reason.
-    pub fn record(
-        &self,
-        svc: &ServiceMetrics,
-        status: u16,
-        error: &'static str,
-        start: std::time::Instant,
-    ) {
-        svc.requests.inc();
-        svc.latency.observe(start.elapsed().as_secs_f64());
-        self.response(svc, status, error);
     }
 
     /// Counts one response.

@@ -1,0 +1,42 @@
+//! The bottom floor: limits and constants, the reason codes of proxy-made responses, the
+//! connection context, and the lifecycle flags. Imports nothing from the rest of the proxy, so
+//! every floor above can use it.
+
+pub mod conn;
+pub mod reason;
+
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+pub use conn::{ConnCtx, Listener};
+pub use reason::Reason;
+
+/// Largest request head accepted; bigger ones get 431 (`header-too-large`).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Limits every listener applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client has to send a complete request head. Without hyper's timer this timeout
+    /// does nothing, and a client trickling header bytes (slowloris) holds a connection forever.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Lifecycle flags the admin endpoint reports.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Every listener is bound.
+    pub listening: AtomicBool,
+    /// Shutting down: no longer ready.
+    pub draining: AtomicBool,
+    /// The push stream to the control plane is up.
+    pub connected: AtomicBool,
+}

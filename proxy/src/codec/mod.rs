@@ -1,0 +1,68 @@
+//! HTTP codecs: bytes in, heads and bodies out, and back. No policy lives here: a codec that
+//! needs a decision is handed one by the pipeline above it.
+//!
+//! - [`h1`]: HTTP/1.1 heads parsed and rewritten in place, and body framing (the fast path's
+//!   wire pieces).
+//! - [`h2server`], [`h2client`], [`h2body`]: HTTP/2 on the h2 crate, towards either side.
+//! - [`smuggling`]: refuses HTTP/1.1 requests framed twice, under hyper's HTTP/1.1 server.
+//! - [`headers`]: body types, the one hop-by-hop rule, authority, next-hop rewrites.
+//! - [`render`]: the one renderer of proxy-made responses, in every wire form.
+//! - [`io`]: IO adapters shared by the codecs (read-ahead bytes, borrowing halves).
+
+pub mod h1;
+pub mod h2body;
+pub mod h2client;
+pub mod h2server;
+pub mod headers;
+pub mod io;
+pub mod render;
+pub mod smuggling;
+
+use http::{HeaderName, HeaderValue, Request, Version};
+
+/// What planning reads of a request head: implemented by the fast path's in-place HTTP/1.1
+/// heads and by `http::Request` (hyper's HTTP/1.1 server, the HTTP/2 server), so both are
+/// planned by the same code.
+pub trait HeadView {
+    /// The method.
+    fn method(&self) -> &str;
+    /// The path, without the query.
+    fn path(&self) -> &str;
+    /// Whether some value of header `name` equals `value`.
+    fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool;
+    /// The authority: an absolute-form target's or HTTP/2's `:authority`, else `Host`.
+    fn authority(&self) -> Option<&str>;
+    /// Whether the request is gRPC.
+    fn is_grpc(&self) -> bool;
+    /// Whether it arrived over HTTP/2.
+    fn is_http2(&self) -> bool;
+}
+
+impl<B> HeadView for Request<B> {
+    fn method(&self) -> &str {
+        Request::method(self).as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.uri().path()
+    }
+
+    fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool {
+        self.headers()
+            .get_all(name)
+            .iter()
+            .any(|have| have == value)
+    }
+
+    fn authority(&self) -> Option<&str> {
+        headers::authority(self)
+    }
+
+    fn is_grpc(&self) -> bool {
+        headers::is_grpc(self.headers())
+    }
+
+    fn is_http2(&self) -> bool {
+        self.version() == Version::HTTP_2
+    }
+}

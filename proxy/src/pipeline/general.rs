@@ -1,0 +1,134 @@
+//! The general path: requests as `http::Request`s, from hyper's HTTP/1.1 server or the HTTP/2
+//! server, through the pipeline's plan, attempt loop and finish, with hyper's HTTP/1.1 client
+//! or the h2 client as the transport. It carries what the fast path does not: HTTP/2 and gRPC,
+//! protocol translation between HTTP/1.1 and HTTP/2, upgrades and `Expect`, HTTP/1.0, and the
+//! rest of a connection the fast path handed over.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, Version};
+use http_body_util::Either;
+
+use crate::base::ConnCtx;
+use crate::base::Reason;
+use crate::codec::headers::{self as h, ProxyBody, RequestBody, UpstreamBody, Wire};
+use crate::codec::render::ProxyError;
+use crate::forward::upstream::{SendError, Upstream};
+use crate::pipeline::attempt::{self, AttemptError, Failure, Transport};
+use crate::pipeline::{Decision, Pipeline, Planned};
+use crate::telemetry::metrics::Codec;
+
+impl Pipeline {
+    /// Proxies one request; every failure becomes a response here, through the renderer.
+    pub async fn handle(
+        &self,
+        ctx: &ConnCtx,
+        mut req: Request<RequestBody>,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let grpc = h::is_grpc(req.headers());
+        let codec = if req.version() == Version::HTTP_2 {
+            Codec::Http2
+        } else {
+            Codec::Http1
+        };
+        // A request the fast path stopped at was planned there already.
+        let planned = match req.extensions_mut().remove::<Planned>() {
+            Some(p) => p,
+            None => self.plan(ctx, &req),
+        };
+        let (resp, service, reason) = match planned {
+            Err(e) => {
+                let reason = e.error.reason;
+                (self.render(e.error, grpc), e.service, Some(reason))
+            }
+            Ok(d) => match self.forward(&d, req).await {
+                Ok(resp) => (resp, d.service, None),
+                Err(e) => {
+                    let reason = e.reason;
+                    (self.render(e, grpc), d.service, Some(reason))
+                }
+            },
+        };
+        let status = resp.status().as_u16();
+        self.finish(service.as_ref(), codec, status, reason, start.elapsed());
+        resp
+    }
+
+    fn render(&self, e: ProxyError, grpc: bool) -> Response<ProxyBody> {
+        tracing::debug!(listener = self.listener().as_str(), reason = e.reason.as_str(), detail = %e.detail, "request failed");
+        e.into_response(grpc)
+    }
+
+    async fn forward(
+        &self,
+        d: &Decision,
+        mut req: Request<RequestBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let downstream = req.version();
+        let authority = match (h::authority(&req), &d.dest) {
+            (Some(a), _) => a.to_owned(),
+            (None, crate::pipeline::Dest::Fixed(app)) => app.addr().to_string(),
+            (None, _) => {
+                return Err(ProxyError::new(
+                    Reason::BadRequest,
+                    "request has no Host header or authority",
+                ))
+            }
+        };
+        // Hop-by-hop headers go before any attempt (an HTTP/2 hop keeps `te: trailers`).
+        h::strip_hop_by_hop(req.headers_mut(), true);
+        let mut transport = General {
+            req: Some(req),
+            authority,
+        };
+        match attempt::run(self, d, &mut transport).await {
+            Ok(mut resp) => {
+                h::strip_hop_by_hop(resp.headers_mut(), false);
+                // The client gets its own HTTP version back, whatever the upstream spoke.
+                *resp.version_mut() = downstream;
+                Ok(resp.map(Either::Left))
+            }
+            Err(Failure::Respond(e)) => Err(e),
+            // The client is gone (its stream reset or its connection closed): nobody reads
+            // the answer, which says so for the metrics.
+            Err(Failure::Abort) => Err(ProxyError::new(
+                Reason::BadRequest,
+                "the client went away before the response",
+            )),
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 client or the h2 client, with the request held until an attempt takes it.
+struct General {
+    /// The request; given back by a transport whose connect failed.
+    req: Option<Request<RequestBody>>,
+    authority: String,
+}
+
+impl Transport for General {
+    type Output = Response<UpstreamBody>;
+
+    async fn attempt(
+        &mut self,
+        upstream: &Arc<Upstream>,
+        wire: Wire,
+    ) -> Result<Self::Output, AttemptError> {
+        let Some(mut req) = self.req.take() else {
+            return Err(AttemptError::Failed("the request was already sent".into()));
+        };
+        if let Err(e) = h::set_wire(&mut req, wire, &self.authority) {
+            return Err(AttemptError::Failed(e.into()));
+        }
+        match upstream.send(wire, req).await {
+            Ok(resp) => Ok(resp),
+            Err(SendError::Connect(e, back)) => {
+                self.req = Some(*back);
+                Err(AttemptError::Refused(e.to_string()))
+            }
+            Err(SendError::Failed(e)) => Err(AttemptError::Failed(e)),
+        }
+    }
+}

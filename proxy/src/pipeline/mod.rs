@@ -1,0 +1,317 @@
+//! The request pipeline: every request, whatever codec carries it, goes through the same three
+//! steps, and this floor is the only one that knows all the floors below it.
+//!
+//! 1. **plan** ([`Pipeline::plan`]): from a borrowed view of the head (`codec::HeadView`) and the
+//!    connection's context, decide once: destination service, route, backend, deadline. Errors
+//!    decided here (no config, unknown service, no route, no endpoints) are [`PlanError`]s.
+//! 2. **attempts** ([`attempt::run`]): one loop over a [`attempt::Transport`] picks endpoints,
+//!    moves an untouched request to another endpoint when a connect is refused, and holds the
+//!    route's deadline. Transports: the fast path's raw HTTP/1.1 (`fast`), and hyper's HTTP/1.1
+//!    client or the h2 client (`general`).
+//! 3. **finish** ([`finish`]): metrics with one definition of latency (time to the response
+//!    head) and the reason code of a proxy-made response, recorded once per request.
+//!
+//! Errors become responses in `codec::render` only. Codecs: [`fast`] serves plain HTTP/1.1 in
+//! place and hands a connection to [`general`] (hyper's HTTP/1.1 server, the HTTP/2 server) at
+//! the first request it cannot carry, together with the decision already made for it, so no
+//! request is planned twice.
+//!
+//! Where later capabilities plug in is listed in ARCHITECTURE.md ("Where each capability plugs
+//! in").
+
+pub mod attempt;
+pub mod fast;
+pub mod finish;
+pub mod general;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrule_config::Protocol;
+
+use crate::base::{ConnCtx, Listener, Reason};
+use crate::codec::headers::{host_of, Wire};
+use crate::codec::render::ProxyError;
+use crate::codec::HeadView;
+use crate::forward::upstream::Upstream;
+use crate::plan::policy::{Policy, ServiceTable, Target};
+use crate::telemetry::metrics::{Codec, Direction, ServiceMetrics};
+
+/// One direction's pipeline: what the outbound or inbound listener runs for each request.
+#[derive(Debug)]
+pub struct Pipeline {
+    policy: Arc<Policy>,
+    side: Side,
+    /// Metric handles for outbound requests whose host names no service.
+    unknown: ServiceMetrics,
+}
+
+#[derive(Debug)]
+enum Side {
+    /// The local app's requests to other services: routed by host.
+    Outbound,
+    /// Peers' requests for the local app.
+    Inbound {
+        app: Arc<Upstream>,
+        metrics: ServiceMetrics,
+    },
+}
+
+/// Where a planned request goes.
+#[derive(Debug, Clone)]
+pub enum Dest {
+    /// A balanced backend of a service (outbound).
+    Balanced(Arc<Target>),
+    /// One fixed upstream (inbound: the app).
+    Fixed(Arc<Upstream>),
+}
+
+/// The decision for one request, made once, before any byte is sent on.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Where it goes.
+    pub dest: Dest,
+    /// The destination service (outbound), for metrics and messages.
+    pub service: Option<Arc<ServiceTable>>,
+    /// The matched route's name, if it has one.
+    pub route: Option<Arc<str>>,
+    /// The route's deadline for the response head, covering every attempt.
+    pub timeout: Option<Duration>,
+    /// The protocol of the destination (the app's own, inbound).
+    pub protocol: Protocol,
+    /// The client speaks HTTP/2 or gRPC (so a peer sidecar is spoken to in HTTP/2).
+    pub wants_h2: bool,
+}
+
+/// A request that fails at planning, with the service it was for when known (for metrics).
+#[derive(Debug, Clone)]
+pub struct PlanError {
+    /// What went wrong.
+    pub error: ProxyError,
+    /// The destination service, when the host named one.
+    pub service: Option<Arc<ServiceTable>>,
+}
+
+impl PlanError {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        PlanError {
+            error: ProxyError::new(reason, detail),
+            service: None,
+        }
+    }
+}
+
+/// What planning produced: carried along with a connection the fast path hands to the general
+/// path, so the request it stopped at is not planned (nor its backend drawn) a second time.
+pub type Planned = Result<Decision, PlanError>;
+
+impl Pipeline {
+    /// The outbound pipeline over `policy`.
+    pub fn outbound(policy: Arc<Policy>) -> Self {
+        let unknown = policy.metrics.service(Direction::Outbound, "unknown");
+        Pipeline {
+            policy,
+            side: Side::Outbound,
+            unknown,
+        }
+    }
+
+    /// The inbound pipeline of service `service`, whose app listens at `app`.
+    pub fn inbound(policy: Arc<Policy>, service: &str, app: std::net::SocketAddr) -> Self {
+        let metrics = policy.metrics.service(Direction::Inbound, service);
+        let unknown = metrics.clone();
+        Pipeline {
+            policy,
+            side: Side::Inbound {
+                app: Upstream::new(app),
+                metrics,
+            },
+            unknown,
+        }
+    }
+
+    /// Which listener this pipeline serves.
+    pub fn listener(&self) -> Listener {
+        match self.side {
+            Side::Outbound => Listener::Outbound,
+            Side::Inbound { .. } => Listener::Inbound,
+        }
+    }
+
+    /// Plans one request from its head.
+    pub fn plan<H: HeadView + ?Sized>(&self, _ctx: &ConnCtx, head: &H) -> Planned {
+        let tables = self.policy.load();
+        let wants_h2 = head.is_http2() || head.is_grpc();
+        let Side::Outbound = &self.side else {
+            // Inbound: the app, in its service's protocol (`auto` before any snapshot).
+            let Side::Inbound { app, .. } = &self.side else {
+                unreachable!()
+            };
+            let protocol = tables
+                .local
+                .as_ref()
+                .map(|s| s.protocol)
+                .unwrap_or_default();
+            return Ok(Decision {
+                dest: Dest::Fixed(app.clone()),
+                service: None,
+                route: None,
+                timeout: None,
+                protocol,
+                wants_h2,
+            });
+        };
+        if tables.version == 0 {
+            return Err(PlanError::new(
+                Reason::NoConfig,
+                "this sidecar has not received a policy snapshot yet; check that the control plane is reachable",
+            ));
+        }
+        if head.method() == "CONNECT" {
+            return Err(PlanError::new(
+                Reason::BadRequest,
+                "CONNECT tunnels are not supported by the outbound listener in explicit mode",
+            ));
+        }
+        let Some(authority) = head.authority() else {
+            return Err(PlanError::new(
+                Reason::BadRequest,
+                "request has no Host header or authority",
+            ));
+        };
+        let host = host_of(authority);
+        let Some(svc) = tables.service(&host) else {
+            return Err(PlanError::new(
+                Reason::UnknownService,
+                format!(
+                    "no service named {host:?} in policy version {} (known: {})",
+                    tables.version,
+                    tables.service_names().join(", ")
+                ),
+            ));
+        };
+        let fail = |reason, detail: String| PlanError {
+            error: ProxyError::new(reason, detail),
+            service: Some(svc.clone()),
+        };
+        let route = svc.route(head).map_err(|error| PlanError {
+            error,
+            service: Some(svc.clone()),
+        })?;
+        let Some(target) = route.pick_backend() else {
+            return Err(fail(
+                Reason::NoEndpoints,
+                format!(
+                    "the matching route of {} has no backend with a weight above 0",
+                    svc.name
+                ),
+            ));
+        };
+        if target.balancer.members().is_empty() {
+            return Err(fail(
+                Reason::NoEndpoints,
+                format!(
+                    "service {} has no endpoints in the selected subset",
+                    target.service
+                ),
+            ));
+        }
+        Ok(Decision {
+            dest: Dest::Balanced(target.clone()),
+            service: Some(svc.clone()),
+            route: route.name.clone(),
+            timeout: route.timeout,
+            protocol: target.protocol,
+            wants_h2,
+        })
+    }
+
+    /// The wire protocol towards one endpoint of a decision.
+    pub fn wire(&self, d: &Decision, to_sidecar: bool) -> Wire {
+        // To a peer sidecar the request keeps the client's protocol (HTTP/1.1 stays HTTP/1.1
+        // over a pooled keep-alive connection): see ARCHITECTURE.md, "Between sidecars", for
+        // why HTTP/1.1 is not upgraded to HTTP/2 on that hop. Elsewhere the destination's
+        // protocol decides, and `auto` means the client's.
+        let protocol = if to_sidecar {
+            Protocol::Auto
+        } else {
+            d.protocol
+        };
+        match protocol {
+            Protocol::Http => Wire::Http1,
+            Protocol::Http2 | Protocol::Grpc => Wire::Http2,
+            Protocol::Auto | Protocol::Tcp if d.wants_h2 => Wire::Http2,
+            Protocol::Auto | Protocol::Tcp => Wire::Http1,
+        }
+    }
+
+    /// Whether the fast path can carry a decision: HTTP/1.1 to every endpoint it may pick.
+    pub fn fast_can_carry(&self, d: &Decision) -> bool {
+        !d.wants_h2 && !matches!(d.protocol, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    /// The metric handles a request is recorded under.
+    pub fn metrics_for<'a>(&'a self, service: Option<&'a Arc<ServiceTable>>) -> &'a ServiceMetrics {
+        match (&self.side, service) {
+            (Side::Inbound { metrics, .. }, _) => metrics,
+            (Side::Outbound, Some(svc)) => &svc.metrics,
+            (Side::Outbound, None) => &self.unknown,
+        }
+    }
+
+    /// Records a finished request (see [`finish`]).
+    pub fn finish(
+        &self,
+        service: Option<&Arc<ServiceTable>>,
+        codec: Codec,
+        status: u16,
+        reason: Option<Reason>,
+        latency: Duration,
+    ) {
+        let m = self.metrics_for(service);
+        finish::record(&self.policy.metrics, m, codec, status, reason, latency);
+    }
+
+    /// The error for a request none of whose endpoints accepted a connection.
+    fn connect_failure(&self, d: &Decision, tried: usize, last: &str) -> ProxyError {
+        match (&self.side, &d.dest) {
+            (Side::Outbound, Dest::Balanced(t)) => ProxyError::new(
+                Reason::ConnectFailed,
+                format!(
+                    "could not connect to any of {tried} endpoint(s) of {} tried; last error: {last}",
+                    t.service
+                ),
+            ),
+            _ => ProxyError::new(
+                Reason::AppUnavailable,
+                format!("the local app is not accepting connections: {last}"),
+            ),
+        }
+    }
+
+    /// The error for a request an endpoint failed after it was sent.
+    fn upstream_failure(&self, upstream: &Upstream, e: &dyn std::fmt::Display) -> ProxyError {
+        match self.side {
+            Side::Outbound => ProxyError::new(
+                Reason::UpstreamError,
+                format!("endpoint {}: {e}", upstream.addr()),
+            ),
+            Side::Inbound { .. } => ProxyError::new(
+                Reason::UpstreamError,
+                format!("the local app failed the request: {e}"),
+            ),
+        }
+    }
+
+    /// The error for a request whose route deadline passed before its response head.
+    fn timeout(&self, d: &Decision, t: Duration) -> ProxyError {
+        let name = d.service.as_ref().map_or("the app", |s| &s.name);
+        ProxyError::new(
+            Reason::Timeout,
+            format!("no response from {name} within the route's {t:?} timeout"),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

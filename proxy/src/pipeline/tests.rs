@@ -1,0 +1,373 @@
+//! Unit tests of the plan, the attempt loop (against a scripted transport) and the renderer.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrule_config::{parse_documents, Resource, Snapshot};
+use http::Request;
+
+use super::attempt::{self, AttemptError, Failure, Transport, MAX_CONNECT_ATTEMPTS};
+use super::*;
+use crate::codec::h1::{self, Parsed};
+use crate::telemetry::metrics::Metrics;
+
+const MESH: &str = "\
+kind: Service
+name: echo
+trafficPolicy: {loadBalancer: round_robin}
+routes:
+  - name: slow
+    match: {pathPrefix: /slow}
+    timeout: 50ms
+  - name: v2
+    match: {pathPrefix: /v2}
+    backends: [{subset: {version: v2}, weight: 100}]
+  - name: nowhere
+    match: {pathPrefix: /nowhere}
+    backends: [{subset: {version: v9}, weight: 100}]
+  - name: all
+    match: {pathPrefix: /}
+---
+kind: Service
+name: grpc-svc
+protocol: grpc
+---
+kind: Endpoint
+name: a
+service: echo
+address: 127.0.0.1:1001
+---
+kind: Endpoint
+name: b
+service: echo
+address: 127.0.0.1:1002
+---
+kind: Endpoint
+name: c
+service: echo
+address: 127.0.0.1:1003
+labels: {version: v2}
+---
+kind: Endpoint
+name: g
+service: grpc-svc
+address: 127.0.0.1:1004
+sidecar: true
+";
+
+fn policy(yaml: Option<&str>) -> Arc<Policy> {
+    let policy = Arc::new(Policy::new("echo", Arc::new(Metrics::new())));
+    if let Some(yaml) = yaml {
+        let mut snap = Snapshot {
+            version: 7,
+            ..Default::default()
+        };
+        for r in parse_documents(yaml, "test").unwrap() {
+            match r {
+                Resource::Service(s) => snap.services.push(s),
+                Resource::Endpoint(e) => snap.endpoints.push(e),
+            }
+        }
+        policy.apply(Arc::new(snap), "control-plane");
+    }
+    policy
+}
+
+fn ctx() -> ConnCtx {
+    let a: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+    ConnCtx::new(Listener::Outbound, a, a)
+}
+
+fn get(uri: &str, host: &str) -> Request<()> {
+    Request::builder()
+        .uri(uri)
+        .header("host", host)
+        .body(())
+        .unwrap()
+}
+
+fn reason(p: &Planned) -> Option<Reason> {
+    p.as_ref().err().map(|e| e.error.reason)
+}
+
+fn addrs(d: &Decision) -> Vec<String> {
+    match &d.dest {
+        Dest::Balanced(t) => t
+            .balancer
+            .members()
+            .iter()
+            .map(|m| m.upstream.addr().to_string())
+            .collect(),
+        Dest::Fixed(u) => vec![u.addr().to_string()],
+    }
+}
+
+#[test]
+fn plan_picks_service_route_backend_and_deadline() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/slow/x", "echo:80")).unwrap();
+    assert_eq!(d.route.as_deref(), Some("slow"));
+    assert_eq!(d.timeout, Some(Duration::from_millis(50)));
+    assert_eq!(d.service.as_ref().map(|s| &*s.name), Some("echo"));
+    // The route without backends takes every endpoint of its service.
+    assert_eq!(
+        addrs(&d),
+        ["127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003"]
+    );
+    assert!(p.fast_can_carry(&d));
+
+    let d = p.plan(&ctx(), &get("/v2", "ECHO")).unwrap();
+    assert_eq!(d.route.as_deref(), Some("v2"));
+    assert_eq!(d.timeout, None);
+    assert_eq!(addrs(&d), ["127.0.0.1:1003"]);
+}
+
+#[test]
+fn plan_refusals_carry_their_reason_and_service() {
+    let none = Pipeline::outbound(policy(None));
+    assert_eq!(
+        reason(&none.plan(&ctx(), &get("/", "echo"))),
+        Some(Reason::NoConfig)
+    );
+
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let unknown = p.plan(&ctx(), &get("/", "other")).unwrap_err();
+    assert_eq!(unknown.error.reason, Reason::UnknownService);
+    assert!(unknown.service.is_none());
+    assert!(
+        unknown.error.detail.contains("echo, grpc-svc"),
+        "{}",
+        unknown.error.detail
+    );
+
+    let empty = p.plan(&ctx(), &get("/nowhere", "echo")).unwrap_err();
+    assert_eq!(empty.error.reason, Reason::NoEndpoints);
+    assert_eq!(empty.service.as_ref().map(|s| &*s.name), Some("echo"));
+
+    let no_host = Request::builder().uri("/").body(()).unwrap();
+    assert_eq!(reason(&p.plan(&ctx(), &no_host)), Some(Reason::BadRequest));
+    let connect = Request::builder()
+        .method("CONNECT")
+        .uri("echo:443")
+        .body(())
+        .unwrap();
+    assert_eq!(reason(&p.plan(&ctx(), &connect)), Some(Reason::BadRequest));
+}
+
+#[test]
+fn plan_reads_an_in_place_head_as_it_reads_a_request() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let raw = b"GET /v2/a?q=1 HTTP/1.1\r\nHost: echo\r\n\r\n";
+    let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let Parsed::Ready(head) = h1::parse_request(raw, &mut storage) else {
+        panic!("not parsed");
+    };
+    let from_head = p.plan(&ctx(), &head).unwrap();
+    let from_request = p.plan(&ctx(), &get("/v2/a?q=1", "echo")).unwrap();
+    assert_eq!(from_head.route, from_request.route);
+    assert_eq!(addrs(&from_head), addrs(&from_request));
+}
+
+#[test]
+fn wire_follows_client_and_destination() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let grpc = Request::builder()
+        .uri("/svc/M")
+        .header("host", "grpc-svc")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let d = p.plan(&ctx(), &grpc).unwrap();
+    assert!(!p.fast_can_carry(&d));
+    assert_eq!(p.wire(&d, true), Wire::Http2);
+    assert_eq!(p.wire(&d, false), Wire::Http2);
+    // An HTTP/1.1 client to a gRPC service's sidecar keeps HTTP/1.1 on that hop, and the
+    // fast path still declines it (a non-sidecar endpoint would need translating).
+    let d = p.plan(&ctx(), &get("/", "grpc-svc")).unwrap();
+    assert_eq!(p.wire(&d, true), Wire::Http1);
+    assert_eq!(p.wire(&d, false), Wire::Http2);
+    assert!(!p.fast_can_carry(&d));
+
+    let inbound = Pipeline::inbound(policy(Some(MESH)), "echo", "127.0.0.1:9".parse().unwrap());
+    let d = inbound.plan(&ctx(), &get("/", "echo")).unwrap();
+    assert_eq!(addrs(&d), ["127.0.0.1:9"]);
+    assert_eq!(inbound.wire(&d, false), Wire::Http1);
+}
+
+/// A transport that answers attempts from a script and records where each went.
+struct Script {
+    outcomes: VecDeque<Result<&'static str, AttemptError>>,
+    seen: Vec<(SocketAddr, usize)>,
+    /// Never answers (for the deadline).
+    hang: bool,
+}
+
+impl Script {
+    fn new(outcomes: Vec<Result<&'static str, AttemptError>>) -> Self {
+        Script {
+            outcomes: outcomes.into(),
+            seen: Vec::new(),
+            hang: false,
+        }
+    }
+}
+
+impl Transport for Script {
+    type Output = &'static str;
+
+    async fn attempt(
+        &mut self,
+        upstream: &Arc<Upstream>,
+        _wire: Wire,
+    ) -> Result<&'static str, AttemptError> {
+        // The loop counts the request in flight on the endpoint while the attempt runs.
+        self.seen.push((upstream.addr(), upstream.in_flight()));
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        self.outcomes
+            .pop_front()
+            .expect("an attempt beyond the script")
+    }
+}
+
+fn refused() -> Result<&'static str, AttemptError> {
+    Err(AttemptError::Refused("connection refused".into()))
+}
+
+#[tokio::test]
+async fn a_refused_connect_moves_the_request_to_another_endpoint() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let mut t = Script::new(vec![refused(), Ok("head")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    assert_eq!(t.seen.len(), 2);
+    assert_ne!(
+        t.seen[0].0, t.seen[1].0,
+        "the same endpoint was tried twice"
+    );
+    assert!(t.seen.iter().all(|(_, in_flight)| *in_flight == 1));
+    let Dest::Balanced(target) = &d.dest else {
+        panic!()
+    };
+    assert!(target
+        .balancer
+        .members()
+        .iter()
+        .all(|m| m.upstream.in_flight() == 0));
+}
+
+#[tokio::test]
+async fn every_endpoint_refused_is_connect_failed_after_the_cap() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let mut t = Script::new(vec![refused(), refused(), refused()]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!("expected a response")
+    };
+    assert_eq!(e.reason, Reason::ConnectFailed);
+    assert!(e.detail.contains("3 endpoint(s) of echo"), "{}", e.detail);
+    assert_eq!(t.seen.len(), MAX_CONNECT_ATTEMPTS);
+    let mut distinct: Vec<_> = t.seen.iter().map(|(a, _)| *a).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3);
+
+    // A subset of one endpoint: one attempt, then the same error.
+    let d = p.plan(&ctx(), &get("/v2", "echo")).unwrap();
+    let mut t = Script::new(vec![refused()]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.reason, Reason::ConnectFailed);
+    assert_eq!(t.seen.len(), 1);
+}
+
+#[tokio::test]
+async fn a_failure_after_sending_is_not_retried_elsewhere() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let mut t = Script::new(vec![Err(AttemptError::Failed("reset".into()))]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.reason, Reason::UpstreamError);
+    assert_eq!(t.seen.len(), 1);
+
+    let mut t = Script::new(vec![Err(AttemptError::Abort)]);
+    assert!(matches!(
+        attempt::run(&p, &d, &mut t).await,
+        Err(Failure::Abort)
+    ));
+}
+
+#[tokio::test]
+async fn the_inbound_app_is_tried_once() {
+    let p = Pipeline::inbound(policy(Some(MESH)), "echo", "127.0.0.1:9".parse().unwrap());
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let mut t = Script::new(vec![refused()]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.reason, Reason::AppUnavailable);
+    assert_eq!(t.seen.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_route_deadline_covers_every_attempt() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/slow", "echo")).unwrap();
+    let mut t = Script::new(vec![]);
+    t.hang = true;
+    let started = tokio::time::Instant::now();
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.reason, Reason::Timeout);
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert!(e.detail.contains("echo"), "{}", e.detail);
+}
+
+#[test]
+fn the_renderer_writes_one_table_in_every_form() {
+    use http_body_util::BodyExt;
+    for reason in Reason::ALL {
+        let e = ProxyError::new(reason, "what happened");
+        // HTTP/1.1 bytes.
+        let bytes = String::from_utf8(e.to_http1(true, false)).unwrap();
+        let status = reason.status();
+        assert!(
+            bytes.starts_with(&format!(
+                "HTTP/1.1 {} {}\r\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap()
+            )),
+            "{bytes}"
+        );
+        assert!(bytes.contains(&format!("\r\nferrule-error: {}\r\n", reason.as_str())));
+        assert!(bytes.contains("\r\nconnection: close\r\n"));
+        let body = format!("ferrule: {}: what happened\n", reason.as_str());
+        assert!(bytes.ends_with(&format!("\r\n\r\n{body}")), "{bytes}");
+        assert!(bytes.contains(&format!("content-length: {}\r\n", body.len())));
+        // A HEAD request gets the same head and no body.
+        let head = String::from_utf8(e.to_http1(false, true)).unwrap();
+        assert!(head.ends_with("\r\n\r\n") && !head.contains("connection: close"));
+        // An http::Response.
+        let resp = e.clone().into_response(false);
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.headers()["ferrule-error"], reason.as_str());
+        let got = futures_util::FutureExt::now_or_never(resp.into_body().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(got, body.as_bytes());
+        // A trailers-only gRPC response.
+        let grpc = e.into_response(true);
+        assert_eq!(grpc.status(), http::StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], reason.grpc_status());
+        assert_eq!(grpc.headers()["ferrule-error"], reason.as_str());
+        assert_eq!(grpc.headers()["grpc-message"], "what happened");
+    }
+}

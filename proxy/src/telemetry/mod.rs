@@ -1,0 +1,3 @@
+//! Telemetry: [`metrics`], the Prometheus registry the pipeline's finish step records into.
+
+pub mod metrics;
