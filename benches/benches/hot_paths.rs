@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use ferrule_config::{LoadBalancer, Snapshot};
-use ferrule_proxy::plan::balance::{Balancer, Member};
 use ferrule_proxy::codec::h1;
 use ferrule_proxy::codec::headers::{authority, host_of, strip_hop_by_hop};
-use ferrule_proxy::telemetry::metrics::Metrics;
-use ferrule_proxy::plan::policy::Tables;
 use ferrule_proxy::forward::upstream::Upstream;
+use ferrule_proxy::plan::balance::{Balancer, Member};
+use ferrule_proxy::plan::policy::Tables;
+use ferrule_proxy::telemetry::metrics::Metrics;
 use http::{HeaderMap, HeaderValue, Method, Request};
 use serde_json::{json, Value};
 

@@ -1,4 +1,4 @@
-//! The HTTP/1.1 fast path (`proxy/src/fastpath.rs`) end to end: a client (raw sockets for exact
+//! The HTTP/1.1 fast path (`proxy/src/pipeline/fast.rs`) end to end: a client (raw sockets for exact
 //! control of the bytes, curl, hyper) -> client sidecar (outbound) -> server sidecar (inbound)
 //! -> app, with the real binaries.
 //!
@@ -14,7 +14,10 @@
 //! 6. an upstream that dies in the middle of a response body: the client must see the
 //!    connection end early, never a complete body and never a hang;
 //! 7. HTTP/1.0 and `Expect: 100-continue`, which the fast path leaves to the general path;
-//! 8. fast-path requests are counted in the sidecars' `/metrics`, exactly once.
+//! 8. fast-path requests are counted in the sidecars' `/metrics`, exactly once, and the codec
+//!    counter proves that they took the fast path;
+//! 10. names listed on a second `Connection` line are removed on the fast path, on the general
+//!    path, and towards an HTTP/2 next hop.
 //!
 //! Every socket read and write has a timeout, so a proxy bug fails a test instead of hanging it.
 
@@ -1165,6 +1168,19 @@ async fn fast_path_requests_are_counted_once() {
     let requests = "ferrule_requests_total";
     let responses = "ferrule_responses_total";
     let latency = "ferrule_response_latency_seconds_count";
+    // Which codec carried each request: the fast path, or hyper's HTTP/1.1 server.
+    let by_codec = "ferrule_requests_by_codec_total";
+    let out_fast = [("direction", "outbound"), ("codec", "fast")];
+    let out_general = [("direction", "outbound"), ("codec", "http1")];
+    let in_fast = [("direction", "inbound"), ("codec", "fast")];
+    let codecs = || async {
+        (
+            metric(&m.client, by_codec, &out_fast).await,
+            metric(&m.client, by_codec, &out_general).await,
+            metric(&m.server, by_codec, &in_fast).await,
+        )
+    };
+    let codecs_before = codecs().await;
 
     let before = (
         metric(&m.client, requests, &out_echo).await,
@@ -1225,6 +1241,17 @@ async fn fast_path_requests_are_counted_once() {
         now, expected,
         "(outbound echo requests, outbound echo 200s, outbound echo latency samples, \
          inbound echo requests, outbound unknown-service requests)"
+    );
+    // The seven took the fast path on both sidecars; the refused one was answered by the
+    // general path it was handed to (it was planned once, on the fast path).
+    assert_eq!(
+        codecs().await,
+        (
+            codecs_before.0 + N,
+            codecs_before.1 + 1.0,
+            codecs_before.2 + N
+        ),
+        "(outbound fast, outbound http1, inbound fast)"
     );
 }
 
@@ -1292,4 +1319,67 @@ async fn a_request_never_leaks_into_the_next_one() {
     let seen = c.response().await.echo_json("GET after the POST");
     assert_eq!(seen["uri"], "/next", "a smuggled request reached the app");
     drop(m);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. One hop-by-hop rule: every `Connection` line counts.
+// ---------------------------------------------------------------------------------------------
+
+/// The headers the echo app saw for a request with `Connection: keep-alive` on one line and
+/// `Connection: x-secret` on another, sent as `version` to `host`.
+async fn headers_after_two_connection_lines(
+    m: &Mesh,
+    version: &str,
+    host: &str,
+) -> serde_json::Value {
+    let mut c = m.connect().await;
+    let raw = format!(
+        "GET /hop HTTP/{version}\r\nHost: {host}\r\nConnection: keep-alive\r\n\
+         Connection: x-secret\r\nX-Secret: 1\r\nX-Kept: 2\r\n\r\n"
+    );
+    c.send(raw.as_bytes()).await;
+    let r = c.response().await;
+    r.echo_json(&format!("HTTP/{version} GET to {host}"))
+}
+
+/// Regression: names listed on a second `Connection` line reached the app (the general path
+/// removed the names of the first line only; the fast path sent such requests there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_on_every_connection_line_are_removed_on_every_path() {
+    let m = mesh("fp-hop").await;
+    // An HTTP/2 next hop: the client sidecar speaks h2c to the echo app itself.
+    m.cp.apply(&format!(
+        "kind: Service\nname: echo-h2\nprotocol: http2\n---\n\
+         kind: Endpoint\nname: echo-h2-1\nservice: echo-h2\naddress: {}\n",
+        m.echo.addr
+    ));
+    m.client.wait_endpoints("echo-h2", 1).await;
+    let by_codec = "ferrule_requests_by_codec_total";
+    let fast = [("direction", "outbound"), ("codec", "fast")];
+    let general = [("direction", "outbound"), ("codec", "http1")];
+    let cases = [
+        // HTTP/1.1 to an HTTP/1.1 service: the fast path.
+        ("1.1", "echo", &fast, "HTTP/1.1"),
+        // HTTP/1.0 is the general path's (hyper's).
+        ("1.0", "echo", &general, "HTTP/1.1"),
+        // HTTP/1.1 to an HTTP/2 service: the general path translates it.
+        ("1.1", "echo-h2", &general, "HTTP/2.0"),
+    ];
+    for (version, host, codec, app_saw) in cases {
+        let before = metric(&m.client, by_codec, codec).await;
+        let seen = headers_after_two_connection_lines(&m, version, host).await;
+        let headers = &seen["headers"];
+        let what = format!("HTTP/{version} to {host}: {seen}");
+        assert_eq!(headers["x-kept"], "2", "{what}");
+        assert!(headers.get("x-secret").is_none(), "{what}");
+        assert!(headers.get("connection").is_none(), "{what}");
+        assert_eq!(seen["version"], app_saw, "{what}");
+        // Recorded when the exchange ends, which may be just after the response.
+        eventually(
+            Duration::from_secs(5),
+            "the request counted by its codec",
+            || async { metric(&m.client, by_codec, codec).await == before + 1.0 },
+        )
+        .await;
+    }
 }
