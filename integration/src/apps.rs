@@ -7,6 +7,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -22,7 +24,16 @@ use tokio::net::TcpListener;
 pub struct EchoApp {
     /// Where it listens.
     pub addr: SocketAddr,
+    received: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoApp {
+    /// Requests that have reached the app so far, counted on arrival (before a `/slow/`
+    /// delay): lets a test wait until its requests are in flight at the app.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for EchoApp {
@@ -37,26 +48,36 @@ pub async fn echo_app(name: &str) -> EchoApp {
         .await
         .expect("binding an app");
     let addr = listener.local_addr().expect("bound address");
-    let name: std::sync::Arc<str> = name.into();
+    let name: Arc<str> = name.into();
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let name = name.clone();
+            let counter = counter.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(name.clone(), req));
+                let svc = service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    handle(name.clone(), req)
+                });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });
         }
     });
-    EchoApp { addr, task }
+    EchoApp {
+        addr,
+        received,
+        task,
+    }
 }
 
 async fn handle(
-    name: std::sync::Arc<str>,
+    name: Arc<str>,
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody<Bytes, hyper::Error>>, Infallible> {
     let builder = Response::builder().header("x-app", &*name);

@@ -1,7 +1,7 @@
 //! Load balancing, traffic splits and hot reload under load, measured on real traffic through
 //! a client sidecar to three server sidecars.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +14,8 @@ use ferrule_integration::TempDir;
 struct Mesh {
     _dir: TempDir,
     cp: ControlPlane,
-    _apps: Vec<EchoApp>,
+    /// `echo-0-v1`, `echo-1-v1`, `echo-2-v2`, in that order.
+    apps: Vec<EchoApp>,
     _servers: Vec<Sidecar>,
     client: Sidecar,
 }
@@ -53,22 +54,39 @@ async fn mesh(policy: &str) -> Mesh {
     Mesh {
         _dir: dir,
         cp,
-        _apps: apps,
+        apps,
         _servers: servers,
         client,
     }
 }
 
-/// Sends `n` requests one after another and counts answers by app.
-async fn count_by_app(client: &Sidecar, n: usize) -> HashMap<String, usize> {
+/// The control plane's store revision: the version of the first snapshot that includes every
+/// write made so far.
+async fn revision(cp: &ControlPlane) -> u64 {
+    let (status, _, body) =
+        ferrule_integration::client::get(&format!("{}/v1/version", cp.url), None).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("/v1/version is JSON");
+    v["revision"].as_u64().expect("/v1/version has a revision")
+}
+
+/// Sends `n` requests one after another and returns the app that answered each, in order.
+async fn apps_in_order(client: &Sidecar, n: usize) -> Vec<String> {
     let c = TestClient::http1();
     let url = format!("http://{}/", client.outbound);
-    let mut counts = HashMap::new();
+    let mut apps = Vec::with_capacity(n);
     for _ in 0..n {
         let (status, headers, body) = c.get(&url, Some("echo")).await.unwrap();
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let app = headers["x-app"].to_str().unwrap().to_owned();
-        *counts.entry(app).or_default() += 1;
+        apps.push(headers["x-app"].to_str().unwrap().to_owned());
+    }
+    apps
+}
+
+fn count(apps: &[String]) -> HashMap<&str, usize> {
+    let mut counts = HashMap::new();
+    for app in apps {
+        *counts.entry(app.as_str()).or_default() += 1;
     }
     counts
 }
@@ -79,14 +97,25 @@ async fn round_robin_spreads_evenly_and_splits_follow_weights() {
         "kind: Service\nname: echo\nprotocol: http\ntrafficPolicy: { loadBalancer: round_robin }\n",
     )
     .await;
-    let counts = count_by_app(&m.client, 300).await;
-    assert_eq!(counts.len(), 3, "{counts:?}");
-    for (app, n) in &counts {
-        let share = *n as f64 / 300.0;
-        assert!(
-            (share - 1.0 / 3.0).abs() <= 0.10,
-            "{app} got {:.1}% of 300 requests: {counts:?}",
-            share * 100.0
+    // Round robin over three endpoints of equal weight, requests one after another: each
+    // request goes to the endpoint after the previous request's, so the answers repeat one
+    // order of the three apps and each app gets exactly 100 of 300. (Both are needed: a
+    // balancer that skips an endpoint every 7th pick still gives 100/100/100, because 7 and 3
+    // are coprime and the skips fall evenly on the three.)
+    let apps = apps_in_order(&m.client, 300).await;
+    let counts = count(&apps);
+    let expected: HashMap<&str, usize> =
+        [("echo-0-v1", 100), ("echo-1-v1", 100), ("echo-2-v2", 100)]
+            .into_iter()
+            .collect();
+    assert_eq!(counts, expected, "300 requests, round robin over 3");
+    for (k, app) in apps.iter().enumerate() {
+        assert_eq!(
+            app,
+            &apps[k % 3],
+            "request {k} broke the round-robin order {:?}; answers {:?}",
+            &apps[..3],
+            &apps[k.saturating_sub(6)..(k + 3).min(apps.len())]
         );
     }
 
@@ -111,17 +140,28 @@ routes:
         }
     })
     .await;
-    let counts = count_by_app(&m.client, 1000).await;
-    let v2: usize = counts
-        .iter()
-        .filter(|(k, _)| k.ends_with("v2"))
-        .map(|(_, n)| n)
-        .sum();
-    let share = v2 as f64 / 1000.0;
+    let apps = apps_in_order(&m.client, 1000).await;
+    let counts = count(&apps);
+    // Within the v1 subset, round robin again: its answers alternate between the two v1 apps.
+    let v1: Vec<&String> = apps.iter().filter(|a| a.ends_with("v1")).collect();
+    assert!(v1.len() >= 2, "{counts:?}");
+    assert_ne!(v1[0], v1[1], "{counts:?}");
+    for k in 2..v1.len() {
+        assert_eq!(
+            v1[k],
+            v1[k - 2],
+            "v1 answer {k} broke the alternation: {counts:?}"
+        );
+    }
+    // The subset is a weighted random draw per request (0..100 from a thread-local CSPRNG,
+    // v2 when at least 90), so v2's count X is Binomial(1000, 0.1): mean 100, sd 9.5. The
+    // bound 40..=170 fails by chance with P(X < 40) + P(X > 170) = 3.8e-13 + 4.0e-12 =
+    // 4.3e-12 (exact binomial sums), about once in 2e11 runs, never in practice; it still
+    // catches weights ignored (about 500 or 333) or swapped (about 900).
+    let v2 = apps.len() - v1.len();
     assert!(
-        (share - 0.10).abs() <= 0.04,
-        "v2 got {:.1}% of 1000 requests: {counts:?}",
-        share * 100.0
+        (40..=170).contains(&v2),
+        "v2 got {v2} of 1000 requests (expected about 100): {counts:?}"
     );
 }
 
@@ -133,6 +173,7 @@ fn route_to(version: &str) -> String {
 
 #[derive(Debug, Clone)]
 struct Sample {
+    worker: usize,
     sent: Instant,
     status: u16,
     version: String,
@@ -142,12 +183,14 @@ struct Sample {
 async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
     let m = mesh(&route_to("v1")).await;
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
-    let stop_at = Instant::now() + Duration::from_secs(30);
+    // A bound on the load's length whatever happens to the test: the pushes take about 15 s,
+    // and at most 50 x (1 s + a request) before a slow one fails the test below.
+    let stop_at = Instant::now() + Duration::from_secs(90);
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // Load: 8 workers, one request every 25 ms each (about 300 rps), bounded in time.
     let mut workers = Vec::new();
-    for _ in 0..8 {
+    for worker in 0..8 {
         let url = format!("http://{}/", m.client.outbound);
         let samples = samples.clone();
         let done = done.clone();
@@ -169,6 +212,7 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
                     Err(e) => (0, e),
                 };
                 samples.lock().unwrap().push(Sample {
+                    worker,
                     sent,
                     status,
                     version,
@@ -177,12 +221,32 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
         }));
     }
 
-    // 50 pushes flipping the route between v1 and v2, 300 ms apart.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The load is running: every worker has had an answer.
+    ferrule_integration::eventually(Duration::from_secs(10), "every worker answered", || async {
+        let samples = samples.lock().unwrap();
+        let answered: HashSet<usize> = samples
+            .iter()
+            .filter(|s| s.status == 200)
+            .map(|s| s.worker)
+            .collect();
+        answered.len() == 8
+    })
+    .await;
+
+    // 50 pushes flipping the route between v1 and v2. Each is waited for until it has taken
+    // effect (below); on top of that they are paced, at most one every 300 ms, so that the 50
+    // pushes meet at least 15 s of load. The pacing sets the push rate only: nothing relies
+    // on a push having taken effect by the next tick.
+    let mut pace = tokio::time::interval(Duration::from_millis(300));
+    pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pushes: Vec<(Instant, &str)> = Vec::new();
     for i in 0..50 {
+        pace.tick().await;
         let version = if i % 2 == 0 { "v2" } else { "v1" };
         let policy = route_to(version);
+        // Taken before ferrulectl starts: a request sent earlier cannot see this push, so it
+        // belongs to the previous push's window.
+        let at = Instant::now();
         let cp_url = m.cp.url.clone();
         let dir = m.cp.data_dir.clone();
         // ferrulectl blocks; keep it off the runtime's workers.
@@ -201,8 +265,30 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        pushes.push((Instant::now(), version));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        pushes.push((at, version));
+        // The push has taken effect: the client sidecar, which routes, runs a snapshot that
+        // includes it...
+        let pushed = revision(&m.cp).await;
+        let what = format!("push {i} applied by the client sidecar");
+        ferrule_integration::eventually(Duration::from_secs(5), &what, || async {
+            m.client.version().await >= pushed
+        })
+        .await;
+        let applied = Instant::now();
+        // Fail now rather than push on: the check after the load would fail anyway, since
+        // requests keep going to the old subset until the client has the push.
+        assert!(
+            applied.duration_since(at) < Duration::from_secs(1),
+            "push {i} took {:?} to reach the client sidecar",
+            applied.duration_since(at)
+        );
+        // ...and traffic has run on it: a request sent since then has been answered (so the
+        // push's window holds requests that could only take the new route).
+        let what = format!("a request sent after push {i} was applied");
+        ferrule_integration::eventually(Duration::from_secs(5), &what, || async {
+            samples.lock().unwrap().iter().any(|s| s.sent >= applied)
+        })
+        .await;
     }
     let end = Instant::now();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -213,7 +299,7 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
     samples.sort_by_key(|s| s.sent);
 
     let failed: Vec<&Sample> = samples.iter().filter(|s| s.status != 200).collect();
-    let span = end.duration_since(pushes[0].0 - Duration::from_millis(500));
+    let span = end.duration_since(samples[0].sent);
     let rate = samples.len() as f64 / span.as_secs_f64();
     assert!(span >= Duration::from_secs(10), "load lasted only {span:?}");
     assert!(rate >= 200.0, "only {rate:.0} requests/s");
@@ -227,7 +313,7 @@ async fn fifty_pushes_under_load_lose_nothing_and_take_effect_quickly() {
 
     // After each push, traffic must settle on the new subset within 1 s (and before the next
     // push): the last request that still went to the old subset was sent less than 1 s after
-    // the push.
+    // the push started.
     let mut worst = Duration::ZERO;
     for (i, (at, version)) in pushes.iter().enumerate() {
         let next = pushes.get(i + 1).map(|p| p.0).unwrap_or(end);
@@ -259,14 +345,18 @@ async fn requests_in_flight_finish_on_the_policy_they_started_with() {
     let m = mesh(&route_to("v1")).await;
     // 20 slow requests start on v1...
     let url = format!("http://{}/slow/1000", m.client.outbound);
-    let started = Instant::now();
     let in_flight: Vec<_> = (0..20)
         .map(|_| {
             let url = url.clone();
             tokio::spawn(async move { TestClient::http1().get(&url, Some("echo")).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // They have been routed: all 20 have reached the v1 apps, which answer 1 s later.
+    let (v1a, v1b) = (&m.apps[0], &m.apps[1]);
+    ferrule_integration::eventually(Duration::from_secs(5), "20 requests at the v1 apps", || {
+        std::future::ready(v1a.received() + v1b.received() == 20)
+    })
+    .await;
     // ...then the route flips to v2 while they are still waiting for their responses.
     let version = m.client.version().await;
     m.cp.apply(&route_to("v2"));
@@ -275,10 +365,10 @@ async fn requests_in_flight_finish_on_the_policy_they_started_with() {
     })
     .await;
     // Otherwise the requests might have finished before the flip and prove nothing.
-    assert!(
-        started.elapsed() < Duration::from_millis(900),
-        "the flip took {:?}; the slow requests were no longer in flight",
-        started.elapsed()
+    let finished = in_flight.iter().filter(|r| r.is_finished()).count();
+    assert_eq!(
+        finished, 0,
+        "{finished} of the slow requests finished before the flip was applied"
     );
     for r in in_flight {
         let (status, headers, _) = r.await.unwrap().expect("in-flight request failed");
