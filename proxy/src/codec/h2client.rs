@@ -216,7 +216,8 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             s.write_all(raw).await.unwrap();
             // Keeps the body open for as long as the test runs.
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            let _open = s;
+            std::future::pending::<()>().await;
         });
         let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
         let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
@@ -275,7 +276,10 @@ mod tests {
 
     #[tokio::test]
     async fn requests_waiting_for_a_stream_slot_are_handed_back_on_goaway() {
+        use futures_util::FutureExt;
         let (sender, listener) = connect().await;
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let (leave_tx, leave) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let (io, _) = listener.accept().await.unwrap();
             let mut conn = h2::server::Builder::new()
@@ -284,39 +288,53 @@ mod tests {
                 .await
                 .unwrap();
             let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
-            // Let the other requests queue behind the first, then leave gracefully.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            opened_tx.send(()).unwrap();
+            // Once the other requests queue behind the first, leave gracefully; the
+            // connection keeps being driven meanwhile.
+            let mut leave = leave;
+            loop {
+                tokio::select! {
+                    _ = &mut leave => break,
+                    _ = conn.accept() => {}
+                }
+            }
             conn.graceful_shutdown();
             let response = http::Response::new(());
             respond.send_response(response, true).unwrap();
             while conn.accept().await.is_some() {}
         });
         let empty = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-        // The first request opens the one stream the peer allows: wait until it has.
+        // The first request opens the one stream the peer allows: wait until the peer has it.
         let first = tokio::spawn({
             let sender = sender.clone();
             let body = incoming(empty).await;
             async move { sender.send(request(body)).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // These carry a body that has fully arrived, as a gRPC unary request's has.
+        opened.await.unwrap();
+        // These carry a body that has fully arrived, as a gRPC unary request's has. Each is
+        // polled once, so each is queued (one inside h2, the rest for the handle) before the
+        // peer leaves.
         let hello = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
         let mut waiting = Vec::new();
         for _ in 0..4 {
             let sender = sender.clone();
             let body = incoming(hello).await;
-            waiting.push(tokio::spawn(
-                async move { sender.send(request(body)).await },
-            ));
+            let mut w = Box::pin(async move { sender.send(request(body)).await });
+            assert!(
+                (&mut w).now_or_never().is_none(),
+                "answered before the peer left"
+            );
+            waiting.push(w);
         }
+        leave_tx.send(()).unwrap();
         let first = first.await.unwrap();
         assert_eq!(first.expect("the first request is answered").status(), 200);
         // h2 lets one request wait inside it for a stream slot (hyper's client had the same
         // one): the GOAWAY fails that one. Every other waits outside h2 and comes back
         // untouched, to be sent on a fresh connection.
         let (mut handed_back, mut failed) = (0, 0);
-        for w in waiting {
-            match w.await.unwrap() {
+        for w in futures_util::future::join_all(waiting).await {
+            match w {
                 Err(Failure::Closed(back)) => {
                     assert_eq!(back.uri(), "http://peer/upload");
                     let body = back.into_body().collect().await.unwrap().to_bytes();
