@@ -17,7 +17,7 @@
 //! 8. fast-path requests are counted in the sidecars' `/metrics`, exactly once, and the codec
 //!    counter proves that they took the fast path;
 //! 10. names listed on a second `Connection` line are removed on the fast path, on the general
-//!    path, and towards an HTTP/2 next hop.
+//!     path, and towards an HTTP/2 next hop.
 //!
 //! Every socket read and write has a timeout, so a proxy bug fails a test instead of hanging it.
 

@@ -36,6 +36,14 @@ async fn listeners_refuse_abusive_requests() {
     });
     sidecar.wait_ready().await;
     let addrs = [sidecar.inbound, sidecar.outbound];
+    let refusals = || async {
+        let m = metrics_text(&sidecar).await;
+        (
+            responses(&m, "400", "bad-request"),
+            responses(&m, "431", "header-too-large"),
+        )
+    };
+    let before = refusals().await;
     tokio::task::spawn_blocking(move || {
         for addr in addrs {
             // Content-Length and Transfer-Encoding together: 400, connection closed.
@@ -46,14 +54,16 @@ async fn listeners_refuse_abusive_requests() {
             assert!(r.starts_with("HTTP/1.1 400"), "{addr}: {r}");
             assert!(r.contains("ferrule-error: bad-request"), "{r}");
 
-            // An oversized head: 431.
+            // An oversized head: 431, from the proxy's renderer (not hyper's bare one).
             let big = format!("GET / HTTP/1.1\r\nHost: echo\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000));
             let r = exchange(addr, big.as_bytes());
             assert!(r.starts_with("HTTP/1.1 431"), "{addr}: {}", &r[..r.len().min(200)]);
+            assert!(r.contains("ferrule-error: header-too-large"), "{addr}: {r}");
 
-            // Garbage: 400.
+            // Garbage: 400, from the renderer.
             let r = exchange(addr, b"NOT HTTP AT ALL\r\n\r\n");
             assert!(r.starts_with("HTTP/1.1 400"), "{addr}: {r}");
+            assert!(r.contains("ferrule-error: bad-request"), "{addr}: {r}");
 
             // Slowloris: a head that never completes is cut off by the header read timeout.
             let mut s = TcpStream::connect(addr).unwrap();
@@ -68,6 +78,16 @@ async fn listeners_refuse_abusive_requests() {
                 "{addr}: a stalled head held the connection for {took:?}"
             );
         }
+        // A malformed head after a good request on a connection the general path serves
+        // (HTTP/1.0): the first is answered, then the renderer's 400, then the close.
+        let r = exchange(
+            addrs[0],
+            b"GET / HTTP/1.0\r\nHost: echo\r\nConnection: keep-alive\r\n\r\nGET /\x01 HTTP/1.1\r\n\r\n",
+        );
+        assert!(r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"), "{r}");
+        let second = &r[r.find("HTTP/1.1 400").unwrap_or_else(|| panic!("no 400: {r}"))..];
+        assert!(second.contains("ferrule-error: bad-request"), "{r}");
+
         // A clean request on the same listener still works.
         let r = exchange(
             addrs[0],
@@ -77,6 +97,28 @@ async fn listeners_refuse_abusive_requests() {
     })
     .await
     .unwrap();
+    // Each refusal is counted once, whichever layer found it (two listeners: the framing, the
+    // garbage and the pipelined head are 400s, the oversized heads 431s).
+    let after = refusals().await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (5.0, 2.0));
+}
+
+async fn metrics_text(sidecar: &Sidecar) -> String {
+    let url = format!("http://{}/metrics", sidecar.admin);
+    let (status, _, body) = ferrule_integration::client::get(&url, None).await;
+    assert_eq!(status, 200);
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The sum of `ferrule_responses_total` over every label set with this status and reason.
+fn responses(metrics: &str, status: &str, error: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("ferrule_responses_total{"))
+        .filter(|l| l.contains(&format!("status=\"{status}\"")))
+        .filter(|l| l.contains(&format!("error=\"{error}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 /// The CPU slice of every thread of `pid` that still exists when it is read (the runtime's

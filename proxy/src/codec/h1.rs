@@ -54,6 +54,8 @@ pub struct RequestHead<'a> {
     pub len: usize,
     /// Values of the `Connection` lines (they name more hop-by-hop headers).
     connection: [&'a [u8]; MAX_CONNECTION_LINES],
+    /// How many of `connection` are used.
+    connection_lines: usize,
     /// Whether the request is gRPC (`content-type: application/grpc...`).
     grpc: bool,
 }
@@ -217,6 +219,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
         close,
         len,
         connection,
+        connection_lines,
         grpc,
     })
 }
@@ -229,6 +232,7 @@ pub struct ResponseHead<'a> {
     reason: &'a str,
     headers: &'a [httparse::Header<'a>],
     connection: [&'a [u8]; MAX_CONNECTION_LINES],
+    connection_lines: usize,
     /// The body is framed by `Transfer-Encoding`, so any `Content-Length` must not be forwarded.
     transfer_encoded: bool,
     /// Body framing (already accounting for `HEAD` requests and bodiless statuses).
@@ -332,6 +336,7 @@ pub fn parse_response<'a>(
         reason: resp.reason.unwrap_or(""),
         headers,
         connection,
+        connection_lines,
         transfer_encoded,
         framing,
         close,
@@ -367,7 +372,7 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, authority: 
     out.extend_from_slice(authority.as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in head.headers {
-        let connection = head.connection.as_slice();
+        let connection = &head.connection[..head.connection_lines];
         if !h.name.eq_ignore_ascii_case("host") && !skip_header(h.name, connection) {
             push_header(out, h);
         }
@@ -403,7 +408,8 @@ pub fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) {
     out.extend_from_slice(b"\r\n");
     for h in head.headers {
         let dropped_length = head.transfer_encoded && h.name.eq_ignore_ascii_case("content-length");
-        if !dropped_length && !skip_header(h.name, &head.connection) {
+        let connection = &head.connection[..head.connection_lines];
+        if !dropped_length && !skip_header(h.name, connection) {
             push_header(out, h);
         }
     }

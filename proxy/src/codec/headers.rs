@@ -3,7 +3,7 @@
 //! rewrite of a request for the next hop's protocol.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -47,10 +47,12 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 /// counts, not only the first), so it must not be forwarded either. `Content-Length` and `Host`
 /// are never removed this way: a message whose framing or target vanished on the way would be
 /// read differently by the next hop.
-pub fn listed_in_connection<'a>(
-    name: &[u8],
-    mut connection: impl Iterator<Item = &'a [u8]>,
-) -> bool {
+pub fn listed_in_connection<'a>(name: &[u8], connection: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut connection = connection.peekable();
+    // Nearly every head has no `Connection` line naming anything: no work per header then.
+    if connection.peek().is_none() {
+        return false;
+    }
     if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"host") {
         return false;
     }
@@ -72,36 +74,39 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     if !headers.keys().any(|n| is_hop_by_hop(n.as_str().as_bytes())) {
         return;
     }
-    // Names listed on the `Connection` lines, other than those removed anyway.
-    let mut listed: Vec<HeaderName> = Vec::new();
-    for line in headers.get_all(header::CONNECTION) {
-        for token in line.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            if token.is_empty() || is_hop_by_hop(token) {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                if listed_in_connection(name.as_str().as_bytes(), std::iter::once(token)) {
-                    listed.push(name);
+    // Every `Connection` line goes, and with it every name any of them lists (other than the
+    // ones removed anyway), in one lookup.
+    if let Entry::Occupied(lines) = headers.entry(header::CONNECTION) {
+        let (_, lines) = lines.remove_entry_mult();
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for line in lines {
+            for token in line.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty() || is_hop_by_hop(token) {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    if listed_in_connection(name.as_str().as_bytes(), std::iter::once(token)) {
+                        listed.push(name);
+                    }
                 }
             }
         }
+        for name in &listed {
+            headers.remove(name);
+        }
     }
-    for name in &listed {
-        headers.remove(name);
-    }
-    // `remove` takes every value of a name, so every `Connection` line goes.
-    headers.remove(header::CONNECTION);
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::PROXY_AUTHORIZATION);
     headers.remove(header::TRAILER);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
-    if let Some(te) = headers.get(header::TE) {
+    let mut te_lines = headers.get_all(header::TE).iter();
+    if let Some(te) = te_lines.next() {
         let exact = te.as_bytes() == b"trailers";
         let trailers_only = exact || te.as_bytes().eq_ignore_ascii_case(b"trailers");
-        let one_line = headers.get_all(header::TE).iter().count() == 1;
+        let one_line = te_lines.next().is_none();
         if !(keep_te_trailers && trailers_only && one_line) {
             headers.remove(header::TE);
         } else if !exact {

@@ -4,19 +4,20 @@
 //! - [`h1`]: HTTP/1.1 heads parsed and rewritten in place, and body framing (the fast path's
 //!   wire pieces).
 //! - [`h2server`], [`h2client`], [`h2body`]: HTTP/2 on the h2 crate, towards either side.
-//! - [`smuggling`]: refuses HTTP/1.1 requests framed twice, under hyper's HTTP/1.1 server.
+//! - [`h1guard`]: under hyper's HTTP/1.1 server: heads hyper would refuse are answered by the
+//!   renderer instead, and requests framed twice are refused.
 //! - [`headers`]: body types, the one hop-by-hop rule, authority, next-hop rewrites.
 //! - [`render`]: the one renderer of proxy-made responses, in every wire form.
 //! - [`io`]: IO adapters shared by the codecs (read-ahead bytes, borrowing halves).
 
 pub mod h1;
+pub mod h1guard;
 pub mod h2body;
 pub mod h2client;
 pub mod h2server;
 pub mod headers;
 pub mod io;
 pub mod render;
-pub mod smuggling;
 
 use http::{HeaderName, HeaderValue, Request, Version};
 

@@ -217,7 +217,7 @@ impl Upstream {
     fn checkin_h1(&self, mut conn: Pooled<http1::SendRequest<RequestBody>>) {
         let mut pool = self.idle_h1.lock().expect("pool lock poisoned");
         if pool.len() < POOL_MAX_IDLE {
-            conn.times.idle_since = Instant::now();
+            conn.times.idle_from(Instant::now());
             pool.push(conn);
         }
     }
@@ -251,9 +251,9 @@ impl Upstream {
     /// An idle fast-path connection that is still open, if one is pooled. A socket the
     /// upstream closed while idle is readable (EOF); such sockets are dropped here, before a
     /// request is written to them, as are connections past their idle time or lifetime.
-    pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
+    /// `now` is the request's start: the fast path reads the clock once per request.
+    pub(crate) fn checkout_raw(&self, now: Instant) -> Option<RawConn> {
         let mut pool = self.idle_raw.lock().expect("pool lock poisoned");
-        let now = Instant::now();
         while let Some(conn) = pool.pop() {
             if !conn.times.expired(now) && idle_and_open(&conn.stream) {
                 return Some(conn);
@@ -262,11 +262,13 @@ impl Upstream {
         None
     }
 
-    /// Returns a fast-path connection whose exchange ended cleanly.
-    pub(crate) fn checkin_raw(&self, mut conn: RawConn) {
+    /// Returns a fast-path connection whose exchange ended cleanly. Its idle time counts from
+    /// `since`, the start of the request it carried (at most that request's length early: no
+    /// clock read per request for a 30 s timeout).
+    pub(crate) fn checkin_raw(&self, mut conn: RawConn, since: Instant) {
         let mut pool = self.idle_raw.lock().expect("pool lock poisoned");
         if pool.len() < POOL_MAX_IDLE {
-            conn.times.idle_since = Instant::now();
+            conn.times.idle_from(since);
             pool.push(conn);
         }
     }
@@ -383,11 +385,13 @@ pub(crate) struct RawConn {
     pub times: Times,
 }
 
-/// When a pooled connection was opened and when it last went idle.
+/// When a pooled connection was opened, and when it may no longer be used: the earlier of the
+/// end of its lifetime and the end of its current idle time. Kept as one deadline so that the
+/// check at checkout is one comparison.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Times {
     created: Instant,
-    idle_since: Instant,
+    expires: Instant,
 }
 
 impl Times {
@@ -395,14 +399,18 @@ impl Times {
         let now = Instant::now();
         Times {
             created: now,
-            idle_since: now,
+            expires: now + POOL_IDLE_TIMEOUT.min(POOL_MAX_LIFETIME),
         }
+    }
+
+    /// Starts an idle period at `since`.
+    fn idle_from(&mut self, since: Instant) {
+        self.expires = (since + POOL_IDLE_TIMEOUT).min(self.created + POOL_MAX_LIFETIME);
     }
 
     /// Past its idle time or its lifetime: not to be used for a new request.
     fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.idle_since) >= POOL_IDLE_TIMEOUT
-            || now.duration_since(self.created) >= POOL_MAX_LIFETIME
+        now >= self.expires
     }
 }
 

@@ -28,12 +28,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::base::conn::Protocol;
 use crate::base::{ConnCtx, Limits, Listener, MAX_HEADER_BYTES};
+use crate::codec::h1guard::FramingGuard;
 use crate::codec::h2server;
 use crate::codec::headers::{ProxyBody, RequestBody};
 use crate::codec::io::Prefixed;
-use crate::codec::smuggling::FramingGuard;
 use crate::pipeline::fast::{self, Exit};
 use crate::pipeline::{Pipeline, Planned};
+use crate::telemetry::metrics::Codec;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -96,7 +97,13 @@ pub async fn serve<H, Fut>(
                         },
                         None => (stream, BytesMut::new(), None),
                     };
-                    let general = General { handler, builder: &builder, limits, stop };
+                    let general = General {
+                        handler,
+                        builder: &builder,
+                        limits,
+                        stop,
+                        pipeline: fast.clone(),
+                    };
                     general.serve(&mut ctx, stream, prefix, planned).await;
                 });
             }
@@ -119,6 +126,8 @@ struct General<'a, H> {
     builder: &'a http1::Builder,
     limits: Limits,
     stop: watch::Receiver<bool>,
+    /// Where requests the listener refuses itself are recorded (proxy listeners).
+    pipeline: Option<Arc<Pipeline>>,
 }
 
 impl<H, Fut> General<'_, H>
@@ -143,6 +152,7 @@ where
             builder,
             limits,
             mut stop,
+            pipeline,
         } = self;
         let peer = ctx.peer;
         let h2 = match preface(&prefix) {
@@ -183,11 +193,20 @@ where
             io,
         };
         let (io, guard) = FramingGuard::wrap(io);
+        let head_guard = guard.clone();
         // The decision the fast path made goes with the first request hyper reads, which is
         // the one it was made for.
         let planned = Cell::new(planned);
+        let counted = pipeline.clone();
         let svc = service_fn(move |mut req: Request<Incoming>| match guard.refuse(&req) {
-            Some(resp) => Either::Left(future::ready(Ok::<_, Infallible>(resp))),
+            Some(resp) => {
+                if let Some(p) = &counted {
+                    let status = resp.status().as_u16();
+                    let reason = Some(crate::base::Reason::BadRequest);
+                    p.finish(None, Codec::Http1, status, reason, Duration::ZERO);
+                }
+                Either::Left(future::ready(Ok::<_, Infallible>(resp)))
+            }
             None => {
                 if let Some(p) = planned.take() {
                     req.extensions_mut().insert(p);
@@ -205,6 +224,18 @@ where
             _ = stop.changed() => {
                 conn.as_mut().graceful_shutdown();
                 conn.await
+            }
+            // A head hyper would refuse: the requests before it finish, then the guard writes
+            // the renderer's answer as hyper shuts the connection down.
+            _ = head_guard.refusal() => {
+                let refused_at = std::time::Instant::now();
+                conn.as_mut().graceful_shutdown();
+                let r = conn.await;
+                if let (Some(p), Some(reason)) = (&pipeline, head_guard.refused()) {
+                    let status = reason.status().as_u16();
+                    p.finish(None, Codec::Http1, status, Some(reason), refused_at.elapsed());
+                }
+                r
             }
         };
         if let Err(e) = result {

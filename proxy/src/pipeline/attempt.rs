@@ -54,26 +54,17 @@ pub enum Failure {
 }
 
 /// Sends a planned request through `transport`, within the route's deadline.
+///
+/// The deadline covers every attempt: each attempt is raced against it where it is awaited,
+/// rather than a timeout wrapped around the whole loop, because every async layer around the
+/// attempt (which holds the transport's exchange, about a kilobyte on the fast path) is one
+/// more copy of it per request (measured with callgrind: about 100 instructions per request).
 pub async fn run<T: Transport>(
     p: &Pipeline,
     d: &Decision,
     transport: &mut T,
 ) -> Result<T::Output, Failure> {
-    let attempts = attempts(p, d, transport);
-    match d.timeout {
-        Some(t) => match tokio::time::timeout(t, attempts).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::Respond(p.timeout(d, t))),
-        },
-        None => attempts.await,
-    }
-}
-
-async fn attempts<T: Transport>(
-    p: &Pipeline,
-    d: &Decision,
-    transport: &mut T,
-) -> Result<T::Output, Failure> {
+    let deadline = d.timeout.map(|t| (tokio::time::Instant::now() + t, t));
     // Indices tried, on the stack: a request tries at most MAX_CONNECT_ATTEMPTS endpoints.
     let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
     let mut n_tried = 0;
@@ -93,7 +84,16 @@ async fn attempts<T: Transport>(
             _ => break,
         };
         let _in_flight = upstream.in_flight_guard();
-        match transport.attempt(upstream, wire).await {
+        let outcome = match deadline {
+            Some((at, t)) => {
+                match tokio::time::timeout_at(at, transport.attempt(upstream, wire)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return Err(Failure::Respond(p.timeout(d, t))),
+                }
+            }
+            None => transport.attempt(upstream, wire).await,
+        };
+        match outcome {
             Ok(out) => return Ok(out),
             Err(AttemptError::Refused(e)) => {
                 tracing::debug!(upstream = %upstream.addr(), error = %e, "connect failed, trying another endpoint");

@@ -221,6 +221,7 @@ where
         early_body: &early_body,
         pump: &mut pump,
         out: &mut *out,
+        start,
     });
     let result = attempt::run(p, d, &mut transport).await;
     let latency = start.elapsed();
@@ -241,8 +242,16 @@ where
         }
     };
     drop(early_body);
-    let (status, close) =
-        relay_response(sent, client, buf, &mut pump, req.close || stopping, out).await;
+    let (status, close) = relay_response(
+        sent,
+        client,
+        buf,
+        &mut pump,
+        req.close || stopping,
+        out,
+        start,
+    )
+    .await;
     Some(Outcome {
         status,
         reason: None,
@@ -277,6 +286,8 @@ struct Outgoing<'a, I> {
     pump: &'a mut Pump,
     /// Scratch space for the rewritten request head, then the response head.
     out: &'a mut Vec<u8>,
+    /// When the request head arrived.
+    start: Instant,
 }
 
 /// The raw HTTP/1.1 transport: a pooled (or new) plain connection, the head and body written
@@ -294,7 +305,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Transport for Raw<'_, I> {
         // The plan only lets the fast path carry requests whose every hop is HTTP/1.1.
         debug_assert_eq!(wire, Wire::Http1);
         // A pooled connection first; a fresh one if the pooled one proves stale.
-        let mut pooled = upstream.checkout_raw();
+        let mut pooled = upstream.checkout_raw(self.0.start);
         loop {
             let reused = pooled.is_some();
             let mut conn = match pooled.take() {
@@ -374,6 +385,7 @@ where
         early_body,
         pump,
         out,
+        ..
     } = outgoing;
     // A body that came whole with the head can be sent again on a fresh connection; once more
     // must be streamed from the client, there is no going back.
@@ -543,6 +555,7 @@ async fn relay_response<I>(
     pump: &mut Pump,
     close_client: bool,
     out: &mut Vec<u8>,
+    start: Instant,
 ) -> (u16, bool)
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -593,7 +606,7 @@ where
     let clean = relayed.is_ok() && pump.done();
     let close = !clean || said_close;
     if clean && !upstream_close && upstream_buf.is_empty() {
-        pool.checkin_raw(conn);
+        pool.checkin_raw(conn, start);
     }
     (status, close)
 }

@@ -1,28 +1,44 @@
-//! Refuses HTTP/1.1 requests that carry both `Content-Length` and `Transfer-Encoding`.
+//! The guard under hyper's HTTP/1.1 server: it sees every byte hyper reads, and does two jobs
+//! hyper cannot be asked to do.
 //!
-//! Such a request is the classic request-smuggling vector: two hops that disagree on which
+//! **Heads hyper would refuse are answered by the proxy's renderer.** hyper answers a malformed
+//! head with a bare 400 and an oversized one with a bare 431, with no `ferrule-error` and
+//! nothing counted. So a request head is handed to hyper only once it is complete and parses
+//! (httparse, as hyper parses it, within the proxy's head limit). A head that does not is never
+//! shown to hyper: the guard records why ([`FramingGuard::refused`]), the connection's task
+//! closes hyper's side gracefully (the responses before it finish), and the guard writes the
+//! rendered response (`400 bad-request` or `431 header-too-large`, `connection: close`) when
+//! hyper shuts the connection down. Body bytes pass at once, up to where their framing ends.
+//!
+//! **Requests framed twice are refused.** A request with both `Content-Length` and
+//! `Transfer-Encoding` is the classic request-smuggling vector: two hops that disagree on which
 //! header frames the body see different requests in the same bytes. RFC 9112 §6.3 lets a
 //! server either drop `Content-Length` or refuse; hyper silently drops it, and by the time a
-//! request reaches our service the evidence is gone. So this module watches the raw bytes of
-//! each HTTP/1 connection as hyper reads them, with a minimal framing tracker (request heads,
-//! `Content-Length` bodies, chunked bodies), and marks the request that has both headers; the
+//! request reaches our service the evidence is gone. So a minimal framing tracker (request
+//! heads, `Content-Length` bodies, chunked bodies) marks the request that has both headers; the
 //! service then answers it 400 and closes the connection. HTTP/2 connections (prior-knowledge
 //! preface) and upgraded or CONNECT streams are not scanned.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use http::{HeaderValue, Request, Response, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
-use crate::base::Reason;
+use crate::base::{Reason, MAX_HEADER_BYTES};
 use crate::codec::headers::ProxyBody;
 use crate::codec::render::ProxyError;
 
 const NONE: u64 = u64::MAX;
+/// Most header fields in a head, as hyper's server allows (more: 431).
+const MAX_HEADERS: usize = 100;
+/// Bytes read from the socket at a time while a head is held back.
+const READ_CHUNK: usize = 8 * 1024;
 
 #[derive(Debug)]
 struct Shared {
@@ -30,7 +46,15 @@ struct Shared {
     bad: AtomicU64,
     /// Requests handed to the service so far.
     served: AtomicU64,
+    /// Why the next head was refused: 0 none, 1 malformed, 2 too large.
+    refused: AtomicU8,
+    /// Wakes the connection's task when a head is refused.
+    notify: Notify,
 }
+
+const REFUSED_NONE: u8 = 0;
+const REFUSED_MALFORMED: u8 = 1;
+const REFUSED_TOO_LARGE: u8 = 2;
 
 /// The service's side: tells whether the request being served was marked.
 #[derive(Debug, Clone)]
@@ -44,15 +68,42 @@ impl FramingGuard {
         let shared = Arc::new(Shared {
             bad: AtomicU64::new(NONE),
             served: AtomicU64::new(0),
+            refused: AtomicU8::new(REFUSED_NONE),
+            notify: Notify::new(),
         });
         (
             Scanned {
                 inner: io,
                 scanner: Scanner::default(),
                 shared: shared.clone(),
+                held: BytesMut::new(),
+                cleared: 0,
+                eof: false,
+                answer: None,
             },
             FramingGuard { shared },
         )
+    }
+
+    /// Why a head was refused, once one was: the connection should then be closed gracefully
+    /// (the guard writes the answer when hyper shuts the connection down).
+    pub fn refused(&self) -> Option<Reason> {
+        match self.shared.refused.load(Ordering::Acquire) {
+            REFUSED_MALFORMED => Some(Reason::BadRequest),
+            REFUSED_TOO_LARGE => Some(Reason::HeaderTooLarge),
+            _ => None,
+        }
+    }
+
+    /// Resolves when a head has been refused.
+    pub async fn refusal(&self) {
+        loop {
+            let notified = self.shared.notify.notified();
+            if self.refused().is_some() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Called once per request, in order: the 400 response if this request was marked.
@@ -81,6 +132,63 @@ pub struct Scanned<T> {
     inner: T,
     scanner: Scanner,
     shared: Arc<Shared>,
+    /// Bytes read from `inner` and not yet handed to hyper.
+    held: BytesMut,
+    /// How many bytes at the front of `held` may go to hyper (a checked head, or body bytes).
+    cleared: usize,
+    eof: bool,
+    /// The refusal to write (and how much of it is written) when hyper shuts down.
+    answer: Option<(Vec<u8>, usize)>,
+}
+
+impl<T> Scanned<T> {
+    /// Decides how many held bytes may go to hyper; `Err` refuses the head they start with.
+    fn clear(&mut self) -> Result<(), Reason> {
+        let held = &self.held[..];
+        self.cleared = match self.scanner.state {
+            State::Off => held.len(),
+            State::Body(n) | State::ChunkData(n) => held.len().min(n as usize),
+            // A framing line: up to its end (bytes of an unfinished line are the line's).
+            State::ChunkSize | State::ChunkEnd | State::Trailers => held
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(held.len(), |i| i + 1),
+            State::Head if held.is_empty() => 0,
+            State::Head => {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::Request::new(&mut headers).parse(held) {
+                    Ok(httparse::Status::Complete(n)) if n <= MAX_HEADER_BYTES => n,
+                    Ok(httparse::Status::Complete(_)) => return Err(Reason::HeaderTooLarge),
+                    Ok(httparse::Status::Partial) if held.len() > MAX_HEADER_BYTES => {
+                        return Err(Reason::HeaderTooLarge)
+                    }
+                    Ok(httparse::Status::Partial) => 0,
+                    Err(httparse::Error::TooManyHeaders) => return Err(Reason::HeaderTooLarge),
+                    Err(_) => return Err(Reason::BadRequest),
+                }
+            }
+        };
+        Ok(())
+    }
+
+    fn refuse(&mut self, reason: Reason) {
+        let detail = match reason {
+            Reason::HeaderTooLarge => format!(
+                "the request head is larger than {MAX_HEADER_BYTES} bytes or has more than \
+                 {MAX_HEADERS} fields"
+            ),
+            _ => "the request head is not valid HTTP/1.1".to_owned(),
+        };
+        let e = ProxyError::new(reason, detail);
+        self.answer = Some((e.to_http1(true, false), 0));
+        self.held.clear();
+        let code = match reason {
+            Reason::HeaderTooLarge => REFUSED_TOO_LARGE,
+            _ => REFUSED_MALFORMED,
+        };
+        self.shared.refused.store(code, Ordering::Release);
+        self.shared.notify.notify_one();
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
@@ -89,20 +197,48 @@ impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
-        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            if let Some(index) = this.scanner.feed(&buf.filled()[before..]) {
-                let _ = this.shared.bad.compare_exchange(
-                    NONE,
-                    index,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
+        loop {
+            if this.answer.is_some() {
+                // Refused: hyper sees nothing more, and is closed by the connection's task.
+                return Poll::Pending;
             }
+            if this.cleared == 0 {
+                if let Err(reason) = this.clear() {
+                    this.refuse(reason);
+                    continue;
+                }
+            }
+            if this.cleared > 0 {
+                let n = this.cleared.min(buf.remaining());
+                let chunk = this.held.split_to(n);
+                this.cleared -= n;
+                if let Some(index) = this.scanner.feed(&chunk) {
+                    let _ = this.shared.bad.compare_exchange(
+                        NONE,
+                        index,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                // An unfinished head at EOF: hyper gets it and sees the message incomplete.
+                let n = this.held.len().min(buf.remaining());
+                buf.put_slice(&this.held[..n]);
+                this.held.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                this.eof = true;
+            }
+            this.held.extend_from_slice(read.filled());
         }
-        res
     }
 }
 
@@ -117,8 +253,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Scanned<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
+    /// hyper shuts a connection down when it is done with it; a refused head's answer goes
+    /// out first.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if let Some((answer, sent)) = &mut this.answer {
+            while *sent < answer.len() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &answer[*sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                *sent += n;
+            }
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -209,8 +357,9 @@ impl Scanner {
     fn push_line_bytes(&mut self, bytes: &[u8]) {
         self.line.extend_from_slice(bytes);
         self.head_len += bytes.len();
-        // hyper refuses heads this large itself (431); stop tracking rather than buffer more.
-        if self.head_len > crate::base::MAX_HEADER_BYTES * 2 {
+        // Heads are checked against the limit before they get here; a framing line this long
+        // is refused by hyper. Stop tracking rather than buffer more.
+        if self.head_len > MAX_HEADER_BYTES * 2 {
             self.state = State::Off;
         }
     }
@@ -352,6 +501,72 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r
     fn clean_traffic_is_not_marked() {
         let input = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhiGET / HTTP/1.1\r\n\r\n";
         assert_eq!(scan_in_pieces(input, 3), (None, 3));
+    }
+
+    /// Reads what the guard lets through from `input` (sent whole, then EOF), until it would
+    /// wait; returns that and why it refused, if it did.
+    async fn through_guard(input: &[u8]) -> (Vec<u8>, Option<Reason>) {
+        use futures_util::FutureExt;
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(256 * 1024);
+        tokio::io::AsyncWriteExt::write_all(&mut client, input)
+            .await
+            .unwrap();
+        drop(client);
+        let (mut io, guard) = FramingGuard::wrap(server);
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        // A refused head leaves the reader waiting (the connection's task closes it).
+        while let Some(Ok(n)) = io.read(&mut buf).now_or_never() {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        (seen, guard.refused())
+    }
+
+    #[tokio::test]
+    async fn heads_reach_hyper_only_once_they_parse() {
+        let good = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(through_guard(good).await, (good.to_vec(), None));
+
+        // A malformed head after a good request: the good one passes, the bad one never does.
+        let mut input = good.to_vec();
+        input.extend_from_slice(b"GET /\x01 HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            through_guard(&input).await,
+            (good.to_vec(), Some(Reason::BadRequest))
+        );
+
+        // A body that looks like a head is a body: only heads are checked.
+        let body = b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nNOT\x01HTTP\r";
+        assert_eq!(through_guard(body).await, (body.to_vec(), None));
+
+        // Too large, or too many fields: 431, and nothing of the head passes.
+        let big = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEADER_BYTES)
+        );
+        assert_eq!(
+            through_guard(big.as_bytes()).await,
+            (Vec::new(), Some(Reason::HeaderTooLarge))
+        );
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X: 1\r\n".repeat(MAX_HEADERS + 1)
+        );
+        assert_eq!(
+            through_guard(many.as_bytes()).await,
+            (Vec::new(), Some(Reason::HeaderTooLarge))
+        );
+
+        // An unfinished head at EOF goes to hyper, which sees it incomplete.
+        assert_eq!(
+            through_guard(b"GET / HTTP/1.1\r\nHo").await,
+            (b"GET / HTTP/1.1\r\nHo".to_vec(), None)
+        );
     }
 
     #[test]
