@@ -44,10 +44,12 @@ pub(crate) struct Measurement {
     pub(crate) family_direct: bool,
     /// What the load generator measured.
     pub(crate) load: LoadReport,
-    /// p50 minus the direct run's p50 (same protocol and rate), ms.
+    /// p50 minus the direct run's p50 (same protocol and rate), over all requests, ms.
     pub(crate) added_p50_ms: Option<f64>,
-    /// p99 minus the direct run's p99, ms.
+    /// p99 minus the direct run's p99, over all requests, ms: the headline figure.
     pub(crate) added_p99_ms: Option<f64>,
+    /// The median of the rounds' p99s minus the direct run's, ms (open loop in rounds).
+    pub(crate) added_p99_round_median_ms: Option<f64>,
     /// CPU time of each involved process during the run (warmup included).
     pub(crate) cpu: Vec<CpuUse>,
     /// Charged CPU seconds per 1000 completed requests (= vCPUs per 1000 rps); absent when
@@ -245,8 +247,10 @@ impl Report {
             md,
             "\nOpen loop: {} s measured per row in {} round(s) that take the targets in turn \
              ({} s warmup before the first round, {} s before the others); latency \
-             percentiles are the median over the rounds, and *p99 by round* gives the \
-             spread. {} requests in flight at \
+             percentiles are over all requests of the row, as other load tools report them; \
+             *p99, median of rounds* is the median of the rounds' p99s (less moved by a stall \
+             that lands in one round), and *p99 by round* gives the spread. {} requests in \
+             flight at \
              most (HTTP/1.1: one connection each; HTTP/2 and gRPC: {} streams per connection), \
              {}-byte responses. Latency in ms from each request's intended send time \
              (coordinated-omission corrected); *added* is over direct at the same protocol and \
@@ -274,14 +278,14 @@ impl Report {
             }
             let _ = writeln!(md, "### Open loop, {}\n", protocol.label());
             md.push_str(
-                "| target | rate | rps achieved | p50 | p90 | p99 | p99.9 | added p50 | added p99 | p99 by round | errors | CPU s/1000 req |\n\
-                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
+                "| target | rate | rps achieved | p50 | p90 | p99 | p99.9 | added p50 | added p99 | p99, median of rounds | added p99, median of rounds | p99 by round | errors | CPU s/1000 req |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|\n",
             );
             for row in rows {
-                let l = &row.load.latency_ms;
+                let l = &row.load.latency_all_ms;
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {:.3} | {} | {} | {} | {} |",
                     row.label,
                     row.rate.map_or("–".into(), |r| format!("{r}")),
                     row.load.rps,
@@ -291,6 +295,8 @@ impl Report {
                     l.p99_9,
                     signed(row.added_p50_ms),
                     signed(row.added_p99_ms),
+                    row.load.latency_ms.p99,
+                    signed(row.added_p99_round_median_ms),
                     spread(&row.p99_rounds_ms),
                     errors(&row.load),
                     cpu(row.cpu_s_per_1000_req),

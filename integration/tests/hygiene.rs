@@ -179,3 +179,61 @@ async fn every_sidecar_thread_runs_with_the_requested_cpu_slice() {
         "{default_slices:?}"
     );
 }
+
+/// HTTP/2 heads are held to the limits of HTTP/1.1 heads (100 fields, 64 KiB), and refused
+/// through the same renderer, counted. h2's own bare 431 starts only at twice the size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_heads_over_the_limits_get_the_renderers_431() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let dir = TempDir::new("hygiene-h2");
+    let cp = ControlPlane::start(&dir.sub("cp"), &[]);
+    cp.apply("kind: Service\nname: echo\nprotocol: http2\n");
+    let app = echo_app("echo").await;
+    let sidecar = Sidecar::start(SidecarOpts {
+        control_plane: &cp.url,
+        service: "echo",
+        app: app.addr,
+        data_dir: &dir.sub("echo"),
+        labels: "",
+        extra: &[],
+    });
+    sidecar.wait_ready().await;
+    let stream = tokio::net::TcpStream::connect(sidecar.inbound)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let before = responses(&metrics_text(&sidecar).await, "431", "header-too-large");
+    // (fields, bytes per value, expected status); the echo app itself takes header lists up to
+    // 16 KiB, so the sizes that pass stay under that.
+    let cases = [
+        (100 - 1, 10, 200),
+        (101, 10, 431),
+        (8, 9 * 1024, 431),
+        (8, 1024, 200),
+    ];
+    for (fields, size, want) in cases {
+        let mut req = http::Request::get(format!("http://echo/h2-limits-{fields}-{size}"));
+        for i in 0..fields {
+            req = req.header(format!("x-f{i}"), "v".repeat(size));
+        }
+        let resp = send
+            .send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap())
+            .await;
+        let resp = resp.unwrap_or_else(|e| panic!("{fields} x {size}: {e:?}"));
+        let status = resp.status().as_u16();
+        let reason = resp.headers().get("ferrule-error").cloned();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, want, "{fields} fields of {size} bytes: {body:?}");
+        if want == 431 {
+            assert_eq!(reason.unwrap(), "header-too-large");
+        }
+    }
+    let after = responses(&metrics_text(&sidecar).await, "431", "header-too-large");
+    assert_eq!(after - before, 2.0);
+}

@@ -11,8 +11,12 @@ use std::time::Duration;
 pub use conn::{ConnCtx, Listener};
 pub use reason::Reason;
 
-/// Largest request head accepted; bigger ones get 431 (`header-too-large`).
+/// Largest request head accepted; bigger ones get 431 (`header-too-large`). For HTTP/2, the
+/// header list size of RFC 9113 §6.5.2 (each field's name and value plus 32).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most header fields a request may have, whatever its protocol (hyper's HTTP/1.1 default);
+/// more get 431 (`header-too-large`).
+pub const MAX_HEADER_FIELDS: usize = 100;
 
 /// Limits every listener applies.
 #[derive(Debug, Clone, Copy)]

@@ -30,13 +30,11 @@ use http::{HeaderValue, Request, Response, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use crate::base::{Reason, MAX_HEADER_BYTES};
+use crate::base::{Reason, MAX_HEADER_BYTES, MAX_HEADER_FIELDS as MAX_HEADERS};
 use crate::codec::headers::ProxyBody;
 use crate::codec::render::ProxyError;
 
 const NONE: u64 = u64::MAX;
-/// Most header fields in a head, as hyper's server allows (more: 431).
-const MAX_HEADERS: usize = 100;
 /// Bytes read from the socket at a time while a head is held back.
 const READ_CHUNK: usize = 8 * 1024;
 

@@ -10,13 +10,13 @@ use std::time::Instant;
 use http::{Request, Response, Version};
 use http_body_util::Either;
 
-use crate::base::ConnCtx;
 use crate::base::Reason;
+use crate::base::{ConnCtx, MAX_HEADER_BYTES, MAX_HEADER_FIELDS};
 use crate::codec::headers::{self as h, ProxyBody, RequestBody, UpstreamBody, Wire};
 use crate::codec::render::ProxyError;
 use crate::forward::upstream::{SendError, Upstream};
 use crate::pipeline::attempt::{self, AttemptError, Failure, Transport};
-use crate::pipeline::{Decision, Pipeline, Planned};
+use crate::pipeline::{Decision, Pipeline, PlanError, Planned};
 use crate::telemetry::metrics::Codec;
 
 impl Pipeline {
@@ -33,9 +33,20 @@ impl Pipeline {
         } else {
             Codec::Http1
         };
-        // A request the fast path stopped at was planned there already.
+        // A request the fast path stopped at was planned there already. An HTTP/2 head over
+        // the limits HTTP/1.1 heads are held to is refused before planning.
         let planned = match req.extensions_mut().remove::<Planned>() {
             Some(p) => p,
+            None if codec == Codec::Http2 && too_large(&req) => Err(PlanError {
+                error: ProxyError::new(
+                    Reason::HeaderTooLarge,
+                    format!(
+                        "the request's header list is larger than {MAX_HEADER_BYTES} bytes or \
+                         has more than {MAX_HEADER_FIELDS} fields"
+                    ),
+                ),
+                service: None,
+            }),
             None => self.plan(ctx, &req),
         };
         let (resp, service, reason) = match planned {
@@ -99,6 +110,26 @@ impl Pipeline {
             )),
         }
     }
+}
+
+/// Whether an HTTP/2 request's head is over the limits HTTP/1.1 heads are held to: its header
+/// list size (RFC 9113 §6.5.2: name, value and 32 per field, pseudo-headers included) or its
+/// number of fields.
+fn too_large<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    if headers.len() > MAX_HEADER_FIELDS {
+        return true;
+    }
+    let uri = req.uri();
+    let pseudo = req.method().as_str().len()
+        + uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + 4 * 32;
+    let size = headers
+        .iter()
+        .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32);
+    size > MAX_HEADER_BYTES
 }
 
 /// hyper's HTTP/1.1 client or the h2 client, with the request held until an attempt takes it.
