@@ -20,24 +20,48 @@ fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One ready sidecar of service `echo` (in `protocol`) in front of an echo app. Fields drop in
+/// order: the processes before their directory.
+struct One {
+    sidecar: Sidecar,
+    _app: ferrule_integration::apps::EchoApp,
+    _cp: ControlPlane,
+    _dir: TempDir,
+}
+
+impl One {
+    async fn start(protocol: &str, extra: &'static [&'static str]) -> One {
+        let dir = TempDir::new(&format!("hygiene-{protocol}"));
+        let cp = ControlPlane::start(&dir.sub("cp"), &[]);
+        cp.apply(&format!(
+            "kind: Service\nname: echo\nprotocol: {protocol}\n"
+        ));
+        let app = echo_app("echo").await;
+        let sidecar = Sidecar::start(SidecarOpts {
+            control_plane: &cp.url,
+            service: "echo",
+            app: app.addr,
+            data_dir: &dir.sub("echo"),
+            labels: "",
+            extra,
+        });
+        sidecar.wait_ready().await;
+        One {
+            sidecar,
+            _app: app,
+            _cp: cp,
+            _dir: dir,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_refuse_abusive_requests() {
-    let dir = TempDir::new("hygiene");
-    let cp = ControlPlane::start(&dir.sub("cp"), &[]);
-    cp.apply("kind: Service\nname: echo\nprotocol: http\n");
-    let app = echo_app("echo").await;
-    let sidecar = Sidecar::start(SidecarOpts {
-        control_plane: &cp.url,
-        service: "echo",
-        app: app.addr,
-        data_dir: &dir.sub("echo"),
-        labels: "",
-        extra: &["--header-read-timeout", "1s"],
-    });
-    sidecar.wait_ready().await;
+    let one = One::start("http", &["--header-read-timeout", "1s"]).await;
+    let sidecar = &one.sidecar;
     let addrs = [sidecar.inbound, sidecar.outbound];
     let refusals = || async {
-        let m = metrics_text(&sidecar).await;
+        let m = metrics_text(sidecar).await;
         (
             responses(&m, "400", "bad-request"),
             responses(&m, "431", "header-too-large"),
@@ -187,19 +211,8 @@ async fn http2_heads_over_the_limits_get_the_renderers_431() {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::{TokioExecutor, TokioIo};
 
-    let dir = TempDir::new("hygiene-h2");
-    let cp = ControlPlane::start(&dir.sub("cp"), &[]);
-    cp.apply("kind: Service\nname: echo\nprotocol: http2\n");
-    let app = echo_app("echo").await;
-    let sidecar = Sidecar::start(SidecarOpts {
-        control_plane: &cp.url,
-        service: "echo",
-        app: app.addr,
-        data_dir: &dir.sub("echo"),
-        labels: "",
-        extra: &[],
-    });
-    sidecar.wait_ready().await;
+    let one = One::start("http2", &[]).await;
+    let sidecar = &one.sidecar;
     let stream = tokio::net::TcpStream::connect(sidecar.inbound)
         .await
         .unwrap();
@@ -208,7 +221,7 @@ async fn http2_heads_over_the_limits_get_the_renderers_431() {
             .await
             .unwrap();
     tokio::spawn(conn);
-    let before = responses(&metrics_text(&sidecar).await, "431", "header-too-large");
+    let before = responses(&metrics_text(sidecar).await, "431", "header-too-large");
     // (fields, bytes per value, expected status); the echo app itself takes header lists up to
     // 16 KiB, so the sizes that pass stay under that.
     let cases = [
@@ -234,6 +247,6 @@ async fn http2_heads_over_the_limits_get_the_renderers_431() {
             assert_eq!(reason.unwrap(), "header-too-large");
         }
     }
-    let after = responses(&metrics_text(&sidecar).await, "431", "header-too-large");
+    let after = responses(&metrics_text(sidecar).await, "431", "header-too-large");
     assert_eq!(after - before, 2.0);
 }
