@@ -103,7 +103,6 @@ where
                     Parsed::Partial => None,
                     Parsed::General => return Exit::General(client, buf, None),
                     Parsed::Ready(head) => {
-                        let start = Instant::now();
                         let planned = p.plan(ctx, &head);
                         let decision = match (planned, head.authority) {
                             (Ok(d), Some(authority)) if p.fast_can_carry(&d) => {
@@ -120,6 +119,7 @@ where
                             idempotent: head.idempotent(),
                             is_head: head.method == "HEAD",
                         };
+                        let start = decision.start;
                         Some((decision, req, head.len, start))
                     }
                 }

@@ -26,7 +26,6 @@ impl Pipeline {
         ctx: &ConnCtx,
         mut req: Request<RequestBody>,
     ) -> Response<ProxyBody> {
-        let start = Instant::now();
         let grpc = h::is_grpc(req.headers());
         let codec = if req.version() == Version::HTTP_2 {
             Codec::Http2
@@ -37,17 +36,19 @@ impl Pipeline {
         // the limits HTTP/1.1 heads are held to is refused before planning.
         let planned = match req.extensions_mut().remove::<Planned>() {
             Some(p) => p,
-            None if codec == Codec::Http2 && too_large(&req) => Err(PlanError {
-                error: ProxyError::new(
-                    Reason::HeaderTooLarge,
-                    format!(
-                        "the request's header list is larger than {MAX_HEADER_BYTES} bytes or \
-                         has more than {MAX_HEADER_FIELDS} fields"
-                    ),
+            None if codec == Codec::Http2 && too_large(&req) => Err(PlanError::new(
+                Reason::HeaderTooLarge,
+                format!(
+                    "the request's header list is larger than {MAX_HEADER_BYTES} bytes or has \
+                     more than {MAX_HEADER_FIELDS} fields"
                 ),
-                service: None,
-            }),
+                Instant::now(),
+            )),
             None => self.plan(ctx, &req),
+        };
+        let start = match &planned {
+            Ok(d) => d.start,
+            Err(e) => e.start,
         };
         let (resp, service, reason) = match planned {
             Err(e) => {

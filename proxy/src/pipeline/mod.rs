@@ -25,7 +25,7 @@ pub mod finish;
 pub mod general;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferrule_config::Protocol;
 
@@ -81,6 +81,10 @@ pub struct Decision {
     pub protocol: Protocol,
     /// The client speaks HTTP/2 or gRPC (so a peer sidecar is spoken to in HTTP/2).
     pub wants_h2: bool,
+    /// When the request's head was read: the start of its latency. With this decision and
+    /// the connection's `ConnCtx`, it is the request's context for the finish step (and for
+    /// the access log and span, when they come).
+    pub start: Instant,
 }
 
 /// A request that fails at planning, with the service it was for when known (for metrics).
@@ -90,13 +94,17 @@ pub struct PlanError {
     pub error: ProxyError,
     /// The destination service, when the host named one.
     pub service: Option<Arc<ServiceTable>>,
+    /// When the request's head was read.
+    pub start: Instant,
 }
 
 impl PlanError {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    /// A refusal of a request whose head was read at `start`, for no particular service.
+    pub fn new(reason: Reason, detail: impl Into<String>, start: Instant) -> Self {
         PlanError {
             error: ProxyError::new(reason, detail),
             service: None,
+            start,
         }
     }
 }
@@ -140,6 +148,7 @@ impl Pipeline {
 
     /// Plans one request from its head.
     pub fn plan<H: HeadView + ?Sized>(&self, _ctx: &ConnCtx, head: &H) -> Planned {
+        let start = Instant::now();
         let tables = self.policy.load();
         let wants_h2 = head.is_http2() || head.is_grpc();
         let Side::Outbound = &self.side else {
@@ -159,24 +168,28 @@ impl Pipeline {
                 timeout: None,
                 protocol,
                 wants_h2,
+                start,
             });
         };
         if tables.version == 0 {
             return Err(PlanError::new(
                 Reason::NoConfig,
                 "this sidecar has not received a policy snapshot yet; check that the control plane is reachable",
+                start,
             ));
         }
         if head.method() == "CONNECT" {
             return Err(PlanError::new(
                 Reason::BadRequest,
                 "CONNECT tunnels are not supported by the outbound listener in explicit mode",
+                start,
             ));
         }
         let Some(authority) = head.authority() else {
             return Err(PlanError::new(
                 Reason::BadRequest,
                 "request has no Host header or authority",
+                start,
             ));
         };
         let host = host_of(authority);
@@ -188,15 +201,18 @@ impl Pipeline {
                     tables.version,
                     tables.service_names().join(", ")
                 ),
+                start,
             ));
         };
         let fail = |reason, detail: String| PlanError {
             error: ProxyError::new(reason, detail),
             service: Some(svc.clone()),
+            start,
         };
         let route = svc.route(head).map_err(|error| PlanError {
             error,
             service: Some(svc.clone()),
+            start,
         })?;
         let Some(target) = route.pick_backend() else {
             return Err(fail(
@@ -223,6 +239,7 @@ impl Pipeline {
             timeout: route.timeout,
             protocol: target.protocol,
             wants_h2,
+            start,
         })
     }
 
