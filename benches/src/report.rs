@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::fanout::FanoutRow;
-use crate::harness::Settings;
 use crate::load::LoadReport;
 use crate::procs::Memory;
 use crate::protocol::Protocol;
@@ -26,6 +26,67 @@ pub(crate) struct CpuUse {
     pub(crate) charged: bool,
     /// User + system seconds.
     pub(crate) seconds: f64,
+}
+
+/// The resolved parameters of a harness run (`harness.rs` makes them from the flags) (flags with `--quick` and defaults applied).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Settings {
+    /// Short smoke-test runs.
+    pub(crate) quick: bool,
+    /// Targets, in report order.
+    pub(crate) targets: Vec<TargetKey>,
+    /// Protocols, in report order.
+    pub(crate) protocols: Vec<Protocol>,
+    /// Open-loop rates, requests per second.
+    pub(crate) rates: Vec<f64>,
+    /// Measured duration of every open-loop run, seconds.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) duration: Duration,
+    /// Measured duration of every closed-loop run, seconds.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) max_duration: Duration,
+    /// Warmup of every run (of the first round of an open-loop row), seconds.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) warmup: Duration,
+    /// Open-loop rounds: every open-loop row is measured in this many slices of
+    /// `duration / rounds`, interleaved with the other targets' slices.
+    pub(crate) rounds: usize,
+    /// Warmup of every open-loop round after the first, seconds: the proxies' pools are warm
+    /// by then, only the load generator's new connections need it.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) rewarm: Duration,
+    /// Per-request timeout, seconds.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) timeout: Duration,
+    /// Open-loop requests in flight.
+    pub(crate) connections: usize,
+    /// Closed-loop requests in flight.
+    pub(crate) max_connections: usize,
+    /// HTTP/2 and gRPC requests per connection.
+    pub(crate) streams: usize,
+    /// Worker threads/processes of every proxy.
+    pub(crate) proxy_threads: usize,
+    /// `--sched-slice` for the Ferrule sidecars, when not their default.
+    pub(crate) ferrule_sched_slice: Option<String>,
+    /// Fan-out sizes.
+    pub(crate) fanout: Vec<usize>,
+    /// Whether missing peers may be installed with apt-get.
+    pub(crate) install: bool,
+    /// Upstream response body size, bytes.
+    pub(crate) body_size: usize,
+    /// Pause between runs, seconds.
+    #[serde(serialize_with = "seconds")]
+    pub(crate) settle: Duration,
+    /// Where results and logs go.
+    #[serde(skip)]
+    pub(crate) out: PathBuf,
+    /// Where the Ferrule binaries are (`None`: next to this executable).
+    #[serde(skip)]
+    pub(crate) bin_dir: Option<PathBuf>,
+}
+
+fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
 }
 
 /// One load run against one target.
