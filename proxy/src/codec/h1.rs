@@ -22,6 +22,29 @@ pub const MAX_RESPONSE_HEADERS: usize = 100;
 /// to the general path; a response with more is refused).
 const MAX_CONNECTION_LINES: usize = 4;
 
+/// The values of a head's `Connection` lines, borrowed from the read buffer.
+#[derive(Debug, Default)]
+struct ConnectionLines<'a> {
+    lines: [&'a [u8]; MAX_CONNECTION_LINES],
+    len: usize,
+}
+
+impl<'a> ConnectionLines<'a> {
+    fn is_full(&self) -> bool {
+        self.len == MAX_CONNECTION_LINES
+    }
+
+    /// Adds a line; the caller checks `is_full` first.
+    fn push(&mut self, value: &'a [u8]) {
+        self.lines[self.len] = value;
+        self.len += 1;
+    }
+
+    fn as_slice(&self) -> &[&'a [u8]] {
+        &self.lines[..self.len]
+    }
+}
+
 /// How a message body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -53,9 +76,7 @@ pub struct RequestHead<'a> {
     /// Length of the head in the buffer.
     pub len: usize,
     /// Values of the `Connection` lines (they name more hop-by-hop headers).
-    connection: [&'a [u8]; MAX_CONNECTION_LINES],
-    /// How many of `connection` are used.
-    connection_lines: usize,
+    connection: ConnectionLines<'a>,
     /// Whether the request is gRPC (`content-type: application/grpc...`).
     grpc: bool,
 }
@@ -143,8 +164,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
     let mut host = None;
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    let mut connection: [&'a [u8]; MAX_CONNECTION_LINES] = [b""; MAX_CONNECTION_LINES];
-    let mut connection_lines = 0;
+    let mut connection = ConnectionLines::default();
     let mut close = false;
     let mut grpc = false;
     for h in headers {
@@ -160,7 +180,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
             6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::General,
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::General,
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                if connection_lines == MAX_CONNECTION_LINES {
+                if connection.is_full() {
                     return Parsed::General;
                 }
                 for token in h.value.split(|&b| b == b',') {
@@ -171,8 +191,7 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
                         return Parsed::General;
                     }
                 }
-                connection[connection_lines] = h.value;
-                connection_lines += 1;
+                connection.push(h.value);
             }
             // gRPC needs HTTP/2: the plan sends it to the general path.
             12 if name.eq_ignore_ascii_case(b"content-type")
@@ -219,7 +238,6 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
         close,
         len,
         connection,
-        connection_lines,
         grpc,
     })
 }
@@ -231,8 +249,7 @@ pub struct ResponseHead<'a> {
     pub status: u16,
     reason: &'a str,
     headers: &'a [httparse::Header<'a>],
-    connection: [&'a [u8]; MAX_CONNECTION_LINES],
-    connection_lines: usize,
+    connection: ConnectionLines<'a>,
     /// The body is framed by `Transfer-Encoding`, so any `Content-Length` must not be forwarded.
     transfer_encoded: bool,
     /// Body framing (already accounting for `HEAD` requests and bodiless statuses).
@@ -278,8 +295,7 @@ pub fn parse_response<'a>(
     let headers: &'a [httparse::Header<'a>] = resp.headers;
     let mut length: Option<u64> = None;
     let mut transfer_encoded = false;
-    let mut connection: [&'a [u8]; MAX_CONNECTION_LINES] = [b""; MAX_CONNECTION_LINES];
-    let mut connection_lines = 0;
+    let mut connection = ConnectionLines::default();
     let mut close = false;
     let mut keep_alive = false;
     for h in headers {
@@ -299,7 +315,7 @@ pub fn parse_response<'a>(
             }
             transfer_encoded = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            if connection_lines == MAX_CONNECTION_LINES {
+            if connection.is_full() {
                 return Err(BadResponse::Malformed);
             }
             for token in h.value.split(|&b| b == b',') {
@@ -307,8 +323,7 @@ pub fn parse_response<'a>(
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            connection[connection_lines] = h.value;
-            connection_lines += 1;
+            connection.push(h.value);
         }
     }
     if version == 0 && !keep_alive {
@@ -336,7 +351,6 @@ pub fn parse_response<'a>(
         reason: resp.reason.unwrap_or(""),
         headers,
         connection,
-        connection_lines,
         transfer_encoded,
         framing,
         close,
@@ -371,8 +385,8 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, authority: 
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(authority.as_bytes());
     out.extend_from_slice(b"\r\n");
+    let connection = head.connection.as_slice();
     for h in head.headers {
-        let connection = &head.connection[..head.connection_lines];
         if !h.name.eq_ignore_ascii_case("host") && !skip_header(h.name, connection) {
             push_header(out, h);
         }
@@ -408,8 +422,7 @@ pub fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) {
     out.extend_from_slice(b"\r\n");
     for h in head.headers {
         let dropped_length = head.transfer_encoded && h.name.eq_ignore_ascii_case("content-length");
-        let connection = &head.connection[..head.connection_lines];
-        if !dropped_length && !skip_header(h.name, connection) {
+        if !dropped_length && !skip_header(h.name, head.connection.as_slice()) {
             push_header(out, h);
         }
     }

@@ -43,17 +43,20 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     }
 }
 
+/// Whether `Connection` may name header `name` away. `Content-Length` and `Host` are never
+/// removed this way: a message whose framing or target vanished on the way would be read
+/// differently by the next hop.
+fn connection_may_remove(name: &[u8]) -> bool {
+    !(name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"host"))
+}
+
 /// Whether header `name` is listed by any of the `Connection` values (every `Connection` line
-/// counts, not only the first), so it must not be forwarded either. `Content-Length` and `Host`
-/// are never removed this way: a message whose framing or target vanished on the way would be
-/// read differently by the next hop.
+/// counts, not only the first), so it must not be forwarded either (see
+/// [`connection_may_remove`] for the two it never removes).
 pub fn listed_in_connection<'a>(name: &[u8], connection: impl Iterator<Item = &'a [u8]>) -> bool {
     let mut connection = connection.peekable();
     // Nearly every head has no `Connection` line naming anything: no work per header then.
-    if connection.peek().is_none() {
-        return false;
-    }
-    if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"host") {
+    if connection.peek().is_none() || !connection_may_remove(name) {
         return false;
     }
     connection.any(|list| {
@@ -82,13 +85,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
         for line in lines {
             for token in line.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.is_empty() || is_hop_by_hop(token) {
+                if token.is_empty() || is_hop_by_hop(token) || !connection_may_remove(token) {
                     continue;
                 }
                 if let Ok(name) = HeaderName::from_bytes(token) {
-                    if listed_in_connection(name.as_str().as_bytes(), std::iter::once(token)) {
-                        listed.push(name);
-                    }
+                    listed.push(name);
                 }
             }
         }

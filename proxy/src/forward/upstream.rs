@@ -202,7 +202,7 @@ impl Upstream {
         let mut i = pool.len();
         while i > 0 {
             i -= 1;
-            if pool[i].conn.is_closed() || pool[i].expired(now) {
+            if pool[i].conn.is_closed() || pool[i].times.expired(now) {
                 pool.swap_remove(i);
             } else if pool[i].conn.is_ready() {
                 return Some(pool.swap_remove(i));
@@ -329,10 +329,7 @@ impl Upstream {
     fn cached_h2(&self) -> Option<h2client::Sender> {
         let mut slot = self.h2.lock().expect("h2 lock poisoned");
         let now = Instant::now();
-        if slot
-            .as_ref()
-            .is_some_and(|c| c.times.created + POOL_MAX_LIFETIME <= now)
-        {
+        if slot.as_ref().is_some_and(|c| c.times.lived(now)) {
             *slot = None;
         }
         slot.as_ref()
@@ -412,6 +409,11 @@ impl Times {
     fn expired(&self, now: Instant) -> bool {
         now >= self.expires
     }
+
+    /// Past its lifetime (a shared connection, never idle in the pool's sense).
+    fn lived(&self, now: Instant) -> bool {
+        now >= self.created + POOL_MAX_LIFETIME
+    }
 }
 
 /// A pooled connection handle with its [`Times`].
@@ -427,10 +429,6 @@ impl<C> Pooled<C> {
             conn,
             times: Times::new(),
         }
-    }
-
-    fn expired(&self, now: Instant) -> bool {
-        self.times.expired(now)
     }
 }
 

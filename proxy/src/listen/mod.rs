@@ -82,7 +82,7 @@ pub async fn serve<H, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let mut ctx = ConnCtx::new(kind, peer, local.unwrap_or(peer));
+                let ctx = ConnCtx::new(kind, peer, local.unwrap_or(peer));
                 let handler = handler.clone();
                 let builder = builder.clone();
                 let fast = fast.clone();
@@ -102,9 +102,9 @@ pub async fn serve<H, Fut>(
                         builder: &builder,
                         limits,
                         stop,
-                        pipeline: fast.clone(),
+                        pipeline: fast,
                     };
-                    general.serve(&mut ctx, stream, prefix, planned).await;
+                    general.serve(ctx, stream, prefix, planned).await;
                 });
             }
             _ = stop.changed() => break,
@@ -140,7 +140,7 @@ where
     /// `planned` is the fast path's decision for the request `prefix` starts with.
     async fn serve<I>(
         self,
-        ctx: &mut ConnCtx,
+        mut ctx: ConnCtx,
         mut io: I,
         mut prefix: BytesMut,
         planned: Option<Planned>,
@@ -174,7 +174,7 @@ where
             }
         };
         ctx.protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
-        let ctx = Arc::new(ctx.clone());
+        let ctx = Arc::new(ctx);
         if h2 {
             let settings = h2server::Settings {
                 handshake_timeout: limits.header_read_timeout,

@@ -94,7 +94,7 @@ where
         // A complete head, within the header-read timeout (which is also the keep-alive idle
         // limit, as on the general path).
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        let (decision, req, start) = loop {
+        let (decision, req) = loop {
             let step = if buf.is_empty() {
                 None
             } else {
@@ -119,14 +119,13 @@ where
                             idempotent: head.idempotent(),
                             is_head: head.method == "HEAD",
                         };
-                        let start = decision.start;
-                        Some((decision, req, head.len, start))
+                        Some((decision, req, head.len))
                     }
                 }
             };
-            if let Some((decision, req, len, start)) = step {
+            if let Some((decision, req, len)) = step {
                 buf.advance(len);
-                break (decision, req, start);
+                break (decision, req);
             }
             if buf.len() >= MAX_HEADER_BYTES {
                 // The general path answers 431.
@@ -144,17 +143,7 @@ where
         };
         // While draining, this is the connection's last response, and it says so.
         let stopping = *stop.borrow();
-        let outcome = exchange(
-            p,
-            &decision,
-            req,
-            &mut client,
-            &mut buf,
-            stopping,
-            &mut out,
-            start,
-        )
-        .await;
+        let outcome = exchange(p, &decision, req, &mut client, &mut buf, stopping, &mut out).await;
         if let Some(o) = &outcome {
             p.finish(
                 decision.service.as_ref(),
@@ -182,7 +171,6 @@ struct Sent {
 }
 
 /// One request: `None` if it was aborted without a response.
-#[allow(clippy::too_many_arguments)]
 async fn exchange<I>(
     p: &Pipeline,
     d: &Decision,
@@ -191,11 +179,11 @@ async fn exchange<I>(
     buf: &mut BytesMut,
     stopping: bool,
     out: &mut Vec<u8>,
-    start: Instant,
 ) -> Option<Outcome>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    let start = d.start;
     let mut pump = Pump {
         body: BodyTracker::new(req.framing),
         pending: 0,

@@ -42,14 +42,15 @@ use crate::telemetry::metrics::{Codec, Direction, ServiceMetrics};
 pub struct Pipeline {
     policy: Arc<Policy>,
     side: Side,
-    /// Metric handles for outbound requests whose host names no service.
-    unknown: ServiceMetrics,
 }
 
 #[derive(Debug)]
 enum Side {
     /// The local app's requests to other services: routed by host.
-    Outbound,
+    Outbound {
+        /// Metric handles for requests whose host names no service.
+        unknown: ServiceMetrics,
+    },
     /// Peers' requests for the local app.
     Inbound {
         app: Arc<Upstream>,
@@ -119,29 +120,26 @@ impl Pipeline {
         let unknown = policy.metrics.service(Direction::Outbound, "unknown");
         Pipeline {
             policy,
-            side: Side::Outbound,
-            unknown,
+            side: Side::Outbound { unknown },
         }
     }
 
     /// The inbound pipeline of service `service`, whose app listens at `app`.
     pub fn inbound(policy: Arc<Policy>, service: &str, app: std::net::SocketAddr) -> Self {
         let metrics = policy.metrics.service(Direction::Inbound, service);
-        let unknown = metrics.clone();
         Pipeline {
             policy,
             side: Side::Inbound {
                 app: Upstream::new(app),
                 metrics,
             },
-            unknown,
         }
     }
 
     /// Which listener this pipeline serves.
     pub fn listener(&self) -> Listener {
         match self.side {
-            Side::Outbound => Listener::Outbound,
+            Side::Outbound { .. } => Listener::Outbound,
             Side::Inbound { .. } => Listener::Inbound,
         }
     }
@@ -151,11 +149,8 @@ impl Pipeline {
         let start = Instant::now();
         let tables = self.policy.load();
         let wants_h2 = head.is_http2() || head.is_grpc();
-        let Side::Outbound = &self.side else {
-            // Inbound: the app, in its service's protocol (`auto` before any snapshot).
-            let Side::Inbound { app, .. } = &self.side else {
-                unreachable!()
-            };
+        if let Side::Inbound { app, .. } = &self.side {
+            // The app, in its service's protocol (`auto` before any snapshot).
             let protocol = tables
                 .local
                 .as_ref()
@@ -170,7 +165,7 @@ impl Pipeline {
                 wants_h2,
                 start,
             });
-        };
+        }
         if tables.version == 0 {
             return Err(PlanError::new(
                 Reason::NoConfig,
@@ -204,33 +199,30 @@ impl Pipeline {
                 start,
             ));
         };
-        let fail = |reason, detail: String| PlanError {
-            error: ProxyError::new(reason, detail),
-            service: Some(svc.clone()),
-            start,
-        };
-        let route = svc.route(head).map_err(|error| PlanError {
+        // Refusals from here on are counted under the service the host named.
+        let refuse = |error: ProxyError| PlanError {
             error,
             service: Some(svc.clone()),
             start,
-        })?;
+        };
+        let route = svc.route(head).map_err(refuse)?;
         let Some(target) = route.pick_backend() else {
-            return Err(fail(
+            return Err(refuse(ProxyError::new(
                 Reason::NoEndpoints,
                 format!(
                     "the matching route of {} has no backend with a weight above 0",
                     svc.name
                 ),
-            ));
+            )));
         };
         if target.balancer.members().is_empty() {
-            return Err(fail(
+            return Err(refuse(ProxyError::new(
                 Reason::NoEndpoints,
                 format!(
                     "service {} has no endpoints in the selected subset",
                     target.service
                 ),
-            ));
+            )));
         }
         Ok(Decision {
             dest: Dest::Balanced(target.clone()),
@@ -271,8 +263,8 @@ impl Pipeline {
     pub fn metrics_for<'a>(&'a self, service: Option<&'a Arc<ServiceTable>>) -> &'a ServiceMetrics {
         match (&self.side, service) {
             (Side::Inbound { metrics, .. }, _) => metrics,
-            (Side::Outbound, Some(svc)) => &svc.metrics,
-            (Side::Outbound, None) => &self.unknown,
+            (Side::Outbound { .. }, Some(svc)) => &svc.metrics,
+            (Side::Outbound { unknown }, None) => unknown,
         }
     }
 
@@ -292,7 +284,7 @@ impl Pipeline {
     /// The error for a request none of whose endpoints accepted a connection.
     fn connect_failure(&self, d: &Decision, tried: usize, last: &str) -> ProxyError {
         match (&self.side, &d.dest) {
-            (Side::Outbound, Dest::Balanced(t)) => ProxyError::new(
+            (Side::Outbound { .. }, Dest::Balanced(t)) => ProxyError::new(
                 Reason::ConnectFailed,
                 format!(
                     "could not connect to any of {tried} endpoint(s) of {} tried; last error: {last}",
@@ -309,7 +301,7 @@ impl Pipeline {
     /// The error for a request an endpoint failed after it was sent.
     fn upstream_failure(&self, upstream: &Upstream, e: &dyn std::fmt::Display) -> ProxyError {
         match self.side {
-            Side::Outbound => ProxyError::new(
+            Side::Outbound { .. } => ProxyError::new(
                 Reason::UpstreamError,
                 format!("endpoint {}: {e}", upstream.addr()),
             ),
