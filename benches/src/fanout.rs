@@ -419,6 +419,7 @@ async fn simulated_proxy(
             weight: 1,
             labels: BTreeMap::new(),
             sidecar: true,
+            identity: None,
         }),
         version: 0,
     };

@@ -8,10 +8,14 @@
 //! - [`snapshot`]: the versioned set of resources one proxy needs.
 //! - [`push`]: the messages of the sidecar <-> control plane stream.
 //! - [`duration`]: `250ms`-style durations.
+//! - [`identity`]: SPIFFE IDs of workloads and the patterns rules match them with.
+//! - [`authz`]: a service's authorization policy, and its evaluation.
 
+pub mod authz;
 pub mod decode;
 pub mod document;
 pub mod duration;
+pub mod identity;
 pub mod push;
 pub mod resource;
 pub mod snapshot;
@@ -19,8 +23,8 @@ pub mod snapshot;
 pub use decode::{Errors, FieldError};
 pub use document::parse_documents;
 pub use resource::{
-    Backend, Endpoint, Kind, LoadBalancer, Protocol, Resource, Route, RouteMatch, Service,
-    TrafficPolicy,
+    Backend, Endpoint, Kind, LoadBalancer, MtlsMode, Protocol, Resource, Route, RouteMatch,
+    Service, TrafficPolicy,
 };
 pub use snapshot::Snapshot;
 

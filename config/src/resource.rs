@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::authz::Authorization;
 use crate::decode::{Diag, Obj};
 use crate::duration;
 
@@ -70,6 +71,69 @@ impl LoadBalancer {
     }
 }
 
+/// What a service's sidecars accept from peers on their inbound listener.
+///
+/// Serialised as `mtls: {mode: strict}`, the shape the policy documents use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MtlsMode {
+    /// Mutual TLS only: plaintext connections are refused. The default, so that a service is
+    /// never reachable around its authorization policy.
+    #[default]
+    Strict,
+    /// Mutual TLS and plaintext both (while callers move into the mesh); plaintext callers
+    /// have no identity, so identity rules never allow them.
+    Permissive,
+    /// No mutual TLS: callers connect in plaintext and the sidecar takes plaintext.
+    Disabled,
+}
+
+impl MtlsMode {
+    const NAMES: &'static str = "strict, permissive, disabled";
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "strict" => MtlsMode::Strict,
+            "permissive" => MtlsMode::Permissive,
+            "disabled" => MtlsMode::Disabled,
+            _ => return None,
+        })
+    }
+
+    /// The mode's name in policy documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "strict",
+            MtlsMode::Permissive => "permissive",
+            MtlsMode::Disabled => "disabled",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == MtlsMode::default()
+    }
+}
+
+impl Serialize for MtlsMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("mode", self.as_str())?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for MtlsMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Shape {
+            mode: String,
+        }
+        let shape = Shape::deserialize(d)?;
+        MtlsMode::parse(&shape.mode)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown mTLS mode {:?}", shape.mode)))
+    }
+}
+
 /// Per-destination policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -92,9 +156,15 @@ pub struct Service {
     /// Routes, tried in order; the first that matches a request wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    /// Load balancing and (later) connection limits, outlier detection, TLS mode.
+    /// Load balancing and (later) connection limits, outlier detection.
     #[serde(default)]
     pub traffic_policy: TrafficPolicy,
+    /// Whether this service's sidecars take plaintext from peers (see [`MtlsMode`]).
+    #[serde(default, skip_serializing_if = "MtlsMode::is_default")]
+    pub mtls: MtlsMode,
+    /// Who may call this service; everyone when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
 }
 
 /// One route of a service: which requests it takes and where they go.
@@ -176,6 +246,11 @@ pub struct Endpoint {
     /// Whether a Ferrule sidecar listens at `address` (then peers talk HTTP/2 to it).
     #[serde(default)]
     pub sidecar: bool,
+    /// The SPIFFE ID the sidecar at `address` proves with its certificate. Peers connect to it
+    /// with mutual TLS and refuse any other identity; without it they connect in plaintext.
+    /// The control plane sets it for endpoints that sidecars register, from their certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -397,13 +472,42 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
         Some((v, path)) => decode_traffic_policy(d, path, v),
         None => Some(TrafficPolicy::default()),
     };
+    let mtls = match o.field("mtls") {
+        Some((v, path)) => decode_mtls(d, path, v),
+        None => Some(MtlsMode::default()),
+    };
+    let authorization = match o.field("authorization") {
+        Some((v, path)) => crate::authz::decode(d, path, v).map(Some),
+        None => Some(None),
+    };
     Some(Service {
         name: name?,
         revision,
         protocol: protocol?,
         routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
         traffic_policy: traffic_policy?,
+        mtls: mtls?,
+        authorization: authorization?,
     })
+}
+
+fn decode_mtls(d: &Diag, path: String, v: &Value) -> Option<MtlsMode> {
+    let mut o = Obj::new(d, path, v);
+    let mode = match o.str("mode") {
+        Some((m, path)) => MtlsMode::parse(&m).or_else(|| {
+            d.err(
+                &path,
+                format!(
+                    "unknown mTLS mode {m:?} (expected one of: {})",
+                    MtlsMode::NAMES
+                ),
+            );
+            None
+        }),
+        None => Some(MtlsMode::default()),
+    };
+    o.finish();
+    mode
 }
 
 fn decode_traffic_policy(d: &Diag, path: String, v: &Value) -> Option<TrafficPolicy> {
@@ -621,6 +725,16 @@ fn decode_endpoint(o: &mut Obj<'_>) -> Option<Endpoint> {
     };
     let labels = o.str_map("labels").unwrap_or_default();
     let sidecar = o.bool("sidecar").unwrap_or(false);
+    let identity = match o.str("identity") {
+        Some((id, path)) => match crate::identity::SpiffeId::parse(&id) {
+            Ok(id) => Some(Some(id.to_string())),
+            Err(msg) => {
+                d.err(&path, msg);
+                None
+            }
+        },
+        None => Some(None),
+    };
     Some(Endpoint {
         name: name?,
         revision,
@@ -630,5 +744,6 @@ fn decode_endpoint(o: &mut Obj<'_>) -> Option<Endpoint> {
         weight: weight?,
         labels,
         sidecar,
+        identity: identity?,
     })
 }

@@ -20,6 +20,14 @@ pub struct Snapshot {
     pub services: Vec<Service>,
     /// Every live endpoint.
     pub endpoints: Vec<Endpoint>,
+    /// The mesh's trust anchors (PEM): sidecars verify peers against every root in it, so a
+    /// new root reaches every sidecar before it signs anything (root rotation).
+    #[serde(
+        default,
+        rename = "trustBundle",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub trust_bundle: Option<String>,
 }
 
 impl Snapshot {
@@ -43,6 +51,7 @@ impl Snapshot {
         if version.is_none() && !o.has("version") {
             o.missing("version");
         }
+        let trust_bundle = o.str("trustBundle").map(|(pem, _)| pem);
         let mut errs = Vec::new();
         let mut resources = Vec::new();
         for (key, kind) in [("services", Kind::Service), ("endpoints", Kind::Endpoint)] {
@@ -61,6 +70,7 @@ impl Snapshot {
         }
         let mut snap = Snapshot {
             version: version.unwrap_or_default(),
+            trust_bundle,
             ..Default::default()
         };
         for r in resources {

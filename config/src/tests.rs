@@ -12,12 +12,18 @@ routes:
   - match: { pathPrefix: / }
     backends: [ { subset: { version: v1 }, weight: 90 }, { subset: { version: v2 }, weight: 10 } ]
 trafficPolicy: { loadBalancer: round_robin }
+mtls: { mode: permissive }
+authorization:
+  defaultAction: deny
+  rules:
+    - { action: allow, from: ["spiffe://cluster.local/ns/shop/*"], paths: ["/v2/*"], methods: [GET] }
 ---
 kind: Endpoint
 service: echo
 name: echo-1
 address: 127.0.0.1:9001
 labels: { version: v1 }
+identity: spiffe://cluster.local/ns/default/sa/echo
 "#;
 
 #[test]
@@ -31,9 +37,17 @@ fn accepts_the_documented_shape() {
     assert_eq!(s.routes.len(), 2);
     assert_eq!(s.routes[1].backends[1].weight, 10);
     assert_eq!(s.traffic_policy.load_balancer, LoadBalancer::RoundRobin);
+    assert_eq!(s.mtls, MtlsMode::Permissive);
+    let authz = s.authorization.as_ref().unwrap();
+    assert_eq!(authz.default_action, authz::Action::Deny);
+    assert_eq!(authz.rules[0].paths, ["/v2/*"]);
     let Resource::Endpoint(e) = &rs[1] else {
         panic!("not an endpoint")
     };
+    assert_eq!(
+        e.identity.as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/echo")
+    );
     assert_eq!(e.address.port(), 9001);
     assert_eq!(e.weight, 1);
     assert_eq!(e.labels["version"], "v1");

@@ -366,6 +366,7 @@ async fn warn_dangling_references(api: &Api) {
         version: 1,
         services,
         endpoints: Vec::new(),
+        trust_bundle: None,
     };
     if let Err(errs) = snapshot.check_references() {
         for e in errs.0 {

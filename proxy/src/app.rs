@@ -265,6 +265,7 @@ pub async fn run(args: Args) -> Result<(), String> {
             weight: 1,
             labels: args.labels.clone(),
             sidecar: true,
+            identity: None,
         },
     };
     let discovery = tokio::spawn(sync::run(
