@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
 use ferrule_config::{LoadBalancer, Snapshot};
+use ferrule_proxy::base::Identity;
 use ferrule_proxy::codec::h1;
 use ferrule_proxy::codec::headers::{authority, host_of, strip_hop_by_hop};
 use ferrule_proxy::forward::upstream::Upstream;
@@ -82,14 +83,20 @@ fn snapshot_json(services: usize, routes: usize, endpoints: usize) -> Vec<u8> {
 }
 
 /// Parses, validates and compiles a snapshot, as a sidecar does on every push.
-fn load(bytes: &[u8], prev: &Tables, metrics: &Metrics) -> Tables {
+fn load(bytes: &[u8], prev: &Tables, metrics: &Arc<Metrics>) -> Tables {
     let snap = Snapshot::from_json(bytes).expect("valid snapshot");
     snap.check_references().expect("consistent snapshot");
-    Tables::compile(Arc::new(snap), prev, "svc-0", metrics)
+    Tables::compile(
+        Arc::new(snap),
+        prev,
+        "svc-0",
+        metrics,
+        &Identity::disabled(),
+    )
 }
 
 fn route_matching(c: &mut Criterion) {
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     let tables = load(
         &snapshot_json(20, 5, 200),
         &Tables::empty(&metrics),
@@ -157,7 +164,7 @@ fn balancer_pick(c: &mut Criterion) {
 }
 
 fn snapshot_load(c: &mut Criterion) {
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     let bytes = snapshot_json(100, 5, 1000);
     let empty = Tables::empty(&metrics);
     let previous = load(&bytes, &empty, &metrics);

@@ -392,7 +392,9 @@ async fn start_sidecar(
         ])
         .arg(data_dir)
         .args(["--inbound", "127.0.0.1:0", "--app", app])
-        .args(["--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+        .args(["--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        // Plaintext between the sidecars (the mTLS chain is its own target).
+        .arg("--identity-disabled");
     if let Some(threads) = threads {
         proxy.args(["--threads", &threads.to_string()]);
     }

@@ -9,6 +9,7 @@
 //! - [`push`]: the messages of the sidecar <-> control plane stream.
 //! - [`duration`]: `250ms`-style durations.
 //! - [`identity`]: SPIFFE IDs of workloads and the patterns rules match them with.
+//! - [`time`]: RFC 3339 timestamps.
 //! - [`authz`]: a service's authorization policy, and its evaluation.
 
 pub mod authz;
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod push;
 pub mod resource;
 pub mod snapshot;
+pub mod time;
 
 pub use decode::{Errors, FieldError};
 pub use document::parse_documents;

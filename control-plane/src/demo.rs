@@ -187,7 +187,8 @@ fn sidecar(
     .arg(&data)
     .args(["--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0"])
     .args(["--admin", "127.0.0.1:0", "--app", &app.to_string()])
-    .args(["--labels", labels]);
+    .args(["--labels", labels])
+    .arg("--identity-disabled");
     let line = spawn(children, cmd, name, &dir.join(format!("{name}.log")))?;
     let field = |key: &str| -> Result<SocketAddr, String> {
         line.split_whitespace()

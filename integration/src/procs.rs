@@ -251,6 +251,11 @@ impl Sidecar {
             // Tests choose their flags; a setting in the caller's environment must not leak in.
             .env_remove("FERRULE_SCHED_SLICE")
             .env("FERRULE_LOG", "info,ferrule_proxy=debug");
+        // Without a bootstrap token, a sidecar runs without identity (plaintext), which is what
+        // the tests of everything but mTLS want.
+        if !o.extra.contains(&"--token-file") {
+            cmd.arg("--identity-disabled");
+        }
         let log = o.data_dir.with_extension("log");
         let (proc, line) = Proc::spawn(cmd, "ferrule-proxy", log);
         let field = |key: &str| -> SocketAddr {

@@ -14,10 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
-use crate::base::{Lifecycle, Limits, Listener};
+use crate::base::{Identity, Lifecycle, Limits, Listener};
 use crate::listen;
 use crate::pipeline::Pipeline;
 use crate::plan::policy::Policy;
+use crate::sync::certs::{self, CertSource};
+use crate::sync::connect::ControlPlane;
 use crate::sync::{self, Registration};
 use crate::telemetry::metrics::Metrics;
 
@@ -25,9 +27,27 @@ use crate::telemetry::metrics::Metrics;
 #[derive(Debug, Parser)]
 #[command(name = "ferrule-proxy", version, about = "Ferrule sidecar proxy")]
 pub struct Args {
-    /// Control plane URL, e.g. http://127.0.0.1:7070.
+    /// Control plane URL, e.g. https://ferrule-control:7070 (http:// for local development).
     #[arg(long, env = "FERRULE_CONTROL_PLANE")]
     pub control_plane: http::Uri,
+    /// File holding the bootstrap token that proves this sidecar's service to the control
+    /// plane's CA (`ferrulectl token create --service NAME`).
+    #[arg(long, env = "FERRULE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The mesh's root certificates (PEM), to verify an https:// control plane with until the
+    /// first certificate brings the bundle in use.
+    #[arg(long, env = "FERRULE_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// Trust domain of the mesh (the control plane's identity is checked in it).
+    #[arg(long, env = "FERRULE_TRUST_DOMAIN", default_value = ferrule_config::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// Certificate lifetime to ask for (the control plane caps it), e.g. 24h or 10m.
+    #[arg(long, env = "FERRULE_CERT_TTL", value_parser = parse_duration)]
+    pub cert_ttl: Option<Duration>,
+    /// Run without a workload identity: plaintext between sidecars, no authorization by
+    /// identity. For local development only; a mesh's strict services refuse such a caller.
+    #[arg(long, env = "FERRULE_IDENTITY_DISABLED")]
+    pub identity_disabled: bool,
     /// Service this instance belongs to.
     #[arg(long, env = "FERRULE_SERVICE")]
     pub service: String,
@@ -203,8 +223,42 @@ pub async fn run(args: Args) -> Result<(), String> {
     ferrule_config::resource::check_name(&proxy_id).map_err(|e| format!("--id: {e}"))?;
     ferrule_config::resource::check_name(&args.service).map_err(|e| format!("--service: {e}"))?;
 
+    let token = match (&args.token_file, args.identity_disabled) {
+        (Some(path), _) => Some(read_token(path)?),
+        (None, true) => None,
+        (None, false) => {
+            return Err(
+                "--token-file is required to obtain this sidecar's identity \
+                 (`ferrulectl token create --service NAME`), or pass --identity-disabled \
+                 for local development without mTLS"
+                    .into(),
+            )
+        }
+    };
+    let bundle = match &args.trust_bundle {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --trust-bundle {}: {e}", path.display()))?;
+            Some(
+                ferrule_tls::Bundle::from_pem(&pem)
+                    .map_err(|e| format!("--trust-bundle {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let control_plane = ControlPlane::new(args.control_plane.clone(), bundle, &args.trust_domain)?;
+    let identity = if args.identity_disabled {
+        tracing::warn!("--identity-disabled: this sidecar speaks plaintext to its peers and has no identity; for local development only");
+        Identity::disabled()
+    } else {
+        Identity::enabled()
+    };
     let metrics = Arc::new(Metrics::new());
-    let policy = Arc::new(Policy::new(&args.service, metrics));
+    let policy = Arc::new(Policy::new(
+        &args.service,
+        metrics.clone(),
+        identity.clone(),
+    ));
     let life = Arc::new(Lifecycle::default());
     sync::load_persisted(&policy, &args.data_dir);
 
@@ -267,9 +321,23 @@ pub async fn run(args: Args) -> Result<(), String> {
             sidecar: true,
             identity: None,
         },
+        token: token.clone(),
     };
+    let certs = token.filter(|_| identity.is_enabled()).map(|token| {
+        let src = CertSource {
+            control_plane: control_plane.clone(),
+            token,
+            ttl: args.cert_ttl,
+        };
+        tokio::spawn(certs::run(
+            src,
+            identity.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let discovery = tokio::spawn(sync::run(
-        args.control_plane.clone(),
+        control_plane,
         registration,
         policy.clone(),
         life.clone(),
@@ -282,12 +350,26 @@ pub async fn run(args: Args) -> Result<(), String> {
     life.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = discovery.await;
+    if let Some(c) = certs {
+        let _ = c.await;
+    }
     for s in servers {
         let _ = s.await;
     }
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     Ok(())
+}
+
+/// Reads a token file: its first line, trimmed (never from a flag, which `ps` would show).
+fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --token-file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!("--token-file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
 }
 
 fn default_id(service: &str, addr: SocketAddr) -> String {

@@ -1,8 +1,11 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`. Loopback by default; read-only
-//! in this version (mutations, when they come, are POST-only).
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/identity`. Loopback by
+//! default; read-only in this version (mutations, when they come, are POST-only).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::SystemTime;
+
+use ferrule_config::time::rfc3339;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -56,10 +59,11 @@ impl Admin {
                 self.policy.metrics.encode(),
             ),
             "/config" => self.config(),
+            "/identity" => self.identity(),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /live, /ready, /metrics, /config\n",
+                "not found; try /live, /ready, /metrics, /config, /identity\n",
             ),
         }
     }
@@ -68,7 +72,10 @@ impl Admin {
         let version = self.policy.version();
         let listening = self.life.listening.load(Ordering::Relaxed);
         let draining = self.life.draining.load(Ordering::Relaxed);
-        if version > 0 && listening && !draining {
+        let identity = &self.policy.identity;
+        let cert = identity.tls().map(|t| t.cert.not_after);
+        let certified = !identity.is_enabled() || cert.is_some_and(|t| t > SystemTime::now());
+        if version > 0 && listening && !draining && certified {
             return reply(
                 StatusCode::OK,
                 "text/plain",
@@ -79,6 +86,12 @@ impl Admin {
             "draining".to_string()
         } else if !listening {
             "listeners not bound yet".to_string()
+        } else if !certified {
+            match cert {
+                Some(_) => "the workload certificate has expired and could not be renewed (see the logs)",
+                None => "no workload certificate yet (is the control plane reachable and the token valid?)",
+            }
+            .to_string()
         } else {
             "no policy snapshot yet (control plane unreachable and none persisted?)".to_string()
         };
@@ -87,6 +100,23 @@ impl Admin {
             "text/plain",
             format!("not ready: {why}\n"),
         )
+    }
+
+    fn identity(&self) -> Response<ProxyBody> {
+        let identity = &self.policy.identity;
+        let tls = identity.tls();
+        let body = serde_json::json!({
+            "enabled": identity.is_enabled(),
+            "identity": tls.as_ref().map(|t| t.cert.identity.to_string()),
+            "serial": tls.as_ref().map(|t| t.cert.serial.clone()),
+            "notBefore": tls.as_ref().map(|t| rfc3339(t.cert.not_before)),
+            "notAfter": tls.as_ref().map(|t| rfc3339(t.cert.not_after)),
+            "renewAt": identity.renew_at().map(rfc3339),
+            "trustBundleRoots": tls.as_ref().map(|t| t.roots),
+        });
+        let mut text = serde_json::to_vec_pretty(&body).expect("JSON values serialise");
+        text.push(b'\n');
+        reply(StatusCode::OK, "application/json", text)
     }
 
     fn config(&self) -> Response<ProxyBody> {

@@ -3,12 +3,14 @@
 //! every floor above can use it.
 
 pub mod conn;
+pub mod identity;
 pub mod reason;
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use conn::{ConnCtx, Listener};
+pub use identity::Identity;
 pub use reason::Reason;
 
 /// Largest request head accepted; bigger ones get 431 (`header-too-large`). For HTTP/2, the

@@ -30,6 +30,8 @@ pub enum Reason {
     AppUnavailable,
     /// The proxy is shutting down.
     Draining,
+    /// The service's authorization policy denies the caller.
+    Unauthorized,
 }
 
 /// One row of the table.
@@ -46,10 +48,11 @@ const INTERNAL: &str = "13";
 /// For anything a retry elsewhere might fix.
 const UNAVAILABLE: &str = "14";
 const RESOURCE_EXHAUSTED: &str = "8";
+const PERMISSION_DENIED: &str = "7";
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::NoConfig,
         Reason::UnknownService,
         Reason::NoRoute,
@@ -61,6 +64,7 @@ impl Reason {
         Reason::UpstreamError,
         Reason::AppUnavailable,
         Reason::Draining,
+        Reason::Unauthorized,
     ];
 
     const fn row(self) -> Row {
@@ -81,6 +85,7 @@ impl Reason {
             Reason::UpstreamError => ("upstream-error", S::BAD_GATEWAY, UNAVAILABLE),
             Reason::AppUnavailable => ("app-unavailable", S::BAD_GATEWAY, UNAVAILABLE),
             Reason::Draining => ("draining", S::SERVICE_UNAVAILABLE, UNAVAILABLE),
+            Reason::Unauthorized => ("unauthorized", S::FORBIDDEN, PERMISSION_DENIED),
         };
         Row { code, status, grpc }
     }

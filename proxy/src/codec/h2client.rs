@@ -22,7 +22,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Request, Response};
 use http_body::Body;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::h2body::{pump, H2Body};
 use crate::codec::headers::RequestBody;
@@ -61,7 +61,10 @@ pub enum Failure {
 
 impl Sender {
     /// Performs the HTTP/2 handshake on `io` and spawns the connection's task.
-    pub async fn handshake(io: TcpStream, max_header_list: u32) -> Result<Sender, h2::Error> {
+    pub async fn handshake<I>(io: I, max_header_list: u32) -> Result<Sender, h2::Error>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (send, mut conn) = h2::client::Builder::new()
             .enable_push(false)
             // Until the peer's SETTINGS say otherwise, as many streams as any common server
@@ -159,8 +162,8 @@ impl Sender {
 }
 
 /// Drives the connection until it ends, pinging the peer; returns why it ended.
-async fn drive(
-    conn: h2::client::Connection<TcpStream, Bytes>,
+async fn drive<I: AsyncRead + AsyncWrite + Unpin>(
+    conn: h2::client::Connection<I, Bytes>,
     ping: Option<h2::PingPong>,
 ) -> String {
     tokio::pin!(conn);
@@ -219,7 +222,7 @@ mod tests {
             let _open = s;
             std::future::pending::<()>().await;
         });
-        let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
         let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
         tokio::spawn(conn);
         let req = Request::get("/").body(http_body_util::Empty::<Bytes>::new());
@@ -234,7 +237,7 @@ mod tests {
 
     async fn connect() -> (Sender, TcpListener) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let io = TcpStream::connect(listener.local_addr().unwrap());
+        let io = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let io = io.await.unwrap();
         (Sender::handshake(io, 64 * 1024).await.unwrap(), listener)
     }

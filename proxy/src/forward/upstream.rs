@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::codec::h2client;
 use crate::codec::headers::{H2Body, RequestBody, UpstreamBody, Wire};
+use crate::forward::conn::{self, Conn, TlsTarget};
 
 /// Most idle HTTP/1.1 connections pooled per upstream (for each of the two HTTP/1.1 clients);
 /// beyond that, a connection closes once its response is done.
@@ -72,6 +73,30 @@ pub enum ConnectError {
         /// Where.
         addr: SocketAddr,
     },
+    /// This sidecar has no certificate yet, and the endpoint takes mutual TLS only.
+    #[error("{addr} takes mutual TLS and this sidecar holds no certificate yet")]
+    NoCertificate {
+        /// Where.
+        addr: SocketAddr,
+    },
+    /// The TLS handshake failed (the peer's chain, or ours, was refused).
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer proved another identity than the endpoint's: nothing was sent to it.
+    #[error("{addr} presented identity {found}, expected {expected}; the request was not sent")]
+    WrongIdentity {
+        /// Where.
+        addr: SocketAddr,
+        /// The endpoint's identity in the snapshot.
+        expected: Arc<str>,
+        /// What the peer's certificate says.
+        found: String,
+    },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
@@ -98,6 +123,8 @@ pub enum SendError {
 #[derive(Debug)]
 pub struct Upstream {
     addr: SocketAddr,
+    /// Mutual TLS to a peer sidecar, or plaintext when `None`.
+    tls: Option<TlsTarget>,
     in_flight: AtomicUsize,
     /// Milliseconds since `epoch` of the last failed connect, 0 if none.
     last_failure_ms: AtomicU64,
@@ -111,10 +138,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Connection state for `addr`; nothing is connected until the first request.
+    /// Connection state for `addr`, in plaintext; nothing is connected until the first request.
     pub fn new(addr: SocketAddr) -> Arc<Self> {
+        Self::with_tls(addr, None)
+    }
+
+    /// Connection state for `addr`, over mutual TLS when `tls` is given.
+    pub fn with_tls(addr: SocketAddr, tls: Option<TlsTarget>) -> Arc<Self> {
         Arc::new(Upstream {
             addr,
+            tls,
             in_flight: AtomicUsize::new(0),
             last_failure_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -128,6 +161,11 @@ impl Upstream {
     /// The address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The identity the endpoint must prove, when connections to it are mutual TLS.
+    pub fn expected_identity(&self) -> Option<&Arc<str>> {
+        self.tls.as_ref().map(|t| &t.expected)
     }
 
     /// Requests in flight (sent, response headers not yet received).
@@ -222,30 +260,15 @@ impl Upstream {
         }
     }
 
-    async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
-        Ok(TokioIo::new(self.connect_stream().await?))
-    }
-
-    async fn connect_stream(&self) -> Result<TcpStream, ConnectError> {
-        let addr = self.addr;
-        let res = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await;
-        let stream = match res {
-            Ok(Ok(s)) => s,
-            Ok(Err(source)) => {
-                self.note_failure();
-                return Err(ConnectError::Tcp { addr, source });
-            }
-            Err(_) => {
-                self.note_failure();
-                return Err(ConnectError::Tcp {
-                    addr,
-                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-                });
-            }
-        };
-        // Requests are small and latency-bound: never wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+    /// A new connection, plain or mutual TLS (HTTP/2 or HTTP/1.1 inside, by `h2`). Any
+    /// failure, the TLS handshake's and the identity check's included, counts against the
+    /// endpoint, as a refused TCP connect does.
+    async fn connect_stream(&self, h2: bool) -> Result<Conn, ConnectError> {
+        let res = conn::connect(self.addr, self.tls.as_ref(), h2, CONNECT_TIMEOUT).await;
+        if res.is_err() {
+            self.note_failure();
+        }
+        res
     }
 
     /// An idle fast-path connection that is still open, if one is pooled. A socket the
@@ -255,7 +278,7 @@ impl Upstream {
     pub(crate) fn checkout_raw(&self, now: Instant) -> Option<RawConn> {
         let mut pool = self.idle_raw.lock().expect("pool lock poisoned");
         while let Some(conn) = pool.pop() {
-            if !conn.times.expired(now) && idle_and_open(&conn.stream) {
+            if !conn.times.expired(now) && idle_and_open(conn.stream.tcp()) {
                 return Some(conn);
             }
         }
@@ -276,14 +299,14 @@ impl Upstream {
     /// A new fast-path connection.
     pub(crate) async fn connect_raw(&self) -> Result<RawConn, ConnectError> {
         Ok(RawConn {
-            stream: self.connect_stream().await?,
+            stream: self.connect_stream(false).await?,
             buf: bytes::BytesMut::with_capacity(RAW_BUF),
             times: Times::new(),
         })
     }
 
     async fn connect_h1(&self) -> Result<Pooled<http1::SendRequest<RequestBody>>, ConnectError> {
-        let io = self.connect_tcp().await?;
+        let io = TokioIo::new(self.connect_stream(false).await?);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -347,7 +370,7 @@ impl Upstream {
         if let Some(c) = self.cached_h2() {
             return Ok((c, true));
         }
-        let stream = self.connect_stream().await?;
+        let stream = self.connect_stream(true).await?;
         let sender = h2client::Sender::handshake(stream, crate::base::MAX_HEADER_BYTES as u32)
             .await
             .map_err(|e| ConnectError::Handshake {
@@ -377,7 +400,7 @@ const RAW_BUF: usize = 8 * 1024;
 /// A plain HTTP/1.1 connection of the fast path and the bytes read from it but not yet used.
 #[derive(Debug)]
 pub(crate) struct RawConn {
-    pub stream: TcpStream,
+    pub stream: Conn,
     pub buf: bytes::BytesMut,
     pub times: Times,
 }

@@ -36,6 +36,8 @@ use crate::pipeline::fast::{self, Exit};
 use crate::pipeline::{Pipeline, Planned};
 use crate::telemetry::metrics::Codec;
 
+mod mtls;
+
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -52,7 +54,8 @@ fn builder(limits: Limits) -> http1::Builder {
 /// `grace` (HTTP/1.1 connections close after their current response, HTTP/2 gets GOAWAY).
 ///
 /// With a `fast` pipeline, each connection starts on the HTTP/1.1 fast path, which hands it to
-/// the general path (`handler`) at the first request it does not carry.
+/// the general path (`handler`) at the first request it does not carry. The inbound listener
+/// (`kind` = [`Listener::Inbound`]) also takes mutual TLS from peer sidecars (`mesh_tls`).
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     kind: Listener,
@@ -82,29 +85,31 @@ pub async fn serve<H, Fut>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let ctx = ConnCtx::new(kind, peer, local.unwrap_or(peer));
+                let mut ctx = ConnCtx::new(kind, peer, local.unwrap_or(peer));
                 let handler = handler.clone();
                 let builder = builder.clone();
                 let fast = fast.clone();
-                let mut stop = stop.clone();
+                let stop = stop.clone();
                 let open = open_tx.clone();
                 tokio::spawn(async move {
                     let _open = open;
-                    let (stream, prefix, planned) = match &fast {
-                        Some(p) => match fast::serve(p, &ctx, stream, limits, &mut stop).await {
-                            Exit::Closed => return,
-                            Exit::General(stream, prefix, planned) => (stream, prefix, planned),
-                        },
-                        None => (stream, BytesMut::new(), None),
-                    };
-                    let general = General {
+                    let conn = General {
                         handler,
                         builder: &builder,
                         limits,
                         stop,
                         pipeline: fast,
                     };
-                    general.serve(ctx, stream, prefix, planned).await;
+                    match (&conn.pipeline, kind) {
+                        (Some(p), Listener::Inbound) => {
+                            match mtls::accept(p, &mut ctx, stream, limits).await {
+                                mtls::Accepted::Tls(tls) => conn.run(ctx, *tls).await,
+                                mtls::Accepted::Plain(plain) => conn.run(ctx, plain).await,
+                                mtls::Accepted::Refused => {}
+                            }
+                        }
+                        _ => conn.run(ctx, stream).await,
+                    }
                 });
             }
             _ = stop.changed() => break,
@@ -120,13 +125,14 @@ pub async fn serve<H, Fut>(
     }
 }
 
-/// The general path of one connection.
+/// One connection, once its IO is known (plaintext, or TLS from a peer sidecar).
 struct General<'a, H> {
     handler: H,
     builder: &'a http1::Builder,
     limits: Limits,
     stop: watch::Receiver<bool>,
-    /// Where requests the listener refuses itself are recorded (proxy listeners).
+    /// The proxy listeners' pipeline: the fast path serves with it first, and requests the
+    /// listener refuses itself are recorded in it.
     pipeline: Option<Arc<Pipeline>>,
 }
 
@@ -135,6 +141,22 @@ where
     H: Fn(Arc<ConnCtx>, Request<RequestBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    /// Serves the connection: on the fast path first (proxy listeners), then on the general
+    /// path from wherever the fast path stopped.
+    async fn run<I>(mut self, ctx: ConnCtx, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (io, prefix, planned) = match &self.pipeline {
+            Some(p) => match fast::serve(p, &ctx, io, self.limits, &mut self.stop).await {
+                Exit::Closed => return,
+                Exit::General(io, prefix, planned) => (io, prefix, planned),
+            },
+            None => (io, BytesMut::new(), None),
+        };
+        self.serve(ctx, io, prefix, planned).await;
+    }
+
     /// Serves a connection on the general path, from `prefix` (bytes the fast path already
     /// read) on: HTTP/2 if it opens with the client preface, else hyper's HTTP/1.1 server.
     /// `planned` is the fast path's decision for the request `prefix` starts with.

@@ -27,7 +27,7 @@ pub mod general;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrule_config::Protocol;
+use ferrule_config::{authz, Protocol};
 
 use crate::base::{ConnCtx, Listener, Reason};
 use crate::codec::headers::{host_of, Wire};
@@ -40,7 +40,8 @@ use crate::telemetry::metrics::{Codec, Direction, ServiceMetrics};
 /// One direction's pipeline: what the outbound or inbound listener runs for each request.
 #[derive(Debug)]
 pub struct Pipeline {
-    policy: Arc<Policy>,
+    /// The policy it plans with (the inbound listener's mTLS step reads the mode from it).
+    pub policy: Arc<Policy>,
     side: Side,
 }
 
@@ -145,11 +146,14 @@ impl Pipeline {
     }
 
     /// Plans one request from its head.
-    pub fn plan<H: HeadView + ?Sized>(&self, _ctx: &ConnCtx, head: &H) -> Planned {
+    pub fn plan<H: HeadView + ?Sized>(&self, ctx: &ConnCtx, head: &H) -> Planned {
         let start = Instant::now();
         let tables = self.policy.load();
         let wants_h2 = head.is_http2() || head.is_grpc();
         if let Side::Inbound { app, .. } = &self.side {
+            if let Some(authz) = tables.local.as_ref().and_then(|s| s.authz.as_ref()) {
+                self.authorize(authz, ctx, head, start)?;
+            }
             // The app, in its service's protocol (`auto` before any snapshot).
             let protocol = tables
                 .local
@@ -233,6 +237,48 @@ impl Pipeline {
             wants_h2,
             start,
         })
+    }
+
+    /// Applies the service's authorization policy to an inbound request (see
+    /// `ferrule_config::authz`): the caller's identity is the one its mTLS certificate proved.
+    fn authorize<H: HeadView + ?Sized>(
+        &self,
+        authz: &authz::Compiled,
+        ctx: &ConnCtx,
+        head: &H,
+        start: Instant,
+    ) -> Result<(), PlanError> {
+        let caller = ctx.peer_identity.as_deref();
+        let verdict = authz.decide(caller, head.method(), head.path());
+        if verdict.action == authz::Action::Allow {
+            self.policy.metrics.authz("allow");
+            return Ok(());
+        }
+        let by = match verdict.rule {
+            Some(i) => format!("rule {i} of the service's authorization policy"),
+            None => "the authorization policy's default action".to_string(),
+        };
+        let who = caller.unwrap_or("a caller without a mesh identity (plaintext)");
+        if verdict.audit {
+            self.policy.metrics.authz("audit_deny");
+            tracing::info!(
+                caller = who,
+                method = head.method(),
+                path = head.path(),
+                "authorization audit: would deny ({by})"
+            );
+            return Ok(());
+        }
+        self.policy.metrics.authz("deny");
+        Err(PlanError::new(
+            Reason::Unauthorized,
+            format!(
+                "{who} may not {} {}: denied by {by}",
+                head.method(),
+                head.path()
+            ),
+            start,
+        ))
     }
 
     /// The wire protocol towards one endpoint of a decision.

@@ -58,7 +58,11 @@ sidecar: true
 ";
 
 fn policy(yaml: Option<&str>) -> Arc<Policy> {
-    let policy = Arc::new(Policy::new("echo", Arc::new(Metrics::new())));
+    let policy = Arc::new(Policy::new(
+        "echo",
+        Arc::new(Metrics::new()),
+        crate::base::Identity::disabled(),
+    ));
     if let Some(yaml) = yaml {
         let mut snap = Snapshot {
             version: 7,

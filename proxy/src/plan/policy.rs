@@ -13,15 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ferrule_config::{Protocol, Snapshot};
+use ferrule_config::authz;
+use ferrule_config::{MtlsMode, Protocol, Snapshot};
 #[cfg(test)]
 use http::Request;
 use http::{HeaderName, HeaderValue, Method};
 use rand::Rng;
 
-use crate::base::Reason;
+use crate::base::{Identity, Reason};
 use crate::codec::render::ProxyError;
 use crate::codec::HeadView;
+use crate::forward::conn::TlsTarget;
 use crate::forward::upstream::Upstream;
 use crate::plan::balance::{Balancer, Member};
 use crate::telemetry::metrics::{Direction, Metrics, ServiceMetrics};
@@ -107,6 +109,10 @@ impl RouteTable {
     }
 }
 
+/// Upstream state is shared across snapshots per address and, for mutual TLS, the identity
+/// the endpoint must prove.
+type UpstreamKey = (SocketAddr, Option<Arc<str>>);
+
 /// A compiled destination service.
 #[derive(Debug)]
 pub struct ServiceTable {
@@ -119,6 +125,10 @@ pub struct ServiceTable {
     default_route: RouteTable,
     /// Per-request metric handles for outbound traffic to this service.
     pub metrics: ServiceMetrics,
+    /// What its sidecars take from peers (read on the inbound side of its own sidecars).
+    pub mtls: MtlsMode,
+    /// Who may call it (enforced on the inbound side of its own sidecars); everyone if `None`.
+    pub authz: Option<authz::Compiled>,
 }
 
 impl ServiceTable {
@@ -154,7 +164,7 @@ pub struct Tables {
     services: HashMap<String, Arc<ServiceTable>>,
     /// This proxy's own service, if the snapshot defines it (gives the inbound protocol).
     pub local: Option<Arc<ServiceTable>>,
-    upstreams: HashMap<SocketAddr, Arc<Upstream>>,
+    upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     cursors: HashMap<(String, BTreeMap<String, String>), Arc<AtomicUsize>>,
     /// Metric handles for requests to hosts that name no service.
     pub unknown_metrics: ServiceMetrics,
@@ -191,9 +201,15 @@ impl Tables {
         snap: Arc<Snapshot>,
         prev: &Tables,
         local_service: &str,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
+        identity: &Arc<Identity>,
     ) -> Self {
         let mut upstreams = HashMap::new();
+        let mtls: HashMap<&str, MtlsMode> = snap
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s.mtls))
+            .collect();
         let mut cursors = HashMap::new();
         let protocols: HashMap<&str, Protocol> = snap
             .services
@@ -210,13 +226,26 @@ impl Tables {
         let mut by_service: HashMap<&str, Vec<(&ferrule_config::Endpoint, Arc<Upstream>)>> =
             HashMap::new();
         for ep in &snap.endpoints {
+            // Mutual TLS to an endpoint that has an identity, unless its service turned mTLS
+            // off or this sidecar runs without identity (development only). The identity is
+            // part of the key: an endpoint whose identity changes gets fresh connections.
+            let tls_to = ep.identity.as_deref().filter(|_| {
+                identity.is_enabled()
+                    && mtls.get(ep.service.as_str()).copied().unwrap_or_default()
+                        != MtlsMode::Disabled
+            });
+            let key: UpstreamKey = (ep.address, tls_to.map(Arc::from));
             let up = upstreams
-                .entry(ep.address)
+                .entry(key.clone())
                 .or_insert_with(|| {
-                    prev.upstreams
-                        .get(&ep.address)
-                        .cloned()
-                        .unwrap_or_else(|| Upstream::new(ep.address))
+                    prev.upstreams.get(&key).cloned().unwrap_or_else(|| {
+                        let tls = key.1.clone().map(|expected| TlsTarget {
+                            identity: identity.clone(),
+                            expected,
+                            metrics: metrics.clone(),
+                        });
+                        Upstream::with_tls(ep.address, tls)
+                    })
                 })
                 .clone();
             by_service
@@ -330,6 +359,8 @@ impl Tables {
                     routes,
                     default_route,
                     metrics: metrics.service(Direction::Outbound, &svc.name),
+                    mtls: svc.mtls,
+                    authz: svc.authorization.as_ref().map(authz::Compiled::new),
                 }),
             );
         }
@@ -362,6 +393,8 @@ pub struct Policy {
     current: ArcSwap<Tables>,
     status: Mutex<PolicyStatus>,
     local_service: String,
+    /// This sidecar's identity: connections to endpoints with an identity use it.
+    pub identity: Arc<Identity>,
     /// Metrics registry (snapshot compile resolves handles from it).
     pub metrics: Arc<Metrics>,
 }
@@ -376,11 +409,12 @@ impl std::fmt::Debug for Policy {
 
 impl Policy {
     /// No snapshot yet.
-    pub fn new(local_service: &str, metrics: Arc<Metrics>) -> Self {
+    pub fn new(local_service: &str, metrics: Arc<Metrics>, identity: Arc<Identity>) -> Self {
         Policy {
             current: ArcSwap::from_pointee(Tables::empty(&metrics)),
             status: Mutex::new(PolicyStatus::default()),
             local_service: local_service.to_owned(),
+            identity,
             metrics,
         }
     }
@@ -399,7 +433,13 @@ impl Policy {
     pub fn apply(&self, snap: Arc<Snapshot>, source: &'static str) {
         let prev = self.current.load_full();
         let version = snap.version;
-        let tables = Tables::compile(snap, &prev, &self.local_service, &self.metrics);
+        let tables = Tables::compile(
+            snap,
+            &prev,
+            &self.local_service,
+            &self.metrics,
+            &self.identity,
+        );
         self.current.store(Arc::new(tables));
         self.metrics.snapshot_version.set(version);
         self.metrics.snapshot_applies.inc();
@@ -445,13 +485,14 @@ mod tests {
     const TWO: &str = "kind: Service\nname: echo\ntrafficPolicy: {loadBalancer: round_robin}\n---\nkind: Endpoint\nname: a\nservice: echo\naddress: 127.0.0.1:1001\n---\nkind: Endpoint\nname: b\nservice: echo\naddress: 127.0.0.1:1002\n";
 
     fn upstream_of(t: &Tables, addr: &str) -> Arc<Upstream> {
-        t.upstreams[&addr.parse::<SocketAddr>().unwrap()].clone()
+        t.upstreams[&(addr.parse::<SocketAddr>().unwrap(), None)].clone()
     }
 
     #[test]
     fn reload_keeps_state_of_unchanged_endpoints() {
-        let m = Metrics::new();
-        let first = Tables::compile(snapshot(1, TWO), &Tables::empty(&m), "echo", &m);
+        let m = Arc::new(Metrics::new());
+        let id = Identity::disabled();
+        let first = Tables::compile(snapshot(1, TWO), &Tables::empty(&m), "echo", &m, &id);
         let cursor = first.cursors.values().next().unwrap().clone();
         cursor.store(7, std::sync::atomic::Ordering::Relaxed);
 
@@ -461,7 +502,7 @@ mod tests {
             "address: 127.0.0.1:1002\nlabels: {v: x}\n",
         )
             + "---\nkind: Endpoint\nname: c\nservice: echo\naddress: 127.0.0.1:1003\n";
-        let second = Tables::compile(snapshot(2, &next_yaml), &first, "echo", &m);
+        let second = Tables::compile(snapshot(2, &next_yaml), &first, "echo", &m, &id);
         assert!(Arc::ptr_eq(
             &upstream_of(&first, "127.0.0.1:1001"),
             &upstream_of(&second, "127.0.0.1:1001")
@@ -484,9 +525,10 @@ mod tests {
 
     #[test]
     fn routes_match_in_order_with_segment_aware_prefixes() {
-        let m = Metrics::new();
+        let m = Arc::new(Metrics::new());
         let yaml = "kind: Service\nname: echo\nroutes:\n  - name: exact\n    match: {pathExact: /x}\n  - name: v2\n    match: {pathPrefix: /v2, method: POST, headers: {x-canary: 'yes'}}\n  - name: api\n    match: {pathPrefix: /api/}\n";
-        let t = Tables::compile(snapshot(1, yaml), &Tables::empty(&m), "none", &m);
+        let id = Identity::disabled();
+        let t = Tables::compile(snapshot(1, yaml), &Tables::empty(&m), "none", &m, &id);
         let svc = t.service("echo").unwrap();
         let name = |method: &str, path: &str, canary: bool| {
             let mut b = Request::builder().method(method).uri(path);

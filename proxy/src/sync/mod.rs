@@ -25,6 +25,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::base::Lifecycle;
 use crate::plan::policy::Policy;
+use crate::sync::connect::ControlPlane;
+
+pub mod certs;
+pub mod connect;
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -39,6 +43,8 @@ pub struct Registration {
     pub service: String,
     /// The endpoint to register under a lease.
     pub endpoint: Endpoint,
+    /// The bootstrap token, which authenticates the stream to a plaintext control plane.
+    pub token: Option<String>,
 }
 
 /// Loads the persisted snapshot, if any, into `policy`. Returns whether one was applied.
@@ -113,7 +119,7 @@ impl Body for ChannelBody {
 /// Runs the discovery client until `stop` turns true; then says goodbye (deregistering the
 /// endpoint) if connected.
 pub async fn run(
-    control_plane: Uri,
+    control_plane: ControlPlane,
     reg: Registration,
     policy: Arc<Policy>,
     life: Arc<Lifecycle>,
@@ -129,7 +135,7 @@ pub async fn run(
 }
 
 async fn run_sessions(
-    control_plane: Uri,
+    control_plane: ControlPlane,
     reg: Registration,
     policy: Arc<Policy>,
     life: Arc<Lifecycle>,
@@ -137,6 +143,14 @@ async fn run_sessions(
     stop: &mut watch::Receiver<bool>,
 ) {
     let mut failures: u32 = 0;
+    // A sidecar with an identity registers once it can serve mutual TLS (and, over TLS, its
+    // certificate is what authenticates the stream).
+    while policy.identity.is_enabled() && policy.identity.tls().is_none() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = stop.changed() => return,
+        }
+    }
     loop {
         let session = Session {
             control_plane: &control_plane,
@@ -156,7 +170,7 @@ async fn run_sessions(
                 let held = policy.version();
                 // Say it loudly once per outage, then quietly on each retry.
                 if failures == 1 {
-                    tracing::warn!(error = %msg, control_plane = %control_plane, policy_version = held, "control plane unreachable; keeping the current policy and retrying");
+                    tracing::warn!(error = %msg, control_plane = %control_plane.uri, policy_version = held, "control plane unreachable; keeping the current policy and retrying");
                 } else {
                     tracing::debug!(error = %msg, failures, "control plane still unreachable");
                 }
@@ -184,7 +198,7 @@ enum Ended {
 }
 
 struct Session<'a> {
-    control_plane: &'a Uri,
+    control_plane: &'a ControlPlane,
     reg: &'a Registration,
     policy: &'a Arc<Policy>,
     life: &'a Arc<Lifecycle>,
@@ -193,20 +207,10 @@ struct Session<'a> {
 
 impl Session<'_> {
     async fn run(&self, stop: &mut watch::Receiver<bool>) -> Result<Ended, String> {
-        let authority = self
-            .control_plane
-            .authority()
-            .ok_or("control plane URL has no host:port")?
-            .clone();
+        let cp = self.control_plane;
+        let authority = cp.authority.clone();
         let addr = authority.as_str().to_owned();
-        let stream = tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::TcpStream::connect(&addr),
-        )
-        .await
-        .map_err(|_| format!("connect to {addr} timed out"))?
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        let stream = cp.connect(&self.policy.identity, true).await?;
         let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // Notice a control plane that vanished without closing the connection.
@@ -222,25 +226,35 @@ impl Session<'_> {
         let _abort = AbortOnDrop(conn_task);
 
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let mut endpoint = self.reg.endpoint.clone();
+        // What the control plane will record anyway, from the certificate.
+        endpoint.identity = self
+            .policy
+            .identity
+            .tls()
+            .map(|t| t.cert.identity.to_string());
         let hello = ProxyMessage::Hello {
             proxy: self.reg.proxy_id.clone(),
             service: self.reg.service.clone(),
-            endpoint: Some(self.reg.endpoint.clone()),
+            endpoint: Some(endpoint),
             version: self.policy.version(),
         };
         let _ = tx.send(push::to_line(&hello).into());
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(cp.scheme())
             .authority(authority)
             .path_and_query(push::STREAM_PATH)
             .build()
             .map_err(|e| e.to_string())?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(uri)
-            .header(http::header::CONTENT_TYPE, "application/x-ndjson")
-            .body(ChannelBody(rx))
-            .map_err(|e| e.to_string())?;
+            .header(http::header::CONTENT_TYPE, "application/x-ndjson");
+        // Over TLS the certificate authenticates the stream; in plaintext, the token.
+        if let (false, Some(token)) = (cp.is_tls(), &self.reg.token) {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(ChannelBody(rx)).map_err(|e| e.to_string())?;
         let resp = tokio::select! {
             r = sender.send_request(req) => r.map_err(|e| format!("opening the push stream: {e}"))?,
             _ = stop.changed() => return Ok(Ended::Stopped),
@@ -340,6 +354,14 @@ impl Session<'_> {
         }
         if let Err(e) = snap.check_references() {
             return self.nack(version, nonce, e.to_string());
+        }
+        // A new trust bundle (root rotation) is taken before the tables that may need it.
+        if let (true, Some(pem)) = (self.policy.identity.is_enabled(), &snap.trust_bundle) {
+            match self.policy.identity.set_bundle(pem) {
+                Ok(true) => tracing::info!(version, "trust bundle updated"),
+                Ok(false) => {}
+                Err(e) => return self.nack(version, nonce, e),
+            }
         }
         let current = self.policy.load();
         if current.snapshot.as_deref() == Some(&snap) {

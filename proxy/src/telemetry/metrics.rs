@@ -90,6 +90,17 @@ struct ResponseLabels {
     error: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    direction: Direction,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
+}
+
 /// Handles of one service's per-request metrics.
 #[derive(Debug, Clone)]
 pub struct ServiceMetrics {
@@ -128,6 +139,14 @@ pub struct Metrics {
     pub snapshot_applies: Counter,
     /// 1 while the push stream to the control plane is up.
     pub control_plane_connected: Gauge,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    authz: Family<DecisionLabels, Counter>,
+    /// When the workload certificate expires (Unix seconds; 0 without one).
+    pub cert_expiry: Gauge,
+    /// Certificates obtained from the control plane (the first and every renewal).
+    pub cert_issued: Counter,
+    /// Failed attempts to obtain or renew the certificate.
+    pub cert_failures: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -162,6 +181,36 @@ impl Metrics {
         let snapshot_nacks = Counter::default();
         let snapshot_applies = Counter::default();
         let control_plane_connected = Gauge::default();
+        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
+        let authz = Family::<DecisionLabels, Counter>::default();
+        let cert_expiry = Gauge::default();
+        let cert_issued = Counter::default();
+        let cert_failures = Counter::default();
+        registry.register(
+            "tls_handshakes",
+            "Mutual TLS handshakes by direction and result (ok, or why it failed)",
+            tls_handshakes.clone(),
+        );
+        registry.register(
+            "authz_decisions",
+            "Inbound authorization decisions: allow, deny, audit_deny (denied in audit mode, let through)",
+            authz.clone(),
+        );
+        registry.register(
+            "identity_cert_expiry_timestamp_seconds",
+            "When the workload certificate expires, Unix time (0 without one)",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "identity_certificates_issued",
+            "Workload certificates obtained (first issue and renewals)",
+            cert_issued.clone(),
+        );
+        registry.register(
+            "identity_certificate_failures",
+            "Failed attempts to obtain or renew the workload certificate",
+            cert_failures.clone(),
+        );
         registry.register("requests", "Requests received", requests.clone());
         registry.register(
             "responses",
@@ -208,7 +257,25 @@ impl Metrics {
             snapshot_nacks,
             snapshot_applies,
             control_plane_connected,
+            tls_handshakes,
+            authz,
+            cert_expiry,
+            cert_issued,
+            cert_failures,
         }
+    }
+
+    /// Counts a TLS handshake (or a plaintext connection refused) on `direction`: `result`
+    /// is `ok` or one of a few fixed failure names.
+    pub fn handshake(&self, direction: Direction, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&HandshakeLabels { direction, result })
+            .inc();
+    }
+
+    /// Counts an authorization decision: `allow`, `deny` or `audit_deny`.
+    pub fn authz(&self, decision: &'static str) {
+        self.authz.get_or_create(&DecisionLabels { decision }).inc();
     }
 
     /// Resolves the per-request handles of one service (done at snapshot compile time).
