@@ -6,7 +6,13 @@ generic handlers and no (de)serializers, which grpcio passes through unchanged.
   python3 echo.py server                 -> prints "port N", serves until killed
   python3 echo.py client TARGET AUTHORITY -> runs all four call types through TARGET with the
                                             given :authority, prints "ok" or raises
+  python3 echo.py denied TARGET AUTHORITY -> expects PERMISSION_DENIED for a unary call,
+                                            prints "denied" or raises
+  python3 echo.py stream TARGET AUTHORITY SECONDS -> keeps one bidi stream open for SECONDS,
+                                            one message every 50 ms, each echoed in order;
+                                            prints "ok N" (N messages) or raises
 """
+import time
 import sys
 from concurrent import futures
 
@@ -72,8 +78,52 @@ def client(target, authority):
     print("ok", flush=True)
 
 
+def channel(target, authority):
+    options = [("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0)]
+    ch = grpc.insecure_channel(target, options=options)
+    grpc.channel_ready_future(ch).result(timeout=10)
+    return ch
+
+
+def denied(target, authority):
+    with channel(target, authority) as ch:
+        try:
+            ch.unary_unary("/%s/Unary" % SERVICE)(b"hello", timeout=10)
+            raise AssertionError("expected PERMISSION_DENIED")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.PERMISSION_DENIED, (e.code(), e.details())
+    print("denied", flush=True)
+
+
+def stream(target, authority, seconds):
+    end = time.monotonic() + seconds
+    sent = []
+
+    def messages():
+        i = 0
+        while time.monotonic() < end:
+            msg = b"s%d" % i
+            sent.append(msg)
+            yield msg
+            i += 1
+            time.sleep(0.05)
+
+    with channel(target, authority) as ch:
+        call = ch.stream_stream("/%s/Bidi" % SERVICE)(messages(), timeout=seconds + 30)
+        got = 0
+        for reply in call:
+            assert reply == b"echo:" + sent[got], (reply, got)
+            got += 1
+        assert got == len(sent) and got > 0, (got, len(sent))
+    print("ok %d" % got, flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve()
+    elif sys.argv[1] == "denied":
+        denied(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "stream":
+        stream(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     else:
         client(sys.argv[2], sys.argv[3])

@@ -122,3 +122,68 @@ async fn handle(
         .body(req.into_body().boxed())
         .expect("valid response"))
 }
+
+/// The Python gRPC echo server (`integration/grpc/echo.py`, real grpcio), killed when dropped.
+#[derive(Debug)]
+pub struct GrpcEcho {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Drop for GrpcEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const GRPC_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/echo.py");
+
+/// Starts the gRPC echo server on a fresh loopback port.
+pub fn grpc_echo_server() -> GrpcEcho {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args([GRPC_SCRIPT, "server"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with grpcio (pip install grpcio)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("reading the gRPC server's port");
+    let port = line
+        .trim()
+        .strip_prefix("port ")
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("grpc server said {line:?}"));
+    GrpcEcho {
+        child,
+        addr: ([127, 0, 0, 1], port).into(),
+    }
+}
+
+/// Runs the gRPC echo client (`client`, `denied` or `stream` mode, see the script) against
+/// `target` with `:authority` `authority`, off the async runtime; returns its output.
+pub async fn grpc_echo_client(
+    mode: &str,
+    target: SocketAddr,
+    authority: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        GRPC_SCRIPT.to_owned(),
+        mode.to_owned(),
+        target.to_string(),
+        authority.to_owned(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(&args)
+            .output()
+            .expect("running the gRPC client")
+    })
+    .await
+    .expect("the gRPC client's thread")
+}

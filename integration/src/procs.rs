@@ -300,6 +300,41 @@ impl Sidecar {
         v
     }
 
+    /// The value of the sample `name{labels...}` in `/metrics` (0 if absent), summed over
+    /// every label set that has all the given labels.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, _, body) =
+            crate::client::get(&format!("http://{}/metrics", self.admin), None).await;
+        assert_eq!(status, 200, "admin /metrics");
+        let text = String::from_utf8_lossy(&body);
+        let mut found = 0.0;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let (set, value) = match rest.strip_prefix('{') {
+                Some(r) => match r.split_once("} ") {
+                    Some((set, value)) => (set, value),
+                    None => continue,
+                },
+                // Another metric whose name starts with `name`.
+                None if !rest.starts_with(' ') => continue,
+                None => ("", rest.trim()),
+            };
+            let have: Vec<&str> = set.split(',').collect();
+            if labels
+                .iter()
+                .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
+            {
+                found += value
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad sample line {line:?}"));
+            }
+        }
+        found
+    }
+
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
         let url = format!("http://{}/ready", self.admin);

@@ -1119,39 +1119,9 @@ async fn http10_and_expect_continue_still_work() {
 // 8. Metrics.
 // ---------------------------------------------------------------------------------------------
 
-/// The value of the sample `name{labels...}` in `sidecar`'s `/metrics` (0 if absent). Every
-/// given label must be present; others are ignored.
+/// The value of the sample `name{labels...}` in `sidecar`'s `/metrics` (see `Sidecar::metric`).
 async fn metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (status, _, body) =
-        ferrule_integration::client::get(&format!("http://{}/metrics", sidecar.admin), None).await;
-    assert_eq!(status, 200, "admin /metrics");
-    let text = String::from_utf8_lossy(&body);
-    let mut found = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let (set, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once("} ") {
-                Some((set, value)) => (set, value),
-                None => continue,
-            },
-            // Another metric whose name starts with `name`.
-            None if !rest.starts_with(' ') => continue,
-            None => ("", rest.trim()),
-        };
-        let have: Vec<&str> = set.split(',').collect();
-        if labels
-            .iter()
-            .all(|(k, v)| have.contains(&format!("{k}=\"{v}\"").as_str()))
-        {
-            found += value
-                .trim()
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("bad sample line {line:?}"));
-        }
-    }
-    found
+    sidecar.metric(name, labels).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

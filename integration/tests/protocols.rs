@@ -2,10 +2,9 @@
 //! app), with curl, hyper and a Python grpcio client and server.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use ferrule_integration::apps::echo_app;
+use ferrule_integration::apps::{echo_app, grpc_echo_client, grpc_echo_server};
 use ferrule_integration::client::{curl, TestClient};
 use ferrule_integration::procs::{ControlPlane, Sidecar};
 use ferrule_integration::TempDir;
@@ -234,47 +233,13 @@ async fn grpc_all_call_types_cross_two_sidecars() {
     let dir = TempDir::new("grpc");
     let cp = ControlPlane::start(&dir.sub("cp"), &[]);
     cp.apply("kind: Service\nname: grpc-echo\nprotocol: grpc\n---\nkind: Service\nname: client\n");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/echo.py");
-    let mut server = Command::new("python3")
-        .args([script, "server"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 with grpcio (pip install grpcio)");
-    let port = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(server.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        line.trim()
-            .strip_prefix("port ")
-            .unwrap_or_else(|| panic!("grpc server said {line:?}"))
-            .parse::<u16>()
-            .unwrap()
-    };
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _server = KillOnDrop(server);
-    let app: SocketAddr = ([127, 0, 0, 1], port).into();
-    let srv = sidecar(&cp, &dir, "grpc-echo", app);
+    let server = grpc_echo_server();
+    let srv = sidecar(&cp, &dir, "grpc-echo", server.addr);
     let client = sidecar(&cp, &dir, "client", unused_app());
     client.wait_ready().await;
     client.wait_endpoints("grpc-echo", 1).await;
 
-    let target = client.outbound.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, "client", &target, "grpc-echo"])
-            .output()
-            .expect("running the grpc client")
-    })
-    .await
-    .unwrap();
+    let out = grpc_echo_client("client", client.outbound, "grpc-echo", &[]).await;
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
         "grpc client failed:\n{}\n{}\nclient sidecar log:\n{}",

@@ -336,5 +336,12 @@ pub fn new_key_and_csr() -> Result<(Vec<u8>, String), String> {
     Ok((key.serialize_der(), csr))
 }
 
+/// A PKCS#8 key (DER) as PEM, for tools that read key files (openssl, nginx).
+pub fn key_pem(pkcs8_der: &[u8]) -> Result<String, String> {
+    rcgen::KeyPair::try_from(pkcs8_der)
+        .map(|k| k.serialize_pem())
+        .map_err(|e| format!("not a PKCS#8 key: {e}"))
+}
+
 #[cfg(test)]
 mod tests;
