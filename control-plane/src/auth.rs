@@ -49,7 +49,7 @@ pub fn check_bearer(expected: Option<&str>, headers: &HeaderMap) -> Result<(), A
 
 /// Compares in time that depends only on the length of `presented`, so that response timing
 /// does not reveal how many leading bytes of a guess were right.
-fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
     let mut diff = presented.len() ^ expected.len();
     for (i, b) in presented.iter().enumerate() {
         let e = expected.get(i).copied().unwrap_or(0);

@@ -15,16 +15,18 @@
 //!    - [`push`]: the `/v1/stream` handler that speaks [`ferrule_config::push`] with one sidecar.
 //! 4. Shared state:
 //!    - `state`: what every handler reads: store handle, lease table, proxies registry,
-//!      snapshot watch, admin token, shutdown signal.
+//!      snapshot watch, CA, tokens, admin token, shutdown signal.
 //! 5. What the state holds:
 //!    - [`leases`]: endpoints registered by sidecars, renewed by heartbeat, removed on expiry.
 //!    - [`snapshot`]: builds and serialises each version's snapshot once, shares it with every
 //!      stream.
 //!    - [`proxies`]: what each connected sidecar runs (shown by `GET /v1/proxies`).
+//!    - [`ca`]: the trusted roots, the issuing one, signing, root rotation.
+//!    - [`tokens`]: bootstrap tokens (stored as hashes), each proving one identity.
 //! 6. Foundations:
 //!    - [`store`]: the redb database: resources, the global revision, leases.
 //!    - [`error`]: the one place where failures become HTTP responses (`{"error", "details"}`;
-//!      uses [`body`] and [`store`]).
+//!      uses [`body`] and [`store`]); also the failure types of [`ca`] and [`tokens`].
 //!    - [`auth`]: bearer-token checks for writes (uses [`error`]).
 //!    - [`body`]: response bodies (buffered JSON, and the streaming body of the push stream).
 //!    - `time`: RFC 3339 timestamps.
@@ -39,6 +41,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod ca;
 pub mod cli;
 pub mod demo;
 pub mod error;
@@ -51,6 +54,7 @@ pub mod snapshot;
 mod state;
 pub mod store;
 mod time;
+pub mod tokens;
 
 #[cfg(test)]
 mod test_util;

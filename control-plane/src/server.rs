@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrule_config::identity::DEFAULT_TRUST_DOMAIN;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,12 +21,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::api;
+use crate::ca::{Ca, CaConfig};
 use crate::leases::Leases;
 use crate::proxies::Proxies;
 use crate::shutdown::until_shutdown;
 use crate::snapshot::{self, Published};
 use crate::state::State;
 use crate::store::{Store, StoreError};
+use crate::tokens::Tokens;
 
 /// A request must send its headers within this long: a client that connects and stalls
 /// would otherwise hold a connection (and a file descriptor) forever.
@@ -46,6 +49,26 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How long a sidecar's endpoint lease lasts without a heartbeat.
     pub lease_ttl: Duration,
+    /// The CA: trust domain, longest certificate, the operator's CA if any.
+    pub ca: CaConfig,
+}
+
+impl Config {
+    /// The defaults, listening on `listen` with the store in `data_dir`: a generated CA for
+    /// `cluster.local` with 24 h certificates, no admin token.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            listen,
+            data_dir,
+            admin_token: None,
+            lease_ttl: Duration::from_secs(15),
+            ca: CaConfig {
+                trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+                max_ttl: Duration::from_secs(24 * 3600),
+                operator: None,
+            },
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -63,6 +86,9 @@ pub enum StartError {
     /// The lease TTL is too short to be useful.
     #[error("lease TTL {0:?} is too short (minimum 30ms)")]
     LeaseTtl(Duration),
+    /// The CA could not be loaded or made.
+    #[error("certificate authority: {0}")]
+    Ca(String),
 }
 
 /// A bound, not yet running, control plane.
@@ -94,6 +120,14 @@ impl Server {
                 .map_err(store_err)?
         };
         let store = Arc::new(store);
+        let ca = {
+            let (store, dir, ca) = (Arc::clone(&store), config.data_dir.clone(), config.ca);
+            tokio::task::spawn_blocking(move || Ca::open(store, &dir, ca))
+                .await
+                .map_err(|e| StartError::Ca(e.to_string()))?
+                .map_err(StartError::Ca)?
+        };
+        let ca = Arc::new(ca);
         // Every stored lease gets a fresh deadline: sidecars reconnect within the TTL, so a
         // control-plane restart does not make their endpoints flap.
         let leases = Leases::load(Arc::clone(&store), config.lease_ttl, Instant::now())
@@ -119,10 +153,12 @@ impl Server {
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
         let state = Arc::new(State {
+            tokens: Tokens::new(Arc::clone(&store)),
             store,
             leases: Arc::new(leases),
             proxies: Proxies::default(),
             snapshots: snapshots_rx,
+            ca,
             admin_token: config.admin_token,
             shutdown: shutdown_rx,
         });

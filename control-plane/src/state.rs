@@ -1,19 +1,21 @@
 //! The state every request handler and push stream shares, [`State`]: the store handle, the
-//! lease table, the registry of connected proxies, the latest published snapshot, the admin
-//! token and the shutdown signal.
+//! lease table, the registry of connected proxies, the latest published snapshot, the CA and
+//! the bootstrap tokens, the admin token and the shutdown signal.
 //!
-//! It sits between the parts it holds (`store`, `leases`, `proxies`, `snapshot`, which do not
-//! know about it) and the handlers that read it (`api`, `push`); the server builds it once at
+//! It sits between the parts it holds (`store`, `leases`, `proxies`, `snapshot`, `ca`,
+//! `tokens`, which do not know about it) and the handlers that read it (`api`, `push`); the server builds it once at
 //! start and hands an `Arc` of it to every connection.
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::ca::Ca;
 use crate::leases::Leases;
 use crate::proxies::Proxies;
 use crate::snapshot::Published;
 use crate::store::Store;
+use crate::tokens::Tokens;
 
 /// What every request handler and push stream shares.
 #[derive(Debug)]
@@ -26,6 +28,10 @@ pub(crate) struct State {
     pub(crate) proxies: Proxies,
     /// The latest published snapshot; the server's snapshot builder sends new ones.
     pub(crate) snapshots: watch::Receiver<Arc<Published>>,
+    /// The certificate authority.
+    pub(crate) ca: Arc<Ca>,
+    /// Bootstrap tokens.
+    pub(crate) tokens: Tokens,
     /// The token writes must present, if one is configured.
     pub(crate) admin_token: Option<String>,
     /// Becomes true when the server shuts down; push streams end on it.

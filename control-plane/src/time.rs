@@ -17,6 +17,16 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Seconds since the Unix epoch (0 for a time before it).
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// The time `secs` seconds after the Unix epoch.
+pub(crate) fn from_unix_secs(secs: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_secs(secs)
+}
+
 /// Converts days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm,
 /// which counts in 400-year eras so that leap years need no special cases).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ferrule_control::ca::CaConfig;
 use ferrule_control::{Config, Server};
 
 /// Command line of `ferrule-control`.
@@ -26,6 +27,19 @@ struct Args {
     /// How long a sidecar's endpoint lease lasts without a heartbeat (e.g. 15s, 500ms).
     #[arg(long, env = "FERRULE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     lease_ttl: Duration,
+    /// Trust domain of every identity the CA signs.
+    #[arg(long, env = "FERRULE_TRUST_DOMAIN", default_value = ferrule_config::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Longest life of a workload certificate (a request may ask for less; minimum 1m).
+    #[arg(long, env = "FERRULE_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// The operator's CA certificate (PEM; a root, or an intermediate followed by its parents
+    /// up to but not including the root); without it, a root is generated in the data dir.
+    #[arg(long, env = "FERRULE_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The key of --ca-cert (PEM).
+    #[arg(long, env = "FERRULE_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, env = "FERRULE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -99,11 +113,30 @@ async fn main() -> ExitCode {
             None
         }
     };
+    let operator = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
+            match (read(cert), read(key)) {
+                (Ok(c), Ok(k)) => Some((c, k)),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
     let config = Config {
-        listen: args.listen,
-        data_dir: args.data_dir,
         admin_token,
         lease_ttl: args.lease_ttl,
+        ca: CaConfig {
+            trust_domain: args.trust_domain,
+            max_ttl: args.cert_ttl,
+            operator,
+        },
+        ..Config::new(args.listen, args.data_dir)
     };
     let server = match Server::bind(config).await {
         Ok(s) => s,

@@ -62,10 +62,9 @@ pub struct ControlPlane {
 impl ControlPlane {
     pub async fn start(dir: &Path, token: Option<&str>, lease_ttl: Duration) -> ControlPlane {
         let server = Server::bind(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.to_owned(),
             admin_token: token.map(str::to_owned),
             lease_ttl,
+            ..Config::new("127.0.0.1:0".parse().unwrap(), dir.to_owned())
         })
         .await
         .expect("control plane starts");
