@@ -148,9 +148,12 @@ pub(crate) async fn measure(
     let data = dir.join(format!("fanout-{proxies}"));
     std::fs::create_dir_all(&data)?;
     let mut control = Command::new(&bins.control);
+    // The simulated proxies have no identity: a plaintext control plane (a development-only
+    // switch).
     control
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data);
+        .arg(&data)
+        .arg("--plaintext");
     let prefix = "ferrule-control listening on ";
     let name = format!("fanout-control-{proxies}");
     let started = supervisor

@@ -19,14 +19,14 @@
 //! | `/v1/{services,endpoints}/{name}` | GET, PUT (revision-checked replace), DELETE (`?revision=N`) |
 //!
 //! Reads of policy are open; writes, the CA and tokens need the admin token when one is
-//! configured. Signing is authenticated by the sidecar's bootstrap token, never by the
-//! operators' token (the push stream is authenticated in a later step).
+//! configured. Signing is authenticated by the sidecar's identity (a client certificate of the
+//! mesh, or a bootstrap token), never by the operators' token (the push stream is
+//! authenticated in a later step).
 //! Handlers return `Result<_, ApiError>` and [`handle`] turns errors into responses.
 //!
 //! The module owns the route table and the REST handlers; they read the shared `State` and
 //! hand `/v1/stream` to [`crate::push`]. The server calls `handle` for every request.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::auth;
+use crate::auth::{self, Peer};
 use crate::body::{self, Body};
 use crate::error::{ApiError, TokenError};
 use crate::push;
@@ -98,7 +98,7 @@ fn route(path: &str) -> Option<Route> {
 pub(crate) async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -117,7 +117,7 @@ pub(crate) async fn handle(
 async fn dispatch(
     state: Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     let route = route(&path).ok_or_else(|| ApiError::no_route(&path))?;
@@ -137,7 +137,9 @@ async fn dispatch(
         (Route::Version, _) => not_allowed("GET"),
         (Route::Proxies, &Method::GET) => Ok(body::json(StatusCode::OK, &st.proxies.list())),
         (Route::Proxies, _) => not_allowed("GET"),
-        (Route::Stream, &Method::POST) => Ok(push::stream(Arc::clone(st), req.into_body(), peer)),
+        (Route::Stream, &Method::POST) => {
+            Ok(push::stream(Arc::clone(st), req.into_body(), peer.addr))
+        }
         (Route::Stream, _) => not_allowed("POST"),
         (Route::Ca, &Method::GET) => {
             authorize(st, &req)?;
@@ -179,7 +181,7 @@ async fn dispatch(
         }
         (Route::Token(_), _) => not_allowed("DELETE"),
         (Route::Certificates, &Method::POST) => {
-            let identity = caller_identity(st, &req).await?;
+            let identity = caller_identity(st, &req, &peer).await?;
             sign(st, identity, read_json(req).await?)
         }
         (Route::Certificates, _) => not_allowed("POST"),
@@ -255,8 +257,16 @@ fn authorize(st: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
     auth::check_bearer(st.admin_token.as_deref(), req.headers())
 }
 
-/// The identity a signing request proves: its bootstrap token.
-async fn caller_identity(st: &State, req: &Request<Incoming>) -> Result<SpiffeId, ApiError> {
+/// The identity a signing request proves: its client certificate (renewal), else its
+/// bootstrap token.
+async fn caller_identity(
+    st: &State,
+    req: &Request<Incoming>,
+    peer: &Peer,
+) -> Result<SpiffeId, ApiError> {
+    if let Some(id) = &peer.identity {
+        return Ok(id.clone());
+    }
     let Some(value) = req.headers().get(AUTHORIZATION) else {
         return Err(TokenError::Missing.into());
     };

@@ -3,6 +3,11 @@
 //! Every failure, local (a YAML syntax error) or remote (a 400 with field paths), ends up as a
 //! [`CliError`]: its message and every field-path detail line go to stderr and the exit code
 //! is 1, so scripts and humans both see exactly what to fix.
+//!
+//! It speaks HTTP/1.1 over TLS to an `https://` URL, verifying the control plane's certificate
+//! against `--ca-file` (the mesh's trust bundle) and checking that it proves the control
+//! plane's identity (`.../ns/ferrule-system/sa/ferrule-control`), and plain HTTP to an
+//! `http://` URL (a `--plaintext` control plane).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,13 +41,17 @@ pub struct Args {
     #[arg(
         long,
         env = "FERRULE_SERVER",
-        default_value = "http://127.0.0.1:7070",
+        default_value = "https://127.0.0.1:7070",
         global = true
     )]
     pub server: String,
     /// File holding the admin token sent with writes.
     #[arg(long, env = "FERRULE_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The mesh's trust bundle (PEM) to verify an https:// control plane with; the control
+    /// plane writes it to `<data dir>/ca/trust-bundle.pem` and serves it at `/v1/trust-bundle`.
+    #[arg(long, env = "FERRULE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -202,7 +211,7 @@ pub async fn run(args: Args, out: &mut Vec<u8>) -> Result<(), CliError> {
         Some(p) => Some(crate::auth::read_token_file(p).map_err(CliError::new)?),
         None => None,
     };
-    let api = Api::new(&args.server, token)?;
+    let api = Api::new(&args.server, token, args.ca_file.as_deref())?;
     match args.command {
         Command::Apply { files } => apply(&api, &files, out).await,
         Command::Get { kind, name, output } => get(&api, &kind, name.as_deref(), output, out).await,
@@ -235,21 +244,47 @@ fn parse_kind(s: &str) -> Result<Kind, CliError> {
     })
 }
 
-/// A small client for the control-plane API (HTTP/1.1). One connection per request: the CLI
-/// makes a handful.
+/// A small client for the control-plane API: HTTP/1.1, over TLS for an `https://` URL. One
+/// connection per request: the CLI makes a handful.
 struct Api {
     base: String,
     /// `host:port`.
     authority: String,
+    tls: Option<ferrule_tls::tokio_rustls::TlsConnector>,
     token: Option<String>,
 }
 
+/// The identity a control plane proves: any trust domain the bundle vouches for, this
+/// namespace and service.
+const CONTROL_NAMESPACE: &str = "ferrule-system";
+const CONTROL_SERVICE: &str = "ferrule-control";
+
 impl Api {
-    fn new(server: &str, token: Option<String>) -> Result<Api, CliError> {
+    fn new(server: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Api, CliError> {
         let base = server.trim_end_matches('/').to_owned();
-        let Some(rest) = base.strip_prefix("http://") else {
+        let (tls, rest) = if let Some(rest) = base.strip_prefix("https://") {
+            let Some(ca_file) = ca_file else {
+                return Err(CliError::new(format!(
+                    "{server} is served over TLS: give the mesh's trust bundle with --ca-file \
+                     (FERRULE_CA_FILE); the control plane writes it to \
+                     <data dir>/ca/trust-bundle.pem"
+                )));
+            };
+            let pem = std::fs::read_to_string(ca_file).map_err(|e| {
+                CliError::new(format!("cannot read --ca-file {}: {e}", ca_file.display()))
+            })?;
+            let bundle = ferrule_tls::Bundle::from_pem(&pem)
+                .map_err(|e| CliError::new(format!("--ca-file {}: {e}", ca_file.display())))?;
+            let config = ferrule_tls::client_config(None, &bundle, &[ferrule_tls::ALPN_HTTP1])
+                .map_err(CliError::new)?;
+            let connector =
+                ferrule_tls::tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            (Some(connector), rest)
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            (None, rest)
+        } else {
             return Err(CliError::new(format!(
-                "--server must be an http:// URL, got {server:?}"
+                "--server must be an https:// or http:// URL, got {server:?}"
             )));
         };
         let authority = rest.split('/').next().unwrap_or_default().to_owned();
@@ -261,14 +296,21 @@ impl Api {
         Ok(Api {
             base,
             authority,
+            tls,
             token,
         })
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> CliError {
+        // A plain request to a TLS port fails without saying why.
+        let hint = if self.tls.is_none() {
+            "; if it serves TLS (its first line says https://), use an https:// URL with --ca-file"
+        } else {
+            ""
+        };
         CliError::new(format!(
             "cannot reach the control plane at {}: {e} (is ferrule-control running? set \
-             --server or FERRULE_SERVER)",
+             --server or FERRULE_SERVER{hint})",
             self.base
         ))
     }
@@ -281,7 +323,34 @@ impl Api {
         let tcp = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| self.unreachable(e))?;
-        self.exchange(tcp, req).await
+        let Some(connector) = &self.tls else {
+            return self.exchange(tcp, req).await;
+        };
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ferrule_tls::server_name(ip),
+            Err(_) => ferrule_tls::rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| CliError::new(format!("bad host {host:?}: {e}")))?,
+        };
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
+        // The chain was verified against the bundle; the name it proves is ours to check.
+        let id = ferrule_tls::peer_identity(stream.get_ref().1)
+            .map_err(|e| CliError::new(format!("{}: {e}", self.base)))?;
+        if id.namespace() != CONTROL_NAMESPACE || id.service() != CONTROL_SERVICE {
+            return Err(CliError::new(format!(
+                "{} proved identity {id}, which is not a Ferrule control plane",
+                self.base
+            )));
+        }
+        self.exchange(stream, req).await
     }
 
     async fn exchange<I>(

@@ -330,8 +330,11 @@ async fn run(args: DemoArgs, children: &Children) -> Result<(), String> {
 
     // Control plane on its embedded store.
     let mut cmd = Command::new(sibling("ferrule-control")?);
+    // Loopback only, and the demo's sidecars run without identity: plaintext is the
+    // development switch made for this.
     cmd.args(["--listen", &args.listen.to_string(), "--data-dir"])
-        .arg(dir.join("control-plane"));
+        .arg(dir.join("control-plane"))
+        .arg("--plaintext");
     let line = spawn(
         children,
         cmd,

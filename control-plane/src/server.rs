@@ -1,6 +1,7 @@
-//! The server: opens the store, binds the listener, serves HTTP/1.1 and prior-knowledge h2c on
-//! the same port (the API for operators and `curl`, the push streams for sidecars), runs the
-//! snapshot builder and lease expiry, and shuts down cleanly.
+//! The server: opens the store and the CA, binds the listener, serves the API (operators,
+//! `curl`) and the push streams (sidecars) on one port over TLS (ALPN h2 and http/1.1), or,
+//! with `--plaintext`, over HTTP/1.1 and prior-knowledge h2c; runs the snapshot builder, lease
+//! expiry and the renewal of its own certificate; and shuts down cleanly.
 //!
 //! This is the wiring on top of everything else: it owns the listener, the [`Config`], and the
 //! senders of the snapshot watch and of the shutdown signal. The state that handlers read is
@@ -17,10 +18,12 @@ use ferrule_config::identity::DEFAULT_TRUST_DOMAIN;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::api;
+use crate::auth::Peer;
 use crate::ca::{Ca, CaConfig};
 use crate::leases::Leases;
 use crate::proxies::Proxies;
@@ -28,6 +31,7 @@ use crate::shutdown::until_shutdown;
 use crate::snapshot::{self, Published};
 use crate::state::State;
 use crate::store::{Store, StoreError};
+use crate::tls::ServerTls;
 use crate::tokens::Tokens;
 
 /// A request must send its headers within this long: a client that connects and stalls
@@ -49,24 +53,30 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How long a sidecar's endpoint lease lasts without a heartbeat.
     pub lease_ttl: Duration,
+    /// Serve plain HTTP/1.1 and h2c instead of TLS (local development only).
+    pub plaintext: bool,
     /// The CA: trust domain, longest certificate, the operator's CA if any.
     pub ca: CaConfig,
+    /// Extra DNS names or IP addresses for the server certificate.
+    pub tls_sans: Vec<String>,
 }
 
 impl Config {
-    /// The defaults, listening on `listen` with the store in `data_dir`: a generated CA for
-    /// `cluster.local` with 24 h certificates, no admin token.
+    /// The defaults, listening on `listen` with the store in `data_dir`: TLS, a generated CA
+    /// for `cluster.local` with 24 h certificates, no admin token.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
         Config {
             listen,
             data_dir,
             admin_token: None,
             lease_ttl: Duration::from_secs(15),
+            plaintext: false,
             ca: CaConfig {
                 trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
                 max_ttl: Duration::from_secs(24 * 3600),
                 operator: None,
             },
+            tls_sans: Vec::new(),
         }
     }
 }
@@ -89,6 +99,16 @@ pub enum StartError {
     /// The CA could not be loaded or made.
     #[error("certificate authority: {0}")]
     Ca(String),
+    /// The server certificate could not be made.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Listening beyond loopback with open writes.
+    #[error(
+        "refusing to listen on {0} without an admin token: anyone who can reach it could change \
+         the mesh's policy and its CA. Give --admin-token-file (FERRULE_ADMIN_TOKEN_FILE), or \
+         listen on a loopback address"
+    )]
+    Exposed(SocketAddr),
 }
 
 /// A bound, not yet running, control plane.
@@ -96,6 +116,7 @@ pub enum StartError {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
     state: Arc<State>,
     snapshots: watch::Sender<Arc<Published>>,
     shutdown: watch::Sender<bool>,
@@ -106,6 +127,9 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         if config.lease_ttl < Duration::from_millis(30) {
             return Err(StartError::LeaseTtl(config.lease_ttl));
+        }
+        if !config.listen.ip().is_loopback() && config.admin_token.is_none() {
+            return Err(StartError::Exposed(config.listen));
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
@@ -152,6 +176,19 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
+        let tls = if config.plaintext {
+            None
+        } else {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+            let ip = local_addr.ip();
+            if !ip.is_unspecified() {
+                names.push(ip.to_string());
+            }
+            names.extend(config.tls_sans);
+            names.dedup();
+            let tls = ServerTls::new(Arc::clone(&ca), names).map_err(StartError::Tls)?;
+            Some(Arc::new(tls))
+        };
         let state = Arc::new(State {
             tokens: Tokens::new(Arc::clone(&store)),
             store,
@@ -165,6 +202,7 @@ impl Server {
         Ok(Server {
             listener,
             local_addr,
+            tls,
             state,
             snapshots,
             shutdown,
@@ -176,6 +214,12 @@ impl Server {
         self.local_addr
     }
 
+    /// The base URL clients use: `https://` unless serving plaintext.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
     /// Serves until `signal` completes, then stops accepting, ends the push streams (sidecars
     /// reconnect to whichever control plane comes back) and gives in-flight requests a short
     /// grace period. Every acknowledged write is already on disk, so nothing is lost.
@@ -183,6 +227,7 @@ impl Server {
         let Server {
             listener,
             local_addr,
+            tls,
             state,
             snapshots,
             shutdown,
@@ -195,6 +240,9 @@ impl Server {
             shutdown.subscribe(),
         ));
         tokio::spawn(Arc::clone(&state.leases).run_expiry(shutdown.subscribe()));
+        if let Some(tls) = &tls {
+            tokio::spawn(Arc::clone(tls).run_renewal(shutdown.subscribe()));
+        }
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -226,9 +274,10 @@ impl Server {
                 },
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(serve_connection(
+            tokio::spawn(accept(
                 Arc::clone(&builder),
                 Arc::clone(&state),
+                tls.clone(),
                 tcp,
                 peer,
                 alive.clone(),
@@ -237,6 +286,8 @@ impl Server {
 
         tracing::info!("shutting down");
         drop(listener);
+        // The TLS state holds the CA, which holds the store: let go of it like the state.
+        drop(tls);
         shutdown.send_replace(true);
         drop(alive);
         drop(state);
@@ -258,19 +309,56 @@ impl Server {
     }
 }
 
-async fn serve_connection(
+/// Completes the TLS handshake (if serving TLS) within the header-read timeout, then serves
+/// the connection.
+async fn accept(
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<State>,
+    tls: Option<Arc<ServerTls>>,
     tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    _alive: mpsc::Sender<()>,
+    addr: SocketAddr,
+    alive: mpsc::Sender<()>,
 ) {
+    let Some(tls) = tls else {
+        let peer = Peer {
+            addr,
+            identity: None,
+        };
+        return serve_connection(builder, state, tcp, peer, alive).await;
+    };
+    let acceptor = ferrule_tls::tokio_rustls::TlsAcceptor::from(tls.config());
+    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = tls.client_identity(stream.get_ref().1);
+    let peer = Peer { addr, identity };
+    serve_connection(builder, state, stream, peer, alive).await;
+}
+
+async fn serve_connection<I>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    io: I,
+    peer: Peer,
+    _alive: mpsc::Sender<()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut shutdown = state.shutdown.clone();
+    let addr = peer.addr;
     let svc = service_fn(move |req| {
-        let state = Arc::clone(&state);
+        let (state, peer) = (Arc::clone(&state), peer.clone());
         async move { Ok::<_, Infallible>(api::handle(state, req, peer).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -280,6 +368,6 @@ async fn serve_connection(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
     }
 }

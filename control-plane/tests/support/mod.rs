@@ -64,6 +64,7 @@ impl ControlPlane {
         let server = Server::bind(Config {
             admin_token: token.map(str::to_owned),
             lease_ttl,
+            plaintext: true,
             ..Config::new("127.0.0.1:0".parse().unwrap(), dir.to_owned())
         })
         .await
