@@ -5,6 +5,7 @@
 //! | `/healthz` | GET -> `ok` |
 //! | `/v1/version` | GET -> `{"version": snapshot version, "revision": store revision}` |
 //! | `/v1/proxies` | GET -> every connected proxy ([`crate::proxies::ProxyStatus`]) |
+//! | `/v1/streams` | GET -> open streams, registrations, their caps, refusals by reason |
 //! | `/v1/stream` | POST: the push stream ([`crate::push`]) |
 //! | `/v1/ca` | GET (admin) -> trust domain, roots ([`crate::ca::CaView`]) |
 //! | `/v1/ca/roots` | POST (admin): generate a root, trusted but not issuing |
@@ -19,9 +20,8 @@
 //! | `/v1/{services,endpoints}/{name}` | GET, PUT (revision-checked replace), DELETE (`?revision=N`) |
 //!
 //! Reads of policy are open; writes, the CA and tokens need the admin token when one is
-//! configured. Signing is authenticated by the sidecar's identity (a client certificate of the
-//! mesh, or a bootstrap token), never by the operators' token (the push stream is
-//! authenticated in a later step).
+//! configured. Signing and the push stream are authenticated by the sidecar's identity (a
+//! client certificate of the mesh, or a bootstrap token), never by the operators' token.
 //! Handlers return `Result<_, ApiError>` and [`handle`] turns errors into responses.
 //!
 //! The module owns the route table and the REST handlers; they read the shared `State` and
@@ -55,6 +55,7 @@ enum Route {
     Health,
     Version,
     Proxies,
+    Streams,
     Stream,
     Apply,
     Ca,
@@ -76,6 +77,7 @@ fn route(path: &str) -> Option<Route> {
         ["healthz"] => Route::Health,
         ["v1", "version"] => Route::Version,
         ["v1", "proxies"] => Route::Proxies,
+        ["v1", "streams"] => Route::Streams,
         ["v1", "stream"] => Route::Stream,
         ["v1", "apply"] => Route::Apply,
         ["v1", "ca"] => Route::Ca,
@@ -137,8 +139,20 @@ async fn dispatch(
         (Route::Version, _) => not_allowed("GET"),
         (Route::Proxies, &Method::GET) => Ok(body::json(StatusCode::OK, &st.proxies.list())),
         (Route::Proxies, _) => not_allowed("GET"),
+        (Route::Streams, &Method::GET) => Ok(body::json(
+            StatusCode::OK,
+            &json!({
+                "streams": st.streams.open(),
+                "maxStreams": st.streams.max(),
+                "registrations": st.leases.len(),
+                "maxRegistrations": st.push.max_registrations,
+                "refused": st.refusals.snapshot(),
+            }),
+        )),
+        (Route::Streams, _) => not_allowed("GET"),
         (Route::Stream, &Method::POST) => {
-            Ok(push::stream(Arc::clone(st), req.into_body(), peer.addr))
+            let (parts, body) = req.into_parts();
+            push::stream(Arc::clone(st), &parts.headers, body, peer).await
         }
         (Route::Stream, _) => not_allowed("POST"),
         (Route::Ca, &Method::GET) => {

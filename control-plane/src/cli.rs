@@ -758,6 +758,30 @@ async fn status(api: &Api, out: &mut Vec<u8>) -> Result<(), CliError> {
         proxies.len()
     )
     .ok();
+    // Best effort: an older control plane has no /v1/streams.
+    if let Ok(streams) = api.call::<Value>(Method::GET, "/v1/streams", None).await {
+        let refused: Vec<String> = streams["refused"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        writeln!(
+            out,
+            "push streams: {} open (max {}), {} endpoints registered (max {}), refused: {}",
+            streams["streams"],
+            streams["maxStreams"],
+            streams["registrations"],
+            streams["maxRegistrations"],
+            if refused.is_empty() {
+                "none".to_owned()
+            } else {
+                refused.join(", ")
+            }
+        )
+        .ok();
+    }
     if proxies.is_empty() {
         return Ok(());
     }

@@ -17,12 +17,13 @@
 //!    - [`push`]: the `/v1/stream` handler that speaks [`ferrule_config::push`] with one sidecar.
 //! 4. Shared state:
 //!    - `state`: what every handler reads: store handle, lease table, proxies registry,
-//!      snapshot watch, CA, tokens, admin token, shutdown signal.
+//!      snapshot watch, CA, tokens, admin token, push-stream settings, shutdown signal.
 //! 5. What the state holds:
 //!    - [`leases`]: endpoints registered by sidecars, renewed by heartbeat, removed on expiry.
 //!    - [`snapshot`]: builds and serialises each version's snapshot once, shares it with every
 //!      stream.
-//!    - [`proxies`]: what each connected sidecar runs (shown by `GET /v1/proxies`).
+//!    - [`proxies`]: what each connected sidecar runs (shown by `GET /v1/proxies`), which
+//!      identity holds each proxy id, the stream cap and the refusal counters.
 //!    - [`ca`]: the trusted roots, the issuing one, signing, root rotation.
 //!    - [`tokens`]: bootstrap tokens (stored as hashes), each proving one identity.
 //! 6. Foundations:

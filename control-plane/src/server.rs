@@ -26,10 +26,10 @@ use crate::api;
 use crate::auth::Peer;
 use crate::ca::{Ca, CaConfig};
 use crate::leases::Leases;
-use crate::proxies::Proxies;
+use crate::proxies::{Proxies, Refusals, Streams};
 use crate::shutdown::until_shutdown;
 use crate::snapshot::{self, Published};
-use crate::state::State;
+use crate::state::{PushSettings, State};
 use crate::store::{Store, StoreError};
 use crate::tls::ServerTls;
 use crate::tokens::Tokens;
@@ -59,11 +59,26 @@ pub struct Config {
     pub ca: CaConfig,
     /// Extra DNS names or IP addresses for the server certificate.
     pub tls_sans: Vec<String>,
+    /// Serve push streams without a certificate or token (development only).
+    pub allow_anonymous_proxies: bool,
+    /// The most push streams open at once.
+    pub max_streams: usize,
+    /// The most endpoints sidecars may hold under leases.
+    pub max_registrations: usize,
+    /// How long a push stream may take to send its hello.
+    pub hello_timeout: Duration,
 }
+
+/// Default of `--max-streams`.
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+/// Default of `--max-registrations`.
+pub const DEFAULT_MAX_REGISTRATIONS: usize = 10_000;
+/// How long a push stream may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Config {
     /// The defaults, listening on `listen` with the store in `data_dir`: TLS, a generated CA
-    /// for `cluster.local` with 24 h certificates, no admin token.
+    /// for `cluster.local` with 24 h certificates, no admin token, identified proxies only.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
         Config {
             listen,
@@ -77,6 +92,10 @@ impl Config {
                 operator: None,
             },
             tls_sans: Vec::new(),
+            allow_anonymous_proxies: false,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_registrations: DEFAULT_MAX_REGISTRATIONS,
+            hello_timeout: HELLO_TIMEOUT,
         }
     }
 }
@@ -197,6 +216,13 @@ impl Server {
             snapshots: snapshots_rx,
             ca,
             admin_token: config.admin_token,
+            push: PushSettings {
+                allow_anonymous: config.allow_anonymous_proxies,
+                max_registrations: config.max_registrations,
+                hello_timeout: config.hello_timeout,
+            },
+            streams: Streams::new(config.max_streams),
+            refusals: Refusals::default(),
             shutdown: shutdown_rx,
         });
         Ok(Server {

@@ -121,10 +121,10 @@ impl ControlPlane {
     pub fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("ferrule-control"));
         // The sidecars of these tests run without identity, so the control plane serves
-        // plaintext (a development-only switch).
+        // plaintext and anonymous push streams (both development-only switches).
         cmd.args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .arg("--plaintext")
+            .args(["--plaintext", "--allow-anonymous-proxies"])
             .args(extra);
         let log = data_dir.with_extension("log");
         let (proc, line) = Proc::spawn(cmd, "ferrule-control", log);

@@ -49,6 +49,16 @@ struct Args {
     /// 127.0.0.1 and the listen address); repeat or separate with commas.
     #[arg(long, env = "FERRULE_TLS_SANS", value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Serve push streams to sidecars without a certificate or bootstrap token (development
+    /// only); they can never register an endpoint with an identity.
+    #[arg(long, env = "FERRULE_ALLOW_ANONYMOUS_PROXIES")]
+    allow_anonymous_proxies: bool,
+    /// The most push streams open at once; more are refused with 503.
+    #[arg(long, env = "FERRULE_MAX_STREAMS", default_value_t = ferrule_control::server::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
+    /// The most endpoints sidecars may register; more are refused with 503.
+    #[arg(long, env = "FERRULE_MAX_REGISTRATIONS", default_value_t = ferrule_control::server::DEFAULT_MAX_REGISTRATIONS)]
+    max_registrations: usize,
     /// How long a sidecar's endpoint lease lasts without a heartbeat (e.g. 15s, 500ms).
     #[arg(long, env = "FERRULE_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     lease_ttl: Duration,
@@ -157,6 +167,9 @@ async fn main() -> ExitCode {
             "--plaintext: the API and push streams are not encrypted (local development only)"
         );
     }
+    if args.allow_anonymous_proxies {
+        tracing::warn!("--allow-anonymous-proxies: sidecars without identity receive snapshots (development only)");
+    }
     let config = Config {
         admin_token,
         lease_ttl: args.lease_ttl,
@@ -167,6 +180,9 @@ async fn main() -> ExitCode {
             operator,
         },
         tls_sans: args.tls_san,
+        allow_anonymous_proxies: args.allow_anonymous_proxies,
+        max_streams: args.max_streams,
+        max_registrations: args.max_registrations,
         ..Config::new(args.listen, args.data_dir)
     };
     let server = match Server::bind(config).await {
