@@ -15,6 +15,13 @@ FROM debian:bookworm-slim AS control
 COPY --from=build /src/target/release/ferrule-control /src/target/release/ferrulectl /usr/local/bin/
 USER 65532:65532
 VOLUME /var/lib/ferrule
-ENV FERRULE_DATA_DIR=/var/lib/ferrule FERRULE_LISTEN=0.0.0.0:7070
+# Listening beyond loopback needs an admin token: the control plane refuses to start without
+# one. Mount your own token file at /var/lib/ferrule/admin-token (or point
+# FERRULE_ADMIN_TOKEN_FILE elsewhere); if none exists, one is generated there (mode 0600) on
+# first start: `docker exec <container> cat /var/lib/ferrule/admin-token`. The API is TLS:
+# clients verify it with /var/lib/ferrule/ca/trust-bundle.pem, and FERRULE_TLS_SANS adds the
+# names they reach it by (e.g. ferrule-control.mesh.svc,10.0.0.5).
+ENV FERRULE_DATA_DIR=/var/lib/ferrule FERRULE_LISTEN=0.0.0.0:7070 \
+    FERRULE_ADMIN_TOKEN_FILE=/var/lib/ferrule/admin-token FERRULE_INIT_ADMIN_TOKEN=true
 EXPOSE 7070
 ENTRYPOINT ["/usr/local/bin/ferrule-control"]

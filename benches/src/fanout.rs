@@ -148,9 +148,14 @@ pub(crate) async fn measure(
     let data = dir.join(format!("fanout-{proxies}"));
     std::fs::create_dir_all(&data)?;
     let mut control = Command::new(&bins.control);
+    // The simulated proxies have no identity: plaintext and anonymous push streams
+    // (development-only switches), with caps that fit however many the run asks for.
+    let cap = (proxies + 100).max(10_000).to_string();
     control
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data);
+        .arg(&data)
+        .args(["--plaintext", "--allow-anonymous-proxies"])
+        .args(["--max-streams", &cap, "--max-registrations", &cap]);
     let prefix = "ferrule-control listening on ";
     let name = format!("fanout-control-{proxies}");
     let started = supervisor

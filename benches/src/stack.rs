@@ -159,6 +159,9 @@ impl MeshStack {
         let mut control = child_command(&bins.control);
         control.args(["--listen", "127.0.0.1:0", "--data-dir"]);
         control.arg(&control_data);
+        // The benchmark's sidecars run without identity: plaintext control plane, anonymous
+        // push streams (development-only switches).
+        control.args(["--plaintext", "--allow-anonymous-proxies"]);
         let prefix = "ferrule-control listening on ";
         let cp = supervisor
             .start("ferrule-control", control, prefix, STARTUP_TIMEOUT)

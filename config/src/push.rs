@@ -12,6 +12,12 @@
 //! proxy  -> control: {"type":"heartbeat"}                                (renews the lease)
 //! proxy  -> control: {"type":"goodbye"}                                  (deregisters, on exit)
 //! ```
+//!
+//! The control plane answers the request only after the hello, and only to a client
+//! certificate of the mesh or a bootstrap token (`Authorization: Bearer`): a refused stream
+//! gets an error status (401, 403, 408, 409, 503) with the API's JSON error body
+//! (`{"error": "..."}`) instead of 200, so a sidecar must send its hello before it waits for
+//! the response head.
 
 use serde::{Deserialize, Serialize};
 

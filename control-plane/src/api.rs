@@ -5,34 +5,47 @@
 //! | `/healthz` | GET -> `ok` |
 //! | `/v1/version` | GET -> `{"version": snapshot version, "revision": store revision}` |
 //! | `/v1/proxies` | GET -> every connected proxy ([`crate::proxies::ProxyStatus`]) |
+//! | `/v1/streams` | GET -> open streams, registrations, their caps, refusals by reason |
 //! | `/v1/stream` | POST: the push stream ([`crate::push`]) |
+//! | `/v1/ca` | GET (admin) -> trust domain, roots ([`crate::ca::CaView`]) |
+//! | `/v1/ca/roots` | POST (admin): generate a root, trusted but not issuing |
+//! | `/v1/ca/roots/{fingerprint}/activate` | POST (admin): issue from this root |
+//! | `/v1/ca/roots/{fingerprint}` | DELETE (admin): stop trusting a non-issuing root |
+//! | `/v1/tokens` | GET (admin) list, POST (admin) `{service, namespace?, ttl?}` -> 201 with the secret |
+//! | `/v1/tokens/{id}` | DELETE (admin): revoke |
+//! | `/v1/certificates` | POST `{csr, ttl?}` with a bootstrap token or a client certificate |
+//! | `/v1/trust-bundle` | GET -> the PEM of every trusted root (public) |
 //! | `/v1/apply` | POST a list of resources -> `[{kind, name, revision, action}]` |
 //! | `/v1/{services,endpoints}` | GET list, POST create |
 //! | `/v1/{services,endpoints}/{name}` | GET, PUT (revision-checked replace), DELETE (`?revision=N`) |
 //!
-//! Reads are open; writes need the admin token when one is configured (the push stream is
-//! authenticated by the sidecar's identity in a later step, not by the operators' token).
+//! Reads of policy are open; writes, the CA and tokens need the admin token when one is
+//! configured. Signing and the push stream are authenticated by the sidecar's identity (a
+//! client certificate of the mesh, or a bootstrap token), never by the operators' token.
 //! Handlers return `Result<_, ApiError>` and [`handle`] turns errors into responses.
 //!
 //! The module owns the route table and the REST handlers; they read the shared `State` and
 //! hand `/v1/stream` to [`crate::push`]. The server calls `handle` for every request.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use ferrule_config::identity::{SpiffeId, DEFAULT_NAMESPACE};
 use ferrule_config::{FieldError, Kind, Resource};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::auth;
+use crate::auth::{self, Peer};
 use crate::body::{self, Body};
-use crate::error::ApiError;
+use crate::error::{ApiError, TokenError};
 use crate::push;
 use crate::state::State;
 use crate::store::{Action, Applied, StoreError};
+use crate::time::rfc3339;
 
 /// The largest request body the API reads (a large `apply` is well under this).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -42,8 +55,17 @@ enum Route {
     Health,
     Version,
     Proxies,
+    Streams,
     Stream,
     Apply,
+    Ca,
+    CaRoots,
+    CaRoot(String),
+    CaActivate(String),
+    Tokens,
+    Token(String),
+    Certificates,
+    TrustBundle,
     Collection(Kind),
     Item(Kind, String),
 }
@@ -55,8 +77,19 @@ fn route(path: &str) -> Option<Route> {
         ["healthz"] => Route::Health,
         ["v1", "version"] => Route::Version,
         ["v1", "proxies"] => Route::Proxies,
+        ["v1", "streams"] => Route::Streams,
         ["v1", "stream"] => Route::Stream,
         ["v1", "apply"] => Route::Apply,
+        ["v1", "ca"] => Route::Ca,
+        ["v1", "ca", "roots"] => Route::CaRoots,
+        ["v1", "ca", "roots", fp] if !fp.is_empty() => Route::CaRoot((*fp).to_owned()),
+        ["v1", "ca", "roots", fp, "activate"] if !fp.is_empty() => {
+            Route::CaActivate((*fp).to_owned())
+        }
+        ["v1", "tokens"] => Route::Tokens,
+        ["v1", "tokens", id] if !id.is_empty() => Route::Token((*id).to_owned()),
+        ["v1", "certificates"] => Route::Certificates,
+        ["v1", "trust-bundle"] => Route::TrustBundle,
         ["v1", k] => Route::Collection(kind(k)?),
         ["v1", k, name] if !name.is_empty() => Route::Item(kind(k)?, (*name).to_owned()),
         _ => return None,
@@ -67,7 +100,7 @@ fn route(path: &str) -> Option<Route> {
 pub(crate) async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -86,7 +119,7 @@ pub(crate) async fn handle(
 async fn dispatch(
     state: Arc<State>,
     req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_owned();
     let route = route(&path).ok_or_else(|| ApiError::no_route(&path))?;
@@ -106,8 +139,75 @@ async fn dispatch(
         (Route::Version, _) => not_allowed("GET"),
         (Route::Proxies, &Method::GET) => Ok(body::json(StatusCode::OK, &st.proxies.list())),
         (Route::Proxies, _) => not_allowed("GET"),
-        (Route::Stream, &Method::POST) => Ok(push::stream(Arc::clone(st), req.into_body(), peer)),
+        (Route::Streams, &Method::GET) => Ok(body::json(
+            StatusCode::OK,
+            &json!({
+                "streams": st.streams.open(),
+                "maxStreams": st.streams.max(),
+                "registrations": st.leases.len(),
+                "maxRegistrations": st.push.max_registrations,
+                "refused": st.refusals.snapshot(),
+            }),
+        )),
+        (Route::Streams, _) => not_allowed("GET"),
+        (Route::Stream, &Method::POST) => {
+            let (parts, body) = req.into_parts();
+            push::stream(Arc::clone(st), &parts.headers, body, peer).await
+        }
         (Route::Stream, _) => not_allowed("POST"),
+        (Route::Ca, &Method::GET) => {
+            authorize(st, &req)?;
+            Ok(body::json(StatusCode::OK, &st.ca.view()))
+        }
+        (Route::Ca, _) => not_allowed("GET"),
+        (Route::CaRoots, &Method::POST) => {
+            authorize(st, &req)?;
+            let root = st.ca.add_root().await?;
+            Ok(body::json(StatusCode::CREATED, &root))
+        }
+        (Route::CaRoots, _) => not_allowed("POST"),
+        (Route::CaActivate(fp), &Method::POST) => {
+            authorize(st, &req)?;
+            Ok(body::json(StatusCode::OK, &st.ca.activate(&fp).await?))
+        }
+        (Route::CaActivate(_), _) => not_allowed("POST"),
+        (Route::CaRoot(fp), &Method::DELETE) => {
+            authorize(st, &req)?;
+            st.ca.remove(&fp).await?;
+            Ok(body::json(
+                StatusCode::OK,
+                &json!({"fingerprint": fp, "action": "deleted"}),
+            ))
+        }
+        (Route::CaRoot(_), _) => not_allowed("DELETE"),
+        (Route::Tokens, &Method::GET) => {
+            authorize(st, &req)?;
+            Ok(body::json(StatusCode::OK, &st.tokens.list().await?))
+        }
+        (Route::Tokens, &Method::POST) => {
+            authorize(st, &req)?;
+            create_token(st, read_json(req).await?).await
+        }
+        (Route::Tokens, _) => not_allowed("GET, POST"),
+        (Route::Token(id), &Method::DELETE) => {
+            authorize(st, &req)?;
+            Ok(body::json(StatusCode::OK, &st.tokens.revoke(&id).await?))
+        }
+        (Route::Token(_), _) => not_allowed("DELETE"),
+        (Route::Certificates, &Method::POST) => {
+            let identity = caller_identity(st, &req, &peer).await?;
+            sign(st, identity, read_json(req).await?)
+        }
+        (Route::Certificates, _) => not_allowed("POST"),
+        (Route::TrustBundle, &Method::GET) => {
+            let mut resp = Response::new(body::full(st.ca.current().bundle.pem().to_owned()));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            );
+            Ok(resp)
+        }
+        (Route::TrustBundle, _) => not_allowed("GET"),
         (Route::Apply, &Method::POST) => {
             authorize(st, &req)?;
             apply(st, read_json(req).await?).await
@@ -169,6 +269,99 @@ fn not_found(kind: Kind, name: &str) -> ApiError {
 
 fn authorize(st: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
     auth::check_bearer(st.admin_token.as_deref(), req.headers())
+}
+
+/// The identity a signing request proves: its client certificate (renewal), else its
+/// bootstrap token.
+async fn caller_identity(
+    st: &State,
+    req: &Request<Incoming>,
+    peer: &Peer,
+) -> Result<SpiffeId, ApiError> {
+    if let Some(id) = &peer.identity {
+        return Ok(id.clone());
+    }
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return Err(TokenError::Missing.into());
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+        })?;
+    Ok(st.tokens.verify(token).await?)
+}
+
+/// The body of `POST /v1/tokens`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    service: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// How long a bootstrap token lasts unless the request says otherwise.
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+async fn create_token(st: &State, body: Value) -> Result<Response<Body>, ApiError> {
+    let req: TokenRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid token request: {e}")))?;
+    let ns = req.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let identity = SpiffeId::new(st.ca.trust_domain(), ns, &req.service)
+        .map_err(|e| ApiError::bad_request(format!("invalid token request: {e}")))?;
+    let ttl = match &req.ttl {
+        Some(t) => ferrule_config::duration::parse(t)
+            .map_err(|e| ApiError::bad_request(format!("invalid token request: ttl: {e}")))?,
+        None => DEFAULT_TOKEN_TTL,
+    };
+    let created = st.tokens.create(&identity, ttl).await?;
+    Ok(body::json(StatusCode::CREATED, &created))
+}
+
+/// The body of `POST /v1/certificates`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignRequest {
+    csr: String,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+fn sign(st: &State, identity: SpiffeId, body: Value) -> Result<Response<Body>, ApiError> {
+    let req: SignRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid signing request: {e}")))?;
+    if identity.trust_domain() != st.ca.trust_domain() {
+        return Err(ApiError::forbidden(format!(
+            "{identity} is not of this control plane's trust domain {}",
+            st.ca.trust_domain()
+        )));
+    }
+    let requested = match &req.ttl {
+        Some(t) => Some(
+            ferrule_config::duration::parse(t)
+                .map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?,
+        ),
+        None => None,
+    };
+    let ttl = st.ca.ttl_for(requested)?;
+    let (issued, current) = st.ca.sign(&req.csr, &identity, ttl)?;
+    tracing::info!(%identity, serial = %issued.info.serial, ?ttl, "certificate signed");
+    Ok(body::json(
+        StatusCode::OK,
+        &json!({
+            "identity": issued.info.identity.to_string(),
+            "certificateChain": issued.chain_pem,
+            "trustBundle": current.bundle.pem(),
+            "notBefore": rfc3339(issued.info.not_before),
+            "notAfter": rfc3339(issued.info.not_after),
+            "serial": issued.info.serial,
+        }),
+    ))
 }
 
 /// Reads the whole body (bounded) and parses it as JSON.
@@ -293,6 +486,11 @@ mod tests {
         );
         assert!(route("/v1/widgets").is_none());
         assert!(route("/v1/services/a/b").is_none());
+        assert!(
+            matches!(route("/v1/ca/roots/ab12/activate"), Some(Route::CaActivate(ref f)) if f == "ab12")
+        );
+        assert!(matches!(route("/v1/ca/roots/ab12"), Some(Route::CaRoot(ref f)) if f == "ab12"));
+        assert!(matches!(route("/v1/tokens/x"), Some(Route::Token(ref i)) if i == "x"));
         assert!(route("/").is_none());
         assert_eq!(revision_param(Some("revision=7")).unwrap(), Some(7));
         assert_eq!(revision_param(None).unwrap(), None);

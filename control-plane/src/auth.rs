@@ -1,12 +1,26 @@
-//! Authentication of writes: a bearer token shared by operators, read from a file so that it
-//! never appears in a process listing or shell history.
+//! Authentication: the operators' bearer token for writes, read from a file so that it never
+//! appears in a process listing or shell history; and [`Peer`], who is at the other end of a
+//! connection (its address and, over TLS, the identity its client certificate proved).
 
+use std::net::SocketAddr;
 use std::path::Path;
+
+use ferrule_config::identity::SpiffeId;
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 
 use crate::error::ApiError;
+
+/// The other end of a connection, as every handler of it sees it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The SPIFFE ID of its client certificate, verified against the trust bundle during the
+    /// TLS handshake (`None`: plaintext, or no certificate).
+    pub identity: Option<SpiffeId>,
+}
 
 /// Reads a token file: the first line, trimmed. An empty file is an error, because an empty
 /// token would quietly accept any `Authorization: Bearer ` header.
@@ -18,6 +32,32 @@ pub fn read_token_file(path: &Path) -> Result<String, String> {
         return Err(format!("token file {} is empty", path.display()));
     }
     Ok(token.to_owned())
+}
+
+/// Creates a token file with a random token (mode 0600) if `path` does not exist; returns
+/// whether it did.
+pub fn init_token_file(path: &Path) -> Result<bool, String> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(format!("cannot create token file {}: {e}", path.display())),
+    };
+    let token: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    writeln!(f, "{token}")
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write token file {}: {e}", path.display()))?;
+    Ok(true)
 }
 
 /// Checks `Authorization: Bearer <token>` against the admin token, if one is configured.
@@ -49,7 +89,7 @@ pub fn check_bearer(expected: Option<&str>, headers: &HeaderMap) -> Result<(), A
 
 /// Compares in time that depends only on the length of `presented`, so that response timing
 /// does not reveal how many leading bytes of a guess were right.
-fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(presented: &[u8], expected: &[u8]) -> bool {
     let mut diff = presented.len() ^ expected.len();
     for (i, b) in presented.iter().enumerate() {
         let e = expected.get(i).copied().unwrap_or(0);

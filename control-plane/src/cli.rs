@@ -3,6 +3,11 @@
 //! Every failure, local (a YAML syntax error) or remote (a 400 with field paths), ends up as a
 //! [`CliError`]: its message and every field-path detail line go to stderr and the exit code
 //! is 1, so scripts and humans both see exactly what to fix.
+//!
+//! It speaks HTTP/1.1 over TLS to an `https://` URL, verifying the control plane's certificate
+//! against `--ca-file` (the mesh's trust bundle) and checking that it proves the control
+//! plane's identity (`.../ns/ferrule-system/sa/ferrule-control`), and plain HTTP to an
+//! `http://` URL (a `--plaintext` control plane).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,14 +19,15 @@ use ferrule_config::{FieldError, Kind, Resource};
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::ca::{CaView, RootView};
 use crate::error::ErrorBody;
 use crate::proxies::ProxyStatus;
 use crate::store::Applied;
+use crate::tokens::{CreatedToken, TokenView};
 
 /// Command line of `ferrulectl`.
 #[derive(Debug, Parser)]
@@ -35,13 +41,17 @@ pub struct Args {
     #[arg(
         long,
         env = "FERRULE_SERVER",
-        default_value = "http://127.0.0.1:7070",
+        default_value = "https://127.0.0.1:7070",
         global = true
     )]
     pub server: String,
     /// File holding the admin token sent with writes.
     #[arg(long, env = "FERRULE_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The mesh's trust bundle (PEM) to verify an https:// control plane with; the control
+    /// plane writes it to `<data dir>/ca/trust-bundle.pem` and serves it at `/v1/trust-bundle`.
+    #[arg(long, env = "FERRULE_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -75,8 +85,58 @@ pub enum Command {
     },
     /// Show the control plane's version and every connected proxy.
     Status,
+    /// The mesh's certificate authority: show it, rotate its root.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Bootstrap tokens, each proving one service identity to get a first certificate.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Run a demo mesh on loopback: control plane, three services with sidecars, traffic.
     Demo(crate::demo::DemoArgs),
+}
+
+/// `ferrulectl ca` subcommands: root rotation is add-root, activate, then remove-root of the
+/// old one once every certificate it signed has been renewed.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// The trust domain and every trusted root.
+    Show,
+    /// Generate a new root: trusted by every sidecar from the next snapshot, not issuing yet.
+    AddRoot,
+    /// Make a root the issuing one.
+    Activate {
+        /// Its SHA-256 fingerprint (from `ca show`).
+        fingerprint: String,
+    },
+    /// Stop trusting a root that no longer issues.
+    RemoveRoot {
+        /// Its SHA-256 fingerprint (from `ca show`).
+        fingerprint: String,
+    },
+}
+
+/// `ferrulectl token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints the token alone on stdout (`TOKEN=$(ferrulectl token create ...)`).
+    Create {
+        /// The service whose identity the token proves.
+        #[arg(long)]
+        service: String,
+        /// Its namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// How long the token is valid (default 24h).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Every token (never their secrets).
+    List,
+    /// Revoke a token.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
 }
 
 /// Output formats of `get`.
@@ -151,7 +211,7 @@ pub async fn run(args: Args, out: &mut Vec<u8>) -> Result<(), CliError> {
         Some(p) => Some(crate::auth::read_token_file(p).map_err(CliError::new)?),
         None => None,
     };
-    let api = Api::new(&args.server, token)?;
+    let api = Api::new(&args.server, token, args.ca_file.as_deref())?;
     match args.command {
         Command::Apply { files } => apply(&api, &files, out).await,
         Command::Get { kind, name, output } => get(&api, &kind, name.as_deref(), output, out).await,
@@ -170,6 +230,8 @@ pub async fn run(args: Args, out: &mut Vec<u8>) -> Result<(), CliError> {
             Ok(())
         }
         Command::Status => status(&api, out).await,
+        Command::Ca(cmd) => ca(&api, cmd, out).await,
+        Command::Token(cmd) => tokens(&api, cmd, out).await,
         Command::Demo(_) => Err(CliError::new("`demo` runs from the command line only")),
     }
 }
@@ -182,27 +244,133 @@ fn parse_kind(s: &str) -> Result<Kind, CliError> {
     })
 }
 
-/// A small client for the control-plane API (HTTP/1.1).
+/// A small client for the control-plane API: HTTP/1.1, over TLS for an `https://` URL. One
+/// connection per request: the CLI makes a handful.
 struct Api {
-    client: Client<HttpConnector, Full<Bytes>>,
     base: String,
+    /// `host:port`.
+    authority: String,
+    tls: Option<ferrule_tls::tokio_rustls::TlsConnector>,
     token: Option<String>,
 }
 
+/// The identity a control plane proves: any trust domain the bundle vouches for, this
+/// namespace and service.
+const CONTROL_NAMESPACE: &str = "ferrule-system";
+const CONTROL_SERVICE: &str = "ferrule-control";
+
 impl Api {
-    fn new(server: &str, token: Option<String>) -> Result<Api, CliError> {
+    fn new(server: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Api, CliError> {
         let base = server.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
+        let (tls, rest) = if let Some(rest) = base.strip_prefix("https://") {
+            let Some(ca_file) = ca_file else {
+                return Err(CliError::new(format!(
+                    "{server} is served over TLS: give the mesh's trust bundle with --ca-file \
+                     (FERRULE_CA_FILE); the control plane writes it to \
+                     <data dir>/ca/trust-bundle.pem"
+                )));
+            };
+            let pem = std::fs::read_to_string(ca_file).map_err(|e| {
+                CliError::new(format!("cannot read --ca-file {}: {e}", ca_file.display()))
+            })?;
+            let bundle = ferrule_tls::Bundle::from_pem(&pem)
+                .map_err(|e| CliError::new(format!("--ca-file {}: {e}", ca_file.display())))?;
+            let config = ferrule_tls::client_config(None, &bundle, &[ferrule_tls::ALPN_HTTP1])
+                .map_err(CliError::new)?;
+            let connector =
+                ferrule_tls::tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            (Some(connector), rest)
+        } else if let Some(rest) = base.strip_prefix("http://") {
+            (None, rest)
+        } else {
             return Err(CliError::new(format!(
-                "--server must be an http:// URL, got {server:?}"
+                "--server must be an https:// or http:// URL, got {server:?}"
+            )));
+        };
+        let authority = rest.split('/').next().unwrap_or_default().to_owned();
+        if authority.is_empty() {
+            return Err(CliError::new(format!(
+                "--server {server:?} has no host:port"
             )));
         }
-        let client = Client::builder(TokioExecutor::new()).build_http();
         Ok(Api {
-            client,
             base,
+            authority,
+            tls,
             token,
         })
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> CliError {
+        // A plain request to a TLS port fails without saying why.
+        let hint = if self.tls.is_none() {
+            "; if it serves TLS (its first line says https://), use an https:// URL with --ca-file"
+        } else {
+            ""
+        };
+        CliError::new(format!(
+            "cannot reach the control plane at {}: {e} (is ferrule-control running? set \
+             --server or FERRULE_SERVER{hint})",
+            self.base
+        ))
+    }
+
+    /// Opens a connection and sends one request on it.
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, CliError> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let Some(connector) = &self.tls else {
+            return self.exchange(tcp, req).await;
+        };
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ferrule_tls::server_name(ip),
+            Err(_) => ferrule_tls::rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| CliError::new(format!("bad host {host:?}: {e}")))?,
+        };
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
+        // The chain was verified against the bundle; the name it proves is ours to check.
+        let id = ferrule_tls::peer_identity(stream.get_ref().1)
+            .map_err(|e| CliError::new(format!("{}: {e}", self.base)))?;
+        if id.namespace() != CONTROL_NAMESPACE || id.service() != CONTROL_SERVICE {
+            return Err(CliError::new(format!(
+                "{} proved identity {id}, which is not a Ferrule control plane",
+                self.base
+            )));
+        }
+        self.exchange(stream, req).await
+    }
+
+    async fn exchange<I>(
+        &self,
+        io: I,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, CliError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.unreachable(error_chain(&e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.unreachable(error_chain(&e)))
     }
 
     /// Sends a request and decodes a successful JSON answer; an error answer becomes a
@@ -214,7 +382,10 @@ impl Api {
         body: Option<Vec<u8>>,
     ) -> Result<T, CliError> {
         let url = format!("{}{path}", self.base);
-        let mut req = Request::builder().method(method).uri(&url);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.authority);
         if body.is_some() {
             req = req.header(CONTENT_TYPE, "application/json");
         }
@@ -224,14 +395,7 @@ impl Api {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::new(format!("invalid request to {url}: {e}")))?;
-        let resp = self.client.request(req).await.map_err(|e| {
-            CliError::new(format!(
-                "cannot reach the control plane at {}: {} (is ferrule-control running? set \
-                 --server or FERRULE_SERVER)",
-                self.base,
-                error_chain(&e)
-            ))
-        })?;
+        let resp = self.send(req).await?;
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -486,6 +650,96 @@ fn table(out: &mut Vec<u8>, rows: &[Vec<String>]) {
     }
 }
 
+async fn ca(api: &Api, cmd: CaCommand, out: &mut Vec<u8>) -> Result<(), CliError> {
+    match cmd {
+        CaCommand::Show => {
+            let view: CaView = api.call(Method::GET, "/v1/ca", None).await?;
+            writeln!(
+                out,
+                "trust domain {}, certificates live at most {}\n",
+                view.trust_domain, view.max_cert_ttl
+            )
+            .ok();
+            let mut rows = vec![["FINGERPRINT", "ISSUING", "SOURCE", "NOT AFTER", "SUBJECT"]
+                .map(String::from)
+                .to_vec()];
+            for r in view.roots {
+                rows.push(vec![
+                    r.fingerprint,
+                    if r.issuing { "yes" } else { "no" }.to_owned(),
+                    word(&r.source),
+                    r.not_after,
+                    r.subject,
+                ]);
+            }
+            table(out, &rows);
+        }
+        CaCommand::AddRoot => {
+            let r: RootView = api.call(Method::POST, "/v1/ca/roots", None).await?;
+            writeln!(out, "{}", r.fingerprint).ok();
+            eprintln!(
+                "added root {} (trusted, not issuing); once every sidecar runs the new \
+                 snapshot: ferrulectl ca activate {}",
+                r.fingerprint, r.fingerprint
+            );
+        }
+        CaCommand::Activate { fingerprint } => {
+            let path = format!("/v1/ca/roots/{fingerprint}/activate");
+            let r: RootView = api.call(Method::POST, &path, None).await?;
+            writeln!(out, "root {} now issues certificates", r.fingerprint).ok();
+        }
+        CaCommand::RemoveRoot { fingerprint } => {
+            let path = format!("/v1/ca/roots/{fingerprint}");
+            let _: Value = api.call(Method::DELETE, &path, None).await?;
+            writeln!(out, "root {fingerprint} is no longer trusted").ok();
+        }
+    }
+    Ok(())
+}
+
+async fn tokens(api: &Api, cmd: TokenCommand, out: &mut Vec<u8>) -> Result<(), CliError> {
+    match cmd {
+        TokenCommand::Create {
+            service,
+            namespace,
+            ttl,
+        } => {
+            let mut body = serde_json::json!({ "service": service });
+            if let Some(ns) = namespace {
+                body["namespace"] = Value::String(ns);
+            }
+            if let Some(ttl) = ttl {
+                body["ttl"] = Value::String(ttl);
+            }
+            let body = serde_json::to_vec(&body).expect("JSON values serialise");
+            let t: CreatedToken = api.call(Method::POST, "/v1/tokens", Some(body)).await?;
+            // The token alone on stdout, so that `TOKEN=$(ferrulectl token create ...)` works.
+            writeln!(out, "{}", t.token).ok();
+            eprintln!(
+                "token {} proves {} until {}",
+                t.id, t.identity, t.expires_at
+            );
+        }
+        TokenCommand::List => {
+            let list: Vec<TokenView> = api.call(Method::GET, "/v1/tokens", None).await?;
+            let mut rows = vec![["ID", "IDENTITY", "STATE", "EXPIRES"]
+                .map(String::from)
+                .to_vec()];
+            for t in list {
+                rows.push(vec![t.id, t.identity, t.state, t.expires_at]);
+            }
+            table(out, &rows);
+        }
+        TokenCommand::Revoke { id } => {
+            let t: TokenView = api
+                .call(Method::DELETE, &format!("/v1/tokens/{id}"), None)
+                .await?;
+            writeln!(out, "token {} {}", t.id, t.state).ok();
+        }
+    }
+    Ok(())
+}
+
 #[derive(serde::Deserialize)]
 struct VersionInfo {
     version: u64,
@@ -504,6 +758,30 @@ async fn status(api: &Api, out: &mut Vec<u8>) -> Result<(), CliError> {
         proxies.len()
     )
     .ok();
+    // Best effort: an older control plane has no /v1/streams.
+    if let Ok(streams) = api.call::<Value>(Method::GET, "/v1/streams", None).await {
+        let refused: Vec<String> = streams["refused"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(why, n)| format!("{why} {n}"))
+            .collect();
+        writeln!(
+            out,
+            "push streams: {} open (max {}), {} endpoints registered (max {}), refused: {}",
+            streams["streams"],
+            streams["maxStreams"],
+            streams["registrations"],
+            streams["maxRegistrations"],
+            if refused.is_empty() {
+                "none".to_owned()
+            } else {
+                refused.join(", ")
+            }
+        )
+        .ok();
+    }
     if proxies.is_empty() {
         return Ok(());
     }

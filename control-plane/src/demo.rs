@@ -331,8 +331,11 @@ async fn run(args: DemoArgs, children: &Children) -> Result<(), String> {
 
     // Control plane on its embedded store.
     let mut cmd = Command::new(sibling("ferrule-control")?);
+    // Loopback only, and the demo's sidecars run without identity: plaintext and anonymous
+    // push streams are the development switches made for this.
     cmd.args(["--listen", &args.listen.to_string(), "--data-dir"])
-        .arg(dir.join("control-plane"));
+        .arg(dir.join("control-plane"))
+        .args(["--plaintext", "--allow-anonymous-proxies"]);
     let line = spawn(
         children,
         cmd,

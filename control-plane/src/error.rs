@@ -4,6 +4,10 @@
 //! `{"error": "<summary>", "details": [{"resource", "path", "message"}, ...]}`, with `details`
 //! present only for validation failures. Handlers return [`ApiError`]; nothing else builds an
 //! error response.
+//!
+//! The failures of the identity parts below the handlers ([`CaError`] of the CA, [`TokenError`]
+//! of bootstrap tokens) are defined here too, beside the one mapping to a status, so that those
+//! modules import this one and never the other way round.
 
 use ferrule_config::FieldError;
 use http::header::{HeaderValue, ALLOW, WWW_AUTHENTICATE};
@@ -59,6 +63,41 @@ impl ApiError {
     /// 401: a write without a valid token.
     pub fn unauthorized(msg: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, msg)
+    }
+
+    /// 403: the caller is known but may not do this.
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, msg)
+    }
+
+    /// 404: the thing named in the path does not exist.
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, msg)
+    }
+
+    /// 408: the client did not send what it had to in time.
+    pub fn timeout(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, msg)
+    }
+
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, msg)
+    }
+
+    /// 503: a capacity limit is reached; the client should retry later.
+    pub fn unavailable(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, msg)
+    }
+
+    /// 500: something failed on our side.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, msg)
+    }
+
+    /// The one-line message.
+    pub fn message(&self) -> &str {
+        &self.body.error
     }
 
     /// 404 for a path the API does not have.
@@ -119,5 +158,95 @@ impl From<StoreError> for ApiError {
             }
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+/// Why the certificate authority refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// No trusted root has this fingerprint.
+    #[error("no trusted root has fingerprint {0} (see GET /v1/ca)")]
+    NoSuchRoot(String),
+    /// The issuing root cannot be removed.
+    #[error("root {0} is the issuing root; activate another root first, then remove this one")]
+    Issuing(String),
+    /// The issuing CA is the operator's, so roots are rotated by the operator.
+    #[error(
+        "this control plane issues with the operator's CA (--ca-cert/--ca-key); rotate by \
+         restarting it with the new CA, not through the API"
+    )]
+    Operator,
+    /// The request cannot be signed as sent (bad CSR, TTL out of range).
+    #[error("{0}")]
+    Invalid(String),
+    /// Key generation, signing or a key file failed.
+    #[error("certificate authority failure: {0}")]
+    Internal(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<CaError> for ApiError {
+    fn from(e: CaError) -> Self {
+        match e {
+            CaError::Store(e) => e.into(),
+            CaError::NoSuchRoot(_) => ApiError::not_found(e.to_string()),
+            CaError::Issuing(_) | CaError::Operator => ApiError::conflict(e.to_string()),
+            CaError::Invalid(_) => ApiError::bad_request(e.to_string()),
+            CaError::Internal(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// Why a bootstrap token was refused, or a token operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No credential at all.
+    #[error(
+        "no credential: send `Authorization: Bearer <bootstrap token>` (ferrulectl token \
+         create) or connect over TLS with a certificate of this mesh"
+    )]
+    Missing,
+    /// The token is not one this control plane issued (or its secret is wrong).
+    #[error("the bootstrap token is not known to this control plane")]
+    Unknown,
+    /// The token was valid once but has expired.
+    #[error(
+        "the bootstrap token {id} expired at {at}; create a new one with `ferrulectl token create`"
+    )]
+    Expired {
+        /// Token id.
+        id: String,
+        /// Expiry (RFC 3339).
+        at: String,
+    },
+    /// An operator revoked the token.
+    #[error(
+        "the bootstrap token {0} was revoked; create a new one with `ferrulectl token create`"
+    )]
+    Revoked(String),
+    /// No token has this id (revoke).
+    #[error("no token has id {0}")]
+    NoSuchToken(String),
+    /// The request to create one is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Store(e) => e.into(),
+            TokenError::Missing | TokenError::Unknown => ApiError::unauthorized(e.to_string()),
+            TokenError::Expired { .. } | TokenError::Revoked(_) => {
+                ApiError::forbidden(e.to_string())
+            }
+            TokenError::NoSuchToken(_) => ApiError::not_found(e.to_string()),
+            TokenError::Invalid(_) => ApiError::bad_request(e.to_string()),
+        }
     }
 }

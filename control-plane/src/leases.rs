@@ -30,7 +30,7 @@ struct Pending {
     proxy: String,
     ep: Endpoint,
     now: Instant,
-    reply: oneshot::Sender<Result<Action, String>>,
+    reply: oneshot::Sender<Result<Action, StoreError>>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,12 +91,19 @@ impl Leases {
         self.table.lock().expect("lease lock").len()
     }
 
+    /// Whether a lease on the endpoint `name` is held.
+    pub fn contains(&self, name: &str) -> bool {
+        self.table.lock().expect("lease lock").contains_key(name)
+    }
+
     /// Whether no lease is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Registers (upserts) `ep` for `proxy` and starts its lease.
+    /// Registers (upserts) `ep` for `proxy` and starts its lease. A registration the store
+    /// refuses (an operator's endpoint, or one held by another identity) is a
+    /// [`StoreError::Conflict`] and starts no lease.
     ///
     /// Whoever takes the store lock writes every registration queued so far in one
     /// transaction; registrations that arrive during that write go in the next one.
@@ -123,7 +130,6 @@ impl Leases {
         answer
             .await
             .map_err(|_| StoreError::Task("registration was dropped".into()))?
-            .map_err(StoreError::Task)
     }
 
     async fn commit_registrations(&self, batch: Vec<Pending>) {
@@ -134,21 +140,27 @@ impl Leases {
         match self.store.run(move |s| s.register_endpoints(regs)).await {
             Ok(actions) => {
                 let mut table = self.table.lock().expect("lease lock");
-                for (p, action) in batch.into_iter().zip(actions) {
-                    table.insert(
-                        p.ep.name.clone(),
-                        Lease {
-                            owner: p.proxy,
-                            deadline: p.now + self.ttl,
-                        },
-                    );
-                    let _ = p.reply.send(Ok(action));
+                for (p, outcome) in batch.into_iter().zip(actions) {
+                    let reply = match outcome {
+                        Ok(action) => {
+                            table.insert(
+                                p.ep.name.clone(),
+                                Lease {
+                                    owner: p.proxy,
+                                    deadline: p.now + self.ttl,
+                                },
+                            );
+                            Ok(action)
+                        }
+                        Err(why) => Err(StoreError::Conflict(why)),
+                    };
+                    let _ = p.reply.send(reply);
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 for p in batch {
-                    let _ = p.reply.send(Err(msg.clone()));
+                    let _ = p.reply.send(Err(StoreError::Task(msg.clone())));
                 }
             }
         }

@@ -4,10 +4,16 @@
 //!
 //! [`Proxies`] owns that registry and [`ProxyStatus`], the shape `ferrulectl` reads back; the
 //! shared state holds the registry, the push stream fills it, the API lists it.
+//!
+//! A proxy id is bound to the identity of the stream that holds it: while that stream lives,
+//! a stream of another identity (or an anonymous one) cannot take the id over. The module
+//! also owns the stream cap ([`Streams`]) and the refusal counters ([`Refusals`]) that
+//! `GET /v1/streams` shows.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -34,6 +40,9 @@ pub struct ProxyStatus {
     pub id: String,
     /// The service it fronts.
     pub service: String,
+    /// The SPIFFE ID its stream proved (absent for an anonymous stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     /// The peer address of its stream.
     pub address: String,
     /// The last version it acknowledged (or reported in its hello).
@@ -50,6 +59,7 @@ pub struct ProxyStatus {
 struct Entry {
     conn: u64,
     service: String,
+    identity: Option<String>,
     address: SocketAddr,
     version: u64,
     last_nack: Option<(u64, String, SystemTime)>,
@@ -78,21 +88,40 @@ impl Proxies {
         entries.get_mut(id).filter(|e| e.conn == conn).map(f)
     }
 
-    /// Records a hello.
-    pub fn connect(&self, id: &str, conn: u64, service: &str, address: SocketAddr, version: u64) {
+    /// Records a hello. The newest stream of an identity takes its proxy id over (a sidecar
+    /// that reconnects before its old stream is noticed dead); a stream of another identity
+    /// is refused while the id is held.
+    pub fn connect(
+        &self,
+        id: &str,
+        conn: u64,
+        service: &str,
+        identity: Option<&str>,
+        address: SocketAddr,
+        version: u64,
+    ) -> Result<(), String> {
+        let mut entries = self.entries.lock().expect("proxies lock");
+        if let Some(held) = entries.get(id) {
+            if held.identity.as_deref() != identity {
+                let holder = held.identity.as_deref().unwrap_or("an anonymous sidecar");
+                return Err(format!(
+                    "proxy id {id:?} is held by a live stream of {holder}; each sidecar needs \
+                     its own proxy id"
+                ));
+            }
+        }
         let entry = Entry {
             conn,
             service: service.to_owned(),
+            identity: identity.map(str::to_owned),
             address,
             version,
             last_nack: None,
             connected_since: SystemTime::now(),
             last_heartbeat: None,
         };
-        self.entries
-            .lock()
-            .expect("proxies lock")
-            .insert(id.to_owned(), entry);
+        entries.insert(id.to_owned(), entry);
+        Ok(())
     }
 
     /// Records an ACK.
@@ -128,6 +157,7 @@ impl Proxies {
             .map(|(id, e)| ProxyStatus {
                 id: id.clone(),
                 service: e.service.clone(),
+                identity: e.identity.clone(),
                 address: e.address.to_string(),
                 version: e.version,
                 last_nack: e.last_nack.as_ref().map(|(v, err, at)| NackStatus {
@@ -141,5 +171,130 @@ impl Proxies {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+}
+
+/// Why a push stream was refused; each has a counter in [`Refusals`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credential, or a token this control plane does not know.
+    Unauthenticated,
+    /// An expired or revoked token.
+    BadToken,
+    /// Too many streams open.
+    StreamLimit,
+    /// Too many endpoints registered.
+    RegistrationLimit,
+    /// No hello in time.
+    HelloTimeout,
+    /// The first message is not a valid hello.
+    BadHello,
+    /// The hello (or its endpoint) names another service than the identity.
+    WrongService,
+    /// The endpoint is an operator's, another identity's, or claims an identity it lacks.
+    EndpointConflict,
+    /// The proxy id is held by a live stream of another identity.
+    ProxyIdTaken,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 9] = [
+        Refusal::Unauthenticated,
+        Refusal::BadToken,
+        Refusal::StreamLimit,
+        Refusal::RegistrationLimit,
+        Refusal::HelloTimeout,
+        Refusal::BadHello,
+        Refusal::WrongService,
+        Refusal::EndpointConflict,
+        Refusal::ProxyIdTaken,
+    ];
+
+    /// Its key in `GET /v1/streams`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::BadToken => "badToken",
+            Refusal::StreamLimit => "streamLimit",
+            Refusal::RegistrationLimit => "registrationLimit",
+            Refusal::HelloTimeout => "helloTimeout",
+            Refusal::BadHello => "badHello",
+            Refusal::WrongService => "wrongService",
+            Refusal::EndpointConflict => "endpointConflict",
+            Refusal::ProxyIdTaken => "proxyIdTaken",
+        }
+    }
+}
+
+/// How many push streams were refused, by reason, since start.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [AtomicU64; 9],
+}
+
+impl Refusals {
+    /// Counts one refusal.
+    pub fn count(&self, why: Refusal) {
+        let i = Refusal::ALL
+            .iter()
+            .position(|r| *r == why)
+            .expect("every refusal is listed");
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every reason with its count.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        Refusal::ALL
+            .iter()
+            .zip(&self.counts)
+            .map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// The cap on open push streams.
+#[derive(Debug)]
+pub struct Streams {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+/// One open stream's place under the cap, given back on drop.
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Streams {
+    /// A cap of `max` streams.
+    pub fn new(max: usize) -> Streams {
+        Streams {
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Takes a place, or `None` when `max` streams are open.
+    pub fn try_open(&self) -> Option<StreamSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(Arc::clone(&self.open)))
+    }
+
+    /// Streams open now (including those waiting for their hello).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// The cap.
+    pub fn max(&self) -> usize {
+        self.max
     }
 }

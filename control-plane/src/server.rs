@@ -1,6 +1,7 @@
-//! The server: opens the store, binds the listener, serves HTTP/1.1 and prior-knowledge h2c on
-//! the same port (the API for operators and `curl`, the push streams for sidecars), runs the
-//! snapshot builder and lease expiry, and shuts down cleanly.
+//! The server: opens the store and the CA, binds the listener, serves the API (operators,
+//! `curl`) and the push streams (sidecars) on one port over TLS (ALPN h2 and http/1.1), or,
+//! with `--plaintext`, over HTTP/1.1 and prior-knowledge h2c; runs the snapshot builder, lease
+//! expiry and the renewal of its own certificate; and shuts down cleanly.
 //!
 //! This is the wiring on top of everything else: it owns the listener, the [`Config`], and the
 //! senders of the snapshot watch and of the shutdown signal. The state that handlers read is
@@ -13,19 +14,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferrule_config::identity::DEFAULT_TRUST_DOMAIN;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::api;
+use crate::auth::Peer;
+use crate::ca::{Ca, CaConfig};
 use crate::leases::Leases;
-use crate::proxies::Proxies;
+use crate::proxies::{Proxies, Refusals, Streams};
 use crate::shutdown::until_shutdown;
 use crate::snapshot::{self, Published};
-use crate::state::State;
+use crate::state::{PushSettings, State};
 use crate::store::{Store, StoreError};
+use crate::tls::ServerTls;
+use crate::tokens::Tokens;
 
 /// A request must send its headers within this long: a client that connects and stalls
 /// would otherwise hold a connection (and a file descriptor) forever.
@@ -46,6 +53,51 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How long a sidecar's endpoint lease lasts without a heartbeat.
     pub lease_ttl: Duration,
+    /// Serve plain HTTP/1.1 and h2c instead of TLS (local development only).
+    pub plaintext: bool,
+    /// The CA: trust domain, longest certificate, the operator's CA if any.
+    pub ca: CaConfig,
+    /// Extra DNS names or IP addresses for the server certificate.
+    pub tls_sans: Vec<String>,
+    /// Serve push streams without a certificate or token (development only).
+    pub allow_anonymous_proxies: bool,
+    /// The most push streams open at once.
+    pub max_streams: usize,
+    /// The most endpoints sidecars may hold under leases.
+    pub max_registrations: usize,
+    /// How long a push stream may take to send its hello.
+    pub hello_timeout: Duration,
+}
+
+/// Default of `--max-streams`.
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
+/// Default of `--max-registrations`.
+pub const DEFAULT_MAX_REGISTRATIONS: usize = 10_000;
+/// How long a push stream may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Config {
+    /// The defaults, listening on `listen` with the store in `data_dir`: TLS, a generated CA
+    /// for `cluster.local` with 24 h certificates, no admin token, identified proxies only.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Config {
+        Config {
+            listen,
+            data_dir,
+            admin_token: None,
+            lease_ttl: Duration::from_secs(15),
+            plaintext: false,
+            ca: CaConfig {
+                trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+                max_ttl: Duration::from_secs(24 * 3600),
+                operator: None,
+            },
+            tls_sans: Vec::new(),
+            allow_anonymous_proxies: false,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_registrations: DEFAULT_MAX_REGISTRATIONS,
+            hello_timeout: HELLO_TIMEOUT,
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -63,6 +115,19 @@ pub enum StartError {
     /// The lease TTL is too short to be useful.
     #[error("lease TTL {0:?} is too short (minimum 30ms)")]
     LeaseTtl(Duration),
+    /// The CA could not be loaded or made.
+    #[error("certificate authority: {0}")]
+    Ca(String),
+    /// The server certificate could not be made.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Listening beyond loopback with open writes.
+    #[error(
+        "refusing to listen on {0} without an admin token: anyone who can reach it could change \
+         the mesh's policy and its CA. Give --admin-token-file (FERRULE_ADMIN_TOKEN_FILE), or \
+         listen on a loopback address"
+    )]
+    Exposed(SocketAddr),
 }
 
 /// A bound, not yet running, control plane.
@@ -70,6 +135,7 @@ pub enum StartError {
 pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
     state: Arc<State>,
     snapshots: watch::Sender<Arc<Published>>,
     shutdown: watch::Sender<bool>,
@@ -80,6 +146,9 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server, StartError> {
         if config.lease_ttl < Duration::from_millis(30) {
             return Err(StartError::LeaseTtl(config.lease_ttl));
+        }
+        if !config.listen.ip().is_loopback() && config.admin_token.is_none() {
+            return Err(StartError::Exposed(config.listen));
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
@@ -94,6 +163,14 @@ impl Server {
                 .map_err(store_err)?
         };
         let store = Arc::new(store);
+        let ca = {
+            let (store, dir, ca) = (Arc::clone(&store), config.data_dir.clone(), config.ca);
+            tokio::task::spawn_blocking(move || Ca::open(store, &dir, ca))
+                .await
+                .map_err(|e| StartError::Ca(e.to_string()))?
+                .map_err(StartError::Ca)?
+        };
+        let ca = Arc::new(ca);
         // Every stored lease gets a fresh deadline: sidecars reconnect within the TTL, so a
         // control-plane restart does not make their endpoints flap.
         let leases = Leases::load(Arc::clone(&store), config.lease_ttl, Instant::now())
@@ -118,17 +195,40 @@ impl Server {
         let local_addr = listener
             .local_addr()
             .map_err(|e| StartError::Bind(config.listen, e))?;
+        let tls = if config.plaintext {
+            None
+        } else {
+            let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+            let ip = local_addr.ip();
+            if !ip.is_unspecified() {
+                names.push(ip.to_string());
+            }
+            names.extend(config.tls_sans);
+            names.dedup();
+            let tls = ServerTls::new(Arc::clone(&ca), names).map_err(StartError::Tls)?;
+            Some(Arc::new(tls))
+        };
         let state = Arc::new(State {
+            tokens: Tokens::new(Arc::clone(&store)),
             store,
             leases: Arc::new(leases),
             proxies: Proxies::default(),
             snapshots: snapshots_rx,
+            ca,
             admin_token: config.admin_token,
+            push: PushSettings {
+                allow_anonymous: config.allow_anonymous_proxies,
+                max_registrations: config.max_registrations,
+                hello_timeout: config.hello_timeout,
+            },
+            streams: Streams::new(config.max_streams),
+            refusals: Refusals::default(),
             shutdown: shutdown_rx,
         });
         Ok(Server {
             listener,
             local_addr,
+            tls,
             state,
             snapshots,
             shutdown,
@@ -140,6 +240,12 @@ impl Server {
         self.local_addr
     }
 
+    /// The base URL clients use: `https://` unless serving plaintext.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr)
+    }
+
     /// Serves until `signal` completes, then stops accepting, ends the push streams (sidecars
     /// reconnect to whichever control plane comes back) and gives in-flight requests a short
     /// grace period. Every acknowledged write is already on disk, so nothing is lost.
@@ -147,6 +253,7 @@ impl Server {
         let Server {
             listener,
             local_addr,
+            tls,
             state,
             snapshots,
             shutdown,
@@ -159,6 +266,9 @@ impl Server {
             shutdown.subscribe(),
         ));
         tokio::spawn(Arc::clone(&state.leases).run_expiry(shutdown.subscribe()));
+        if let Some(tls) = &tls {
+            tokio::spawn(Arc::clone(tls).run_renewal(shutdown.subscribe()));
+        }
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -190,9 +300,10 @@ impl Server {
                 },
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(serve_connection(
+            tokio::spawn(accept(
                 Arc::clone(&builder),
                 Arc::clone(&state),
+                tls.clone(),
                 tcp,
                 peer,
                 alive.clone(),
@@ -201,6 +312,8 @@ impl Server {
 
         tracing::info!("shutting down");
         drop(listener);
+        // The TLS state holds the CA, which holds the store: let go of it like the state.
+        drop(tls);
         shutdown.send_replace(true);
         drop(alive);
         drop(state);
@@ -222,19 +335,56 @@ impl Server {
     }
 }
 
-async fn serve_connection(
+/// Completes the TLS handshake (if serving TLS) within the header-read timeout, then serves
+/// the connection.
+async fn accept(
     builder: Arc<auto::Builder<TokioExecutor>>,
     state: Arc<State>,
+    tls: Option<Arc<ServerTls>>,
     tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    _alive: mpsc::Sender<()>,
+    addr: SocketAddr,
+    alive: mpsc::Sender<()>,
 ) {
+    let Some(tls) = tls else {
+        let peer = Peer {
+            addr,
+            identity: None,
+        };
+        return serve_connection(builder, state, tcp, peer, alive).await;
+    };
+    let acceptor = ferrule_tls::tokio_rustls::TlsAcceptor::from(tls.config());
+    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let identity = tls.client_identity(stream.get_ref().1);
+    let peer = Peer { addr, identity };
+    serve_connection(builder, state, stream, peer, alive).await;
+}
+
+async fn serve_connection<I>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    state: Arc<State>,
+    io: I,
+    peer: Peer,
+    _alive: mpsc::Sender<()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut shutdown = state.shutdown.clone();
+    let addr = peer.addr;
     let svc = service_fn(move |req| {
-        let state = Arc::clone(&state);
+        let (state, peer) = (Arc::clone(&state), peer.clone());
         async move { Ok::<_, Infallible>(api::handle(state, req, peer).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(tcp), svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -244,6 +394,6 @@ async fn serve_connection(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
     }
 }

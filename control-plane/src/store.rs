@@ -3,7 +3,12 @@
 //! Tables:
 //! - `resources`: `Kind/name` -> the resource as JSON, including its `revision`;
 //! - `meta`: `revision` -> the global revision counter;
-//! - `leases`: endpoint name -> id of the proxy that registered it.
+//! - `leases`: endpoint name -> id of the proxy that registered it;
+//! - `trust_roots`: SHA-256 fingerprint -> a CA certificate the mesh trusts ([`TrustRoot`]);
+//!   every snapshot carries all of them as its trust bundle, so a change bumps the revision;
+//! - `tokens`: token id -> a bootstrap token ([`TokenRecord`]): the identity it proves and a
+//!   hash of its secret, never the secret. Token writes do not bump the revision: no snapshot
+//!   holds them.
 //!
 //! Every write is one write transaction committed with [`Durability::Immediate`] (fsync), so
 //! what a caller was told succeeded survives a crash. Each transaction that changes a resource
@@ -26,6 +31,8 @@ use tokio::sync::watch;
 const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<&str, &str> = TableDefinition::new("leases");
+const TRUST_ROOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("trust_roots");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const REVISION_KEY: &str = "revision";
 
 /// The revision of a freshly created store. It is 1, not 0, because snapshot version 0 means
@@ -120,6 +127,51 @@ impl Applied {
     }
 }
 
+/// Where a trusted root came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootSource {
+    /// Made by this control plane; its key is a file in the data directory.
+    Generated,
+    /// The operator's root or intermediate (`--ca-cert`, `--ca-key`); its key is never stored.
+    Operator,
+}
+
+/// A CA certificate the mesh trusts, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustRoot {
+    /// SHA-256 of the certificate's DER, lower-case hex.
+    pub fingerprint: String,
+    /// The certificate (PEM).
+    pub certificate: String,
+    /// Whether this root signs new workload certificates (exactly one does).
+    pub issuing: bool,
+    /// Who made it.
+    pub source: RootSource,
+    /// When it was added (Unix milliseconds); the bundle lists roots in this order.
+    pub added_ms: u64,
+}
+
+/// A bootstrap token, as stored: the identity it proves and a hash of its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenRecord {
+    /// The public half of the token, which names it in the API.
+    pub id: String,
+    /// The SPIFFE ID a certificate signed with this token carries.
+    pub identity: String,
+    /// SHA-256 of the secret half, lower-case hex.
+    pub secret_hash: String,
+    /// Creation time (Unix seconds).
+    pub created_at: u64,
+    /// Expiry (Unix seconds).
+    pub expires_at: u64,
+    /// Revocation time (Unix seconds), if revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+}
+
 /// The embedded policy database.
 pub struct Store {
     db: Database,
@@ -165,6 +217,8 @@ fn same_content(a: &Resource, b: &Resource) -> bool {
 struct Writer<'txn> {
     resources: Table<'txn, &'static str, &'static [u8]>,
     leases: Table<'txn, &'static str, &'static str>,
+    trust_roots: Table<'txn, &'static str, &'static [u8]>,
+    tokens: Table<'txn, &'static str, &'static [u8]>,
     current: u64,
     /// Set by the first change to a resource; every later change reuses it.
     bumped: Option<u64>,
@@ -241,6 +295,8 @@ impl Store {
         let revision = {
             txn.open_table(RESOURCES)?;
             txn.open_table(LEASES)?;
+            txn.open_table(TRUST_ROOTS)?;
+            txn.open_table(TOKENS)?;
             let mut meta = txn.open_table(META)?;
             let stored = meta.get(REVISION_KEY)?.map(|v| v.value());
             match stored {
@@ -312,6 +368,8 @@ impl Store {
             let mut w = Writer {
                 resources: txn.open_table(RESOURCES)?,
                 leases: txn.open_table(LEASES)?,
+                trust_roots: txn.open_table(TRUST_ROOTS)?,
+                tokens: txn.open_table(TOKENS)?,
                 current,
                 bumped: None,
                 dirty: false,
@@ -359,8 +417,10 @@ impl Store {
             .get(REVISION_KEY)?
             .map(|v| v.value())
             .unwrap_or(INITIAL_REVISION);
+        let roots = roots_in(&txn.open_table(TRUST_ROOTS)?)?;
         let mut snap = Snapshot {
             version,
+            trust_bundle: bundle_of(&roots),
             ..Default::default()
         };
         for kind in Kind::ALL {
@@ -434,18 +494,27 @@ impl Store {
     }
 
     /// Registers (upserts) an endpoint under a lease owned by `proxy`, in one transaction.
-    /// The revision is bumped only if the endpoint's content changed.
+    /// The revision is bumped only if the endpoint's content changed. A refused registration
+    /// (see [`Store::register_endpoints`]) is a [`StoreError::Conflict`].
     pub fn register_endpoint(&self, ep: Endpoint, proxy: &str) -> Result<Action, StoreError> {
         let mut actions = self.register_endpoints(vec![(ep, proxy.to_owned())])?;
-        Ok(actions.pop().expect("one action per registration"))
+        actions
+            .pop()
+            .expect("one action per registration")
+            .map_err(StoreError::Conflict)
     }
 
     /// Registers several `(endpoint, owning proxy)` pairs in one transaction (one fsync for
-    /// all of them); returns one action per pair, in order.
+    /// all of them); returns one outcome per pair, in order.
+    ///
+    /// A sidecar may take over an endpoint that another lease holds only if both carry the
+    /// same identity (a rescheduled instance under a new proxy id); it may never overwrite an
+    /// endpoint without a lease, which an operator wrote through the API. Both checks are
+    /// made here, inside the transaction, so no API write can slip in between check and write.
     pub fn register_endpoints(
         &self,
         regs: Vec<(Endpoint, String)>,
-    ) -> Result<Vec<Action>, StoreError> {
+    ) -> Result<Vec<Result<Action, String>>, StoreError> {
         self.write(|w| {
             let mut actions = Vec::with_capacity(regs.len());
             for (mut ep, proxy) in regs {
@@ -453,13 +522,19 @@ impl Store {
                 // overwrite".
                 ep.revision = 0;
                 let name = ep.name.clone();
-                let (_, action) = w.upsert(Resource::Endpoint(ep), true)?;
                 let owner = w.leases.get(name.as_str())?.map(|v| v.value().to_owned());
+                if let Some(Resource::Endpoint(cur)) = w.get(Kind::Endpoint, &name)? {
+                    if let Err(why) = may_take_over(&cur, owner.is_some(), &ep) {
+                        actions.push(Err(why));
+                        continue;
+                    }
+                }
+                let (_, action) = w.upsert(Resource::Endpoint(ep), true)?;
                 if owner.as_deref() != Some(proxy.as_str()) {
                     w.leases.insert(name.as_str(), proxy.as_str())?;
                     w.dirty = true;
                 }
-                actions.push(action);
+                actions.push(Ok(action));
             }
             Ok(actions)
         })
@@ -488,6 +563,90 @@ impl Store {
         })
     }
 
+    /// Every trusted root, in the order they were added.
+    pub fn trust_roots(&self) -> Result<Vec<TrustRoot>, StoreError> {
+        let txn = self.db.begin_read()?;
+        roots_in(&txn.open_table(TRUST_ROOTS)?)
+    }
+
+    /// Replaces the set of trusted roots in one transaction. A change bumps the revision, so
+    /// the next snapshot carries the new trust bundle; an identical set writes nothing.
+    pub fn set_trust_roots(&self, roots: Vec<TrustRoot>) -> Result<(), StoreError> {
+        self.write(|w| {
+            let mut current = roots_in(&w.trust_roots)?;
+            let mut wanted = roots;
+            let order = |r: &TrustRoot| (r.added_ms, r.fingerprint.clone());
+            current.sort_by_key(order);
+            wanted.sort_by_key(order);
+            if current == wanted {
+                return Ok(());
+            }
+            for r in &current {
+                w.trust_roots.remove(r.fingerprint.as_str())?;
+            }
+            for r in &wanted {
+                let bytes = serde_json::to_vec(r).expect("trust roots always serialise");
+                w.trust_roots
+                    .insert(r.fingerprint.as_str(), bytes.as_slice())?;
+            }
+            w.revision();
+            Ok(())
+        })
+    }
+
+    /// Stores a new bootstrap token; a conflict if its id exists.
+    pub fn create_token(&self, token: TokenRecord) -> Result<(), StoreError> {
+        self.write(|w| {
+            if w.tokens.get(token.id.as_str())?.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "token {} already exists",
+                    token.id
+                )));
+            }
+            let bytes = serde_json::to_vec(&token).expect("tokens always serialise");
+            w.tokens.insert(token.id.as_str(), bytes.as_slice())?;
+            w.dirty = true;
+            Ok(())
+        })
+    }
+
+    /// One bootstrap token.
+    pub fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOKENS)?;
+        let found = table.get(id)?;
+        found.map(|v| decode_json(v.value())).transpose()
+    }
+
+    /// Every bootstrap token, ordered by id.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOKENS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (_, v) = item?;
+            out.push(decode_json(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Marks a token revoked at `now` (Unix seconds); revoking twice keeps the first time.
+    pub fn revoke_token(&self, id: &str, now: u64) -> Result<TokenRecord, StoreError> {
+        self.write(|w| {
+            let mut token: TokenRecord = match w.tokens.get(id)? {
+                Some(v) => decode_json(v.value())?,
+                None => return Err(StoreError::NotFound(format!("token {id}"))),
+            };
+            if token.revoked_at.is_none() {
+                token.revoked_at = Some(now);
+                let bytes = serde_json::to_vec(&token).expect("tokens always serialise");
+                w.tokens.insert(id, bytes.as_slice())?;
+                w.dirty = true;
+            }
+            Ok(token)
+        })
+    }
+
     /// Every lease: `(endpoint name, proxy id)`.
     pub fn leases(&self) -> Result<Vec<(String, String)>, StoreError> {
         let txn = self.db.begin_read()?;
@@ -499,6 +658,58 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// Whether a sidecar's registration `new` may replace the stored endpoint `cur`.
+fn may_take_over(cur: &Endpoint, leased: bool, new: &Endpoint) -> Result<(), String> {
+    if !leased {
+        return Err(format!(
+            "Endpoint/{} was written through the API, and a sidecar never overwrites an \
+             operator's endpoint; give the sidecar another endpoint name (its proxy id) or \
+             delete the API one",
+            cur.name
+        ));
+    }
+    if cur.identity != new.identity {
+        let holder = cur
+            .identity
+            .as_deref()
+            .unwrap_or("a sidecar without identity");
+        return Err(format!(
+            "Endpoint/{} is registered by {holder}; another identity cannot take it over",
+            cur.name
+        ));
+    }
+    Ok(())
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn roots_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<TrustRoot>, StoreError> {
+    let mut out: Vec<TrustRoot> = Vec::new();
+    for item in table.iter()? {
+        let (_, v) = item?;
+        out.push(decode_json(v.value())?);
+    }
+    out.sort_by(|a, b| (a.added_ms, &a.fingerprint).cmp(&(b.added_ms, &b.fingerprint)));
+    Ok(out)
+}
+
+/// Every root's PEM, concatenated: the trust bundle snapshots carry.
+fn bundle_of(roots: &[TrustRoot]) -> Option<String> {
+    if roots.is_empty() {
+        return None;
+    }
+    let mut pem = String::new();
+    for r in roots {
+        pem.push_str(r.certificate.trim_end());
+        pem.push('\n');
+    }
+    Some(pem)
 }
 
 fn list_in(

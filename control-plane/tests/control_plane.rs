@@ -246,20 +246,17 @@ async fn rest_api_end_to_end() {
 async fn push_stream_snapshots_acks_and_nacks() {
     let dir = TempDir::new("push");
     let cp = ControlPlane::start(dir.path(), None, Duration::from_secs(15)).await;
-    let mut sidecar = Sidecar::connect(cp.addr).await;
-
-    // The latest snapshot arrives at once, before the hello is even processed.
+    // The stream is answered once its hello is in; the latest snapshot follows at once.
+    let mut sidecar =
+        Sidecar::connect(cp.addr, &hello("proxy-1", "web", Some(("web-1", 8080)))).await;
     let first = sidecar.push_where("the first snapshot", |_| true).await;
     assert_eq!(first.heartbeat_ms, 5000);
-    sidecar
-        .send(&hello("proxy-1", "web", Some(("web-1", 8080))))
-        .await;
     let registered = sidecar
         .push_where("a snapshot with the registered endpoint", |p| {
             p.has_endpoint("web-1")
         })
         .await;
-    assert!(registered.version > first.version);
+    assert!(registered.version >= first.version);
     sidecar
         .send(&ProxyMessage::Ack {
             version: registered.version,
@@ -323,7 +320,7 @@ async fn push_stream_snapshots_acks_and_nacks() {
     );
 
     // A second stream gets the latest snapshot immediately.
-    let mut late = Sidecar::connect(cp.addr).await;
+    let mut late = Sidecar::connect(cp.addr, &hello("proxy-late", "web", None)).await;
     let got = late.push_where("the latest snapshot", |_| true).await;
     assert_eq!(got.version, next.version);
 
@@ -354,11 +351,9 @@ async fn leases_expire_without_heartbeats_and_survive_restarts() {
     assert_eq!(status, StatusCode::CREATED);
 
     // A heartbeats; B will die without a goodbye.
-    let mut a = Sidecar::connect(cp.addr).await;
-    a.send(&hello("proxy-a", "web", Some(("a-1", 9001)))).await;
-    let b = Sidecar::connect(cp.addr).await;
-    b.send(&hello("proxy-b", "web", Some(("b-1", 9002)))).await;
-    let mut watcher = Sidecar::connect(cp.addr).await;
+    let mut a = Sidecar::connect(cp.addr, &hello("proxy-a", "web", Some(("a-1", 9001)))).await;
+    let b = Sidecar::connect(cp.addr, &hello("proxy-b", "web", Some(("b-1", 9002)))).await;
+    let mut watcher = Sidecar::connect(cp.addr, &hello("watcher", "web", None)).await;
     let p = watcher
         .push_where("both endpoints", |p| {
             p.has_endpoint("a-1") && p.has_endpoint("b-1")
@@ -428,8 +423,8 @@ async fn a_write_reaches_a_thousand_streams() {
     let dir = TempDir::new("fanout");
     let cp = ControlPlane::start(dir.path(), None, Duration::from_secs(15)).await;
     let mut sidecars = Vec::with_capacity(STREAMS);
-    for _ in 0..STREAMS {
-        sidecars.push(Sidecar::connect(cp.addr).await);
+    for i in 0..STREAMS {
+        sidecars.push(Sidecar::connect(cp.addr, &hello(&format!("w{i}"), "web", None)).await);
     }
     for s in &mut sidecars {
         s.push_where("the first snapshot", |_| true).await;

@@ -120,8 +120,11 @@ impl ControlPlane {
     /// Starts a control plane on `listen` (used to restart it on the same port).
     pub fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("ferrule-control"));
+        // The sidecars of these tests run without identity, so the control plane serves
+        // plaintext and anonymous push streams (both development-only switches).
         cmd.args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(["--plaintext", "--allow-anonymous-proxies"])
             .args(extra);
         let log = data_dir.with_extension("log");
         let (proc, line) = Proc::spawn(cmd, "ferrule-control", log);

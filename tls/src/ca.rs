@@ -166,6 +166,36 @@ impl Authority {
     }
 }
 
+/// What a CA certificate says, for listing the roots a mesh trusts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCertInfo {
+    /// The certificate's DER (what a fingerprint is computed over).
+    pub der: Vec<u8>,
+    /// Its subject, as `openssl x509 -subject` prints it.
+    pub subject: String,
+    /// Start of validity.
+    pub not_before: std::time::SystemTime,
+    /// End of validity.
+    pub not_after: std::time::SystemTime,
+}
+
+/// Reads the first certificate of a PEM text, which must be a CA certificate.
+pub fn describe_ca(cert_pem: &str) -> Result<CaCertInfo, String> {
+    let certs = crate::certs_from_pem(cert_pem)?;
+    let (_, x509) = x509_parser::parse_x509_certificate(certs[0].as_ref())
+        .map_err(|e| format!("unreadable CA certificate: {e}"))?;
+    if !x509.is_ca() {
+        return Err("the certificate is not a CA (basicConstraints CA:FALSE)".into());
+    }
+    let at = |t: i64| std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Ok(CaCertInfo {
+        der: certs[0].as_ref().to_vec(),
+        subject: x509.subject().to_string(),
+        not_before: at(x509.validity().not_before.timestamp()),
+        not_after: at(x509.validity().not_after.timestamp()),
+    })
+}
+
 /// A workload certificate's parameters: the identity as the one URI SAN (plus DNS names for
 /// servers that clients outside the mesh reach by name), usable for both ends of mTLS.
 fn leaf_params(

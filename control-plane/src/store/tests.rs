@@ -236,3 +236,69 @@ fn deleting_a_leased_endpoint_drops_its_lease() {
     store.delete(Kind::Endpoint, "e", None).unwrap();
     assert!(store.leases().unwrap().is_empty());
 }
+
+#[test]
+fn a_sidecar_never_overwrites_an_api_endpoint_or_another_identitys() {
+    let dir = TempDir::new("store");
+    let store = open(&dir);
+    store.create(endpoint("static", "echo", 9000)).unwrap();
+    let err = store
+        .register_endpoint(endpoint_of("static", 9100), "p1")
+        .unwrap_err();
+    assert!(err.to_string().contains("written through the API"), "{err}");
+    assert!(store.leases().unwrap().is_empty());
+
+    let mut mine = endpoint_of("e", 1000);
+    mine.identity = Some("spiffe://cluster.local/ns/default/sa/echo".into());
+    store.register_endpoint(mine.clone(), "p1").unwrap();
+    let mut theirs = endpoint_of("e", 1001);
+    theirs.identity = Some("spiffe://cluster.local/ns/default/sa/other".into());
+    let err = store.register_endpoint(theirs, "p2").unwrap_err();
+    assert!(err.to_string().contains("another identity"), "{err}");
+    let anonymous = endpoint_of("e", 1002);
+    assert!(store.register_endpoint(anonymous, "p3").is_err());
+    // The same identity under a new proxy id takes it over (a rescheduled instance).
+    assert_eq!(
+        store.register_endpoint(mine, "p4").unwrap(),
+        Action::Unchanged
+    );
+    assert_eq!(store.leases().unwrap(), [("e".to_owned(), "p4".to_owned())]);
+}
+
+#[test]
+fn trust_roots_are_in_every_snapshot_and_a_change_bumps_the_revision() {
+    use crate::store::{RootSource, TrustRoot};
+    let dir = TempDir::new("store");
+    let store = open(&dir);
+    let root = |fp: &str, added_ms| TrustRoot {
+        fingerprint: fp.into(),
+        certificate: format!("-----BEGIN CERTIFICATE-----\n{fp}\n-----END CERTIFICATE-----\n"),
+        issuing: false,
+        source: RootSource::Generated,
+        added_ms,
+    };
+    let rev = store.revision();
+    store
+        .set_trust_roots(vec![root("b", 2), root("a", 1)])
+        .unwrap();
+    assert_eq!(store.revision(), rev + 1);
+    let snap = store.snapshot().unwrap();
+    let bundle = snap.trust_bundle.unwrap();
+    assert!(
+        bundle.find("\na\n").unwrap() < bundle.find("\nb\n").unwrap(),
+        "oldest first"
+    );
+    // The same set again writes nothing.
+    store
+        .set_trust_roots(vec![root("a", 1), root("b", 2)])
+        .unwrap();
+    assert_eq!(store.revision(), rev + 1);
+    store.set_trust_roots(vec![root("b", 2)]).unwrap();
+    assert_eq!(store.revision(), rev + 2);
+    assert!(!store
+        .snapshot()
+        .unwrap()
+        .trust_bundle
+        .unwrap()
+        .contains("\na\n"));
+}

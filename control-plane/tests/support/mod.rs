@@ -1,5 +1,6 @@
 //! Test harness: an in-process control plane on 127.0.0.1:0 over a temporary directory, an
-//! HTTP/1.1 API client, and a push-stream client speaking h2c like a sidecar.
+//! HTTP/1.1 API client (plain or TLS), and a push-stream client speaking HTTP/2 like a sidecar
+//! (h2c or TLS, with a client certificate or a bootstrap token).
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -13,11 +14,14 @@ use ferrule_config::push::{take_lines, to_line, ControlMessage, ProxyMessage};
 use ferrule_config::Snapshot;
 use ferrule_control::body::ChannelBody;
 use ferrule_control::{Config, Server};
+use ferrule_tls::tokio_rustls::{client::TlsStream, TlsConnector};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -60,15 +64,23 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A plaintext control plane that serves anonymous push streams, as the tests before
+    /// identity expect.
     pub async fn start(dir: &Path, token: Option<&str>, lease_ttl: Duration) -> ControlPlane {
-        let server = Server::bind(Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.to_owned(),
+        Self::start_with(Config {
             admin_token: token.map(str::to_owned),
             lease_ttl,
+            plaintext: true,
+            allow_anonymous_proxies: true,
+            ..Config::new("127.0.0.1:0".parse().unwrap(), dir.to_owned())
         })
         .await
-        .expect("control plane starts");
+    }
+
+    /// A control plane with `config` (its listen address should be 127.0.0.1:0).
+    pub async fn start_with(config: Config) -> ControlPlane {
+        let token = config.admin_token.clone();
+        let server = Server::bind(config).await.expect("control plane starts");
         let addr = server.local_addr();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(server.run(async {
@@ -76,7 +88,7 @@ impl ControlPlane {
         }));
         ControlPlane {
             addr,
-            token: token.map(str::to_owned),
+            token,
             stop: Some(stop),
             task,
         }
@@ -188,22 +200,52 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    pub async fn connect(addr: SocketAddr) -> Sidecar {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    /// An anonymous h2c stream that says `hello` and must be admitted.
+    pub async fn connect(addr: SocketAddr, hello: &ProxyMessage) -> Sidecar {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        match Sidecar::open(tcp, None, Some(hello)).await {
+            Ok(s) => s,
+            Err((status, body)) => panic!("stream refused: {status} {body}"),
+        }
+    }
+
+    /// Opens a push stream on `io` (with a bootstrap token if given), sends `first` as its
+    /// first line, and waits for the answer: the stream, or the refusal's status and body.
+    pub async fn open<I>(
+        io: I,
+        token: Option<&str>,
+        first: Option<&ProxyMessage>,
+    ) -> Result<Sidecar, (StatusCode, Value)>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
                 .expect("h2 handshake");
         let conn = tokio::spawn(async move {
             let _ = conn.await;
         });
         let (tx, body) = ChannelBody::channel(16);
-        let req = Request::post(format!("http://{addr}/v1/stream"))
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .unwrap();
-        let resp = sender.send_request(req).await.expect("stream opens");
-        assert_eq!(resp.status(), StatusCode::OK);
+        if let Some(m) = first {
+            tx.send(Bytes::from(to_line(m))).await.unwrap();
+        }
+        let mut req = Request::post("http://control-plane/v1/stream")
+            .header("content-type", "application/x-ndjson");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = sender
+            .send_request(req.body(body).unwrap())
+            .await
+            .expect("the control plane answers");
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            let v = serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+            return Err((status, v));
+        }
         let (push_tx, pushes) = mpsc::unbounded_channel();
         let mut body = resp.into_body();
         let reader = tokio::spawn(async move {
@@ -231,12 +273,12 @@ impl Sidecar {
                 }
             }
         });
-        Sidecar {
+        Ok(Sidecar {
             tx,
             pushes,
             conn,
             reader,
-        }
+        })
     }
 
     pub async fn send(&self, msg: &ProxyMessage) {
@@ -277,5 +319,102 @@ pub fn hello(proxy: &str, service: &str, endpoint: Option<(&str, u16)>) -> Proxy
             .unwrap()
         }),
         version: 0,
+    }
+}
+
+/// Sends one HTTP/1.1 request on `io`; answers as [`request`] does.
+pub async fn request_on<I>(
+    io: I,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (StatusCode, Value)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "control-plane");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b).unwrap())
+        .unwrap_or_default();
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(bytes))).unwrap())
+        .await
+        .expect("request succeeds");
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = if is_json {
+        serde_json::from_slice(&bytes).expect("valid JSON")
+    } else {
+        Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    (status, value)
+}
+
+/// A TLS client of the control plane: verifies it against a trust bundle and checks that it
+/// proves the control plane's identity; presents a client certificate if given one.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+}
+
+impl TlsClient {
+    pub fn new(
+        bundle_pem: &str,
+        creds: Option<&ferrule_tls::Credentials>,
+        alpn: &[u8],
+    ) -> TlsClient {
+        let bundle = ferrule_tls::Bundle::from_pem(bundle_pem).expect("a valid bundle");
+        let config = ferrule_tls::client_config(creds, &bundle, &[alpn]).unwrap();
+        TlsClient {
+            connector: TlsConnector::from(std::sync::Arc::new(config)),
+        }
+    }
+
+    pub fn connector(&self) -> &TlsConnector {
+        &self.connector
+    }
+
+    /// Connects; panics unless the server proves the control plane's identity.
+    pub async fn connect(&self, addr: SocketAddr) -> TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = self
+            .connector
+            .connect(ferrule_tls::server_name(addr.ip()), tcp)
+            .await
+            .expect("TLS handshake");
+        let id = ferrule_tls::peer_identity(tls.get_ref().1).expect("a workload certificate");
+        assert_eq!(
+            (id.namespace(), id.service()),
+            ("ferrule-system", "ferrule-control")
+        );
+        tls
+    }
+
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        request_on(self.connect(addr).await, method, path, body, token).await
     }
 }
