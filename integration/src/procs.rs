@@ -119,23 +119,39 @@ impl ControlPlane {
 
     /// Starts a control plane on `listen` (used to restart it on the same port).
     pub fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(bin("ferrule-control"));
-        // The sidecars of these tests run without identity, so the control plane serves
+        // Most sidecars of these tests run without identity, so this control plane serves
         // plaintext and anonymous push streams (both development-only switches).
+        Self::launch(
+            listen,
+            data_dir,
+            &["--plaintext", "--allow-anonymous-proxies"],
+            extra,
+        )
+    }
+
+    /// Starts a control plane as in production: TLS, push streams for the mesh's
+    /// certificates and tokens only. `ctl` then verifies it with its trust bundle.
+    pub fn start_tls(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::launch("127.0.0.1:0", data_dir, &[], extra)
+    }
+
+    fn launch(listen: &str, data_dir: &Path, mode: &[&str], extra: &[&str]) -> Self {
+        let mut cmd = Command::new(bin("ferrule-control"));
         cmd.args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(["--plaintext", "--allow-anonymous-proxies"])
+            .args(mode)
             .args(extra);
         let log = data_dir.with_extension("log");
         let (proc, line) = Proc::spawn(cmd, "ferrule-control", log);
         let url = line
             .rsplit(' ')
             .next()
-            .filter(|u| u.starts_with("http://"))
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
             .unwrap_or_else(|| panic!("unexpected first line from ferrule-control: {line:?}"))
             .to_owned();
         let addr = url
             .trim_start_matches("http://")
+            .trim_start_matches("https://")
             .parse()
             .expect("control plane URL holds IP:port");
         ControlPlane {
@@ -146,8 +162,19 @@ impl ControlPlane {
         }
     }
 
-    /// Runs `ferrulectl --server <url> args...`.
+    /// The trust bundle (PEM file) of this control plane's CA: every root it trusts.
+    pub fn trust_bundle(&self) -> PathBuf {
+        self.data_dir.join("ca").join("trust-bundle.pem")
+    }
+
+    /// Runs `ferrulectl --server <url> args...` (with `--ca-file` over https).
     pub fn ctl(&self, args: &[&str]) -> Output {
+        if self.url.starts_with("https://") {
+            let bundle = self.trust_bundle();
+            let mut all = vec!["--ca-file", bundle.to_str().expect("utf-8 path")];
+            all.extend_from_slice(args);
+            return ferrulectl(&self.url, &all);
+        }
         ferrulectl(&self.url, args)
     }
 
