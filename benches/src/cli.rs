@@ -101,8 +101,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) quick: bool,
     /// Targets to measure, comma-separated [default: all]: direct, ferrule-1, ferrule-2,
-    /// nginx-1, nginx-2, nginx-2-tls, haproxy-1, haproxy-2, haproxy-2-tls (ferrule-2-mtls is
-    /// listed as not run until mTLS lands).
+    /// ferrule-2-mtls, nginx-1, nginx-2, nginx-2-tls, haproxy-1, haproxy-2, haproxy-2-tls.
     #[arg(long, value_delimiter = ',')]
     pub(crate) targets: Vec<TargetKey>,
     /// Protocols, comma-separated [default: all]: http1, http2, grpc.

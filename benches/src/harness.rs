@@ -44,11 +44,6 @@ const REWARM: Duration = Duration::from_millis(500);
 /// Shortest open-loop round: at 1000 rps, 500 requests.
 const MIN_ROUND: Duration = Duration::from_millis(500);
 
-/// Why the mTLS row is not measured yet.
-const MTLS_PENDING: &str =
-    "mutual TLS between sidecars is not implemented yet (a later issue); this row is measured \
-     once it lands";
-
 impl Settings {
     fn from_args(args: RunArgs) -> Result<Self> {
         let quick = args.quick;
@@ -301,27 +296,31 @@ async fn measure_load(
     let wanted = &settings.targets;
     let upstream = start_upstream(supervisor, bins, settings.body_size).await?;
 
-    // Ferrule.
-    if wanted.contains(&TargetKey::Ferrule2Mtls) {
-        report.skipped.push(Skipped {
-            target: TargetKey::Ferrule2Mtls,
-            reason: MTLS_PENDING.into(),
-        });
-    }
-    let ferrule_wanted = wanted
+    // Ferrule: a plaintext mesh and a mesh with mutual TLS between its sidecars, each with
+    // its own control plane, as the selected targets need.
+    let plaintext_wanted = wanted
         .iter()
         .any(|t| matches!(t, TargetKey::Ferrule1 | TargetKey::Ferrule2));
-    let mut mesh = if ferrule_wanted {
+    let mtls_wanted = wanted.contains(&TargetKey::Ferrule2Mtls);
+    let mut meshes = Vec::new();
+    for (mtls, name) in [(false, "ferrule"), (true, "ferrule-mtls")] {
+        if !(if mtls { mtls_wanted } else { plaintext_wanted }) {
+            continue;
+        }
         let mesh = MeshStack::start(
             supervisor,
             bins,
-            &dir.path().join("ferrule"),
+            &dir.path().join(name),
             upstream.addr,
             settings.proxy_threads,
             settings.ferrule_sched_slice.as_deref(),
             settings.protocols[0],
+            mtls,
         )
         .await?;
+        meshes.push(mesh);
+    }
+    if let Some(mesh) = meshes.first() {
         let slice = match &settings.ferrule_sched_slice {
             Some(slice) => format!(" --sched-slice {slice}"),
             None => " (--sched-slice off, its default)".into(),
@@ -330,10 +329,7 @@ async fn measure_load(
             Some(n) => format!("ferrule-proxy --threads {n}{slice}"),
             None => format!("ferrule-proxy{slice} (no --threads flag in this build: its default)"),
         });
-        Some(mesh)
-    } else {
-        None
-    };
+    }
 
     // Peers: install if needed, then start.
     let kinds: Vec<Kind> = [Kind::Nginx, Kind::Haproxy]
@@ -392,7 +388,7 @@ async fn measure_load(
     if wanted.contains(&TargetKey::Direct) {
         targets.push(direct(&upstream, &settings.protocols));
     }
-    if let Some(mesh) = &mesh {
+    for mesh in &meshes {
         targets.extend(mesh.targets(wanted, &settings.protocols));
     }
     for peer in &started_peers {
@@ -426,14 +422,15 @@ async fn measure_load(
     ]
     .into_iter()
     .chain(
-        mesh.as_ref()
+        meshes
+            .iter()
             // Off the data path; listed so that unexpected control-plane work under load shows.
-            .map(|m| ("control plane".to_string(), m.control_pid)),
+            .map(|m| (m.control_label().to_string(), m.control_pid)),
     )
     .collect::<Vec<_>>();
 
     for &protocol in &settings.protocols {
-        if let Some(mesh) = mesh.as_mut() {
+        for mesh in &mut meshes {
             mesh.use_protocol(protocol).await?;
         }
         let mut ready = Vec::new();

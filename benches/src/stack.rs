@@ -139,13 +139,18 @@ pub(crate) struct MeshStack {
     pub(crate) threads: Option<usize>,
     /// The protocol the Service currently has.
     protocol: Protocol,
+    /// Whether the sidecars hold identities and talk mutual TLS to each other.
+    mtls: bool,
     ctl: PathBuf,
     dir: PathBuf,
 }
 
 impl MeshStack {
     /// Starts the control plane and both sidecars (data in `dir`) with the Service in
-    /// `protocol`, and waits until a request through both sidecars can be routed.
+    /// `protocol`, and waits until a request through both sidecars can be routed. With
+    /// `mtls`, each sidecar gets a workload certificate from the control plane's CA (with a
+    /// bootstrap token, as in production) and the hop between them is mutual TLS.
+    #[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
     pub(crate) async fn start(
         supervisor: &mut Supervisor,
         bins: &Binaries,
@@ -154,6 +159,7 @@ impl MeshStack {
         threads: usize,
         sched_slice: Option<&str>,
         protocol: Protocol,
+        mtls: bool,
     ) -> Result<Self> {
         let control_data = subdir(dir, "control")?;
         let mut control = child_command(&bins.control);
@@ -170,6 +176,14 @@ impl MeshStack {
         eprintln!("  control plane   {control_url} (pid {})", cp.pid);
 
         apply_policy(&bins.ctl, &control_url, dir, protocol).await?;
+        let (server_token, client_token) = if mtls {
+            (
+                Some(token_file(&bins.ctl, &control_url, dir, SERVICE).await?),
+                Some(token_file(&bins.ctl, &control_url, dir, "bench-client").await?),
+            )
+        } else {
+            (None, None)
+        };
 
         let threads = if supports_threads(&bins.proxy).await {
             Some(threads)
@@ -190,6 +204,7 @@ impl MeshStack {
             &upstream.to_string(),
             threads,
             sched_slice,
+            server_token.as_deref(),
         )
         .await?;
         // The client sidecar's app is never called in these runs; port 1 makes that explicit.
@@ -203,6 +218,7 @@ impl MeshStack {
             "127.0.0.1:1",
             threads,
             sched_slice,
+            client_token.as_deref(),
         )
         .await?;
 
@@ -217,11 +233,21 @@ impl MeshStack {
             client,
             threads,
             protocol,
+            mtls,
             ctl: bins.ctl.clone(),
             dir: dir.to_path_buf(),
         };
         mesh.wait_for_protocol(protocol).await?;
         Ok(mesh)
+    }
+
+    /// How the report names this mesh's control plane.
+    pub(crate) fn control_label(&self) -> &'static str {
+        if self.mtls {
+            "control plane (mTLS mesh)"
+        } else {
+            "control plane"
+        }
     }
 
     /// Re-applies the benchmark Service with `protocol`'s service protocol and waits until
@@ -280,7 +306,16 @@ impl MeshStack {
                         Protocol::Http2 => "h2c",
                         Protocol::Grpc => "gRPC/h2c",
                     };
-                    let path = if two {
+                    let path = if two && self.mtls {
+                        let inner = match p {
+                            Protocol::Http1 => "HTTP/1.1",
+                            Protocol::Http2 => "HTTP/2",
+                            Protocol::Grpc => "gRPC",
+                        };
+                        format!(
+                            "client → {wire} → client sidecar → mTLS ({inner}) → server sidecar → {wire} → upstream"
+                        )
+                    } else if two {
                         format!(
                             "client → {wire} → client sidecar → {wire} → server sidecar → {wire} → upstream"
                         )
@@ -292,6 +327,17 @@ impl MeshStack {
                 .collect()
         };
         let mut out = Vec::new();
+        if self.mtls {
+            if wanted.contains(&TargetKey::Ferrule2Mtls) {
+                out.push(Target {
+                    key: TargetKey::Ferrule2Mtls,
+                    lanes: lanes(self.client.outbound, true),
+                    host: Some(SERVICE.into()),
+                    charged: vec![client, server],
+                });
+            }
+            return out;
+        }
         if wanted.contains(&TargetKey::Ferrule1) {
             out.push(Target {
                 key: TargetKey::Ferrule1,
@@ -372,6 +418,35 @@ async fn apply_policy(ctl: &Path, control_url: &str, dir: &Path, protocol: Proto
     Ok(())
 }
 
+/// Creates a bootstrap token for `service` with ferrulectl and writes it to a file.
+async fn token_file(ctl: &Path, control_url: &str, dir: &Path, service: &str) -> Result<PathBuf> {
+    let mut command = child_command(ctl);
+    command
+        .args([
+            "--server",
+            control_url,
+            "token",
+            "create",
+            "--service",
+            service,
+        ])
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(STARTUP_TIMEOUT, command.output())
+        .await
+        .map_err(|_| "ferrulectl token create did not finish in time")??;
+    if !output.status.success() {
+        return Err(format!(
+            "ferrulectl token create failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let path = dir.join(format!("{service}.token"));
+    std::fs::write(&path, String::from_utf8_lossy(&output.stdout).trim())?;
+    Ok(path)
+}
+
 #[allow(clippy::too_many_arguments)] // one call site per sidecar; a struct would only rename them
 async fn start_sidecar(
     supervisor: &mut Supervisor,
@@ -383,6 +458,7 @@ async fn start_sidecar(
     app: &str,
     threads: Option<usize>,
     sched_slice: Option<&str>,
+    token: Option<&Path>,
 ) -> Result<Sidecar> {
     let mut proxy = child_command(&bins.proxy);
     proxy
@@ -395,9 +471,13 @@ async fn start_sidecar(
         ])
         .arg(data_dir)
         .args(["--inbound", "127.0.0.1:0", "--app", app])
-        .args(["--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    match token {
+        // A workload identity, and mutual TLS to the peer sidecar.
+        Some(token) => proxy.arg("--token-file").arg(token),
         // Plaintext between the sidecars (the mTLS chain is its own target).
-        .arg("--identity-disabled");
+        None => proxy.arg("--identity-disabled"),
+    };
     if let Some(threads) = threads {
         proxy.args(["--threads", &threads.to_string()]);
     }
