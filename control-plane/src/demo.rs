@@ -3,9 +3,11 @@
 //! Starts `ferrule-control` on its embedded store, three demo services each with its own
 //! `ferrule-proxy` (`web`, which calls `echo`; `echo` v1 and v2 with a 90/10 split and a `/v2`
 //! route; `loadgen`, the caller), sends a steady trickle of traffic through
-//! `loadgen -> web -> echo`, and prints where to look and what the traffic does. The apps are
-//! small hyper servers inside this process; the control plane and sidecars are the real
-//! binaries, found next to `ferrulectl`.
+//! `loadgen -> web -> echo`, and prints where to look and what the traffic does. Each sidecar
+//! gets its identity from the control plane's CA with a bootstrap token, every hop between
+//! sidecars is mutual TLS, and `echo` authorizes `web` only. The apps are small hyper servers
+//! inside this process; the control plane and sidecars are the real binaries, found next to
+//! `ferrulectl`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -55,6 +57,11 @@ routes:
   - name: canary
     match: { pathPrefix: / }
     backends: [ { subset: { version: v1 }, weight: 90 }, { subset: { version: v2 }, weight: 10 } ]
+# Only web may call echo: loadgen calling it directly gets 403 (ferrule-error: unauthorized).
+authorization:
+  defaultAction: deny
+  rules:
+    - { action: allow, from: ["spiffe://cluster.local/ns/default/sa/web"] }
 ---
 kind: Service
 name: loadgen
@@ -164,6 +171,7 @@ struct SidecarAddrs {
     admin: SocketAddr,
 }
 
+#[allow(clippy::too_many_arguments)] // one call per sidecar; a struct would only rename them
 fn sidecar(
     children: &Children,
     dir: &Path,
@@ -172,6 +180,7 @@ fn sidecar(
     service: &str,
     app: SocketAddr,
     labels: &str,
+    token: &Path,
 ) -> Result<SidecarAddrs, String> {
     let data = dir.join(name);
     let mut cmd = Command::new(sibling("ferrule-proxy")?);
@@ -188,7 +197,8 @@ fn sidecar(
     .args(["--inbound", "127.0.0.1:0", "--outbound", "127.0.0.1:0"])
     .args(["--admin", "127.0.0.1:0", "--app", &app.to_string()])
     .args(["--labels", labels])
-    .arg("--identity-disabled");
+    .arg("--token-file")
+    .arg(token);
     let line = spawn(children, cmd, name, &dir.join(format!("{name}.log")))?;
     let field = |key: &str| -> Result<SocketAddr, String> {
         line.split_whitespace()
@@ -331,11 +341,11 @@ async fn run(args: DemoArgs, children: &Children) -> Result<(), String> {
 
     // Control plane on its embedded store.
     let mut cmd = Command::new(sibling("ferrule-control")?);
-    // Loopback only, and the demo's sidecars run without identity: plaintext and anonymous
-    // push streams are the development switches made for this.
+    // Loopback only, so the API is plaintext (a development switch); the sidecars still get
+    // their identities from its CA with bootstrap tokens and talk mutual TLS to each other.
     cmd.args(["--listen", &args.listen.to_string(), "--data-dir"])
         .arg(dir.join("control-plane"))
-        .args(["--plaintext", "--allow-anonymous-proxies"]);
+        .arg("--plaintext");
     let line = spawn(
         children,
         cmd,
@@ -359,6 +369,25 @@ async fn run(args: DemoArgs, children: &Children) -> Result<(), String> {
         ));
     }
 
+    // A bootstrap token per service, made with this very CLI.
+    let mut tokens = BTreeMap::new();
+    for service in ["echo", "web", "loadgen"] {
+        let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["--server", &cp_url, "token", "create", "--service", service])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "creating a token for {service} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let path = dir.join(format!("{service}.token"));
+        std::fs::write(&path, String::from_utf8_lossy(&out.stdout).trim())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        tokens.insert(service, path);
+    }
+
     // Apps and their sidecars.
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let v1 = echo_app("v1").await?;
@@ -374,13 +403,40 @@ async fn run(args: DemoArgs, children: &Children) -> Result<(), String> {
         ("echo-v1-b", v1b, "version=v1"),
         ("echo-v2", v2, "version=v2"),
     ] {
-        let s = sidecar(children, &dir, &cp_url, name, "echo", app, labels)?;
+        let s = sidecar(
+            children,
+            &dir,
+            &cp_url,
+            name,
+            "echo",
+            app,
+            labels,
+            &tokens["echo"],
+        )?;
         admins.insert(name, s.admin);
     }
-    let w = sidecar(children, &dir, &cp_url, "web", "web", web, "")?;
+    let w = sidecar(
+        children,
+        &dir,
+        &cp_url,
+        "web",
+        "web",
+        web,
+        "",
+        &tokens["web"],
+    )?;
     let _ = web_outbound.set(w.outbound);
     admins.insert("web", w.admin);
-    let lg = sidecar(children, &dir, &cp_url, "loadgen", "loadgen", unused, "")?;
+    let lg = sidecar(
+        children,
+        &dir,
+        &cp_url,
+        "loadgen",
+        "loadgen",
+        unused,
+        "",
+        &tokens["loadgen"],
+    )?;
     admins.insert("loadgen", lg.admin);
 
     // Traffic starts once the callers' sidecars know every endpoint they route to.
@@ -396,10 +452,14 @@ async fn run(args: DemoArgs, children: &Children) -> Result<(), String> {
     for (name, admin) in &admins {
         println!("  {name:<10} admin    http://{admin}/config   http://{admin}/metrics");
     }
-    println!("\nTraffic: loadgen -> web -> echo (90% v1, 10% v2; /v2 always v2), 10 requests/s.");
+    println!("\nTraffic: loadgen -> web -> echo (90% v1, 10% v2; /v2 always v2), 10 requests/s,\nmutual TLS between every pair of sidecars; echo lets only web call it.");
     println!("Try:");
     println!("  curl -x http://{} http://web/hello", lg.outbound);
-    println!("  curl -x http://{} http://echo/v2/anything", lg.outbound);
+    println!(
+        "  curl -i -x http://{} http://echo/v2/anything   (403: only web may call echo)",
+        lg.outbound
+    );
+    println!("  curl http://{}/identity", w.admin);
     println!("  ./target/release/ferrulectl --server {cp_url} status");
     println!("  ./target/release/ferrulectl --server {cp_url} get services -o yaml\n");
 
