@@ -23,13 +23,15 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use h2::server::{Connection, SendResponse};
 use h2::RecvStream;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -112,6 +114,8 @@ where
     let mut ping = conn.ping_pong();
     let inline = Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
     let mut streams = FuturesUnordered::<StreamFuture>::new();
+    let turn = Arc::new(Turn::default());
+    let turn_waker = Waker::from(turn.clone());
     let mut stopping = false;
     // Waiting for the next ping, or (`pinged`) for the answer to the last one.
     let (interval, pong_timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
@@ -126,7 +130,7 @@ where
         tokio::select! {
             // `biased`: the connection first, and no random draw on each of its wake-ups.
             biased;
-            r = poll_fn(|cx| drive(cx, &mut conn, &mut out, &mut streams, handler, inline)) => {
+            r = poll_fn(|cx| drive(cx, &turn, &turn_waker, &mut conn, &mut out, &mut streams, handler, inline)) => {
                 return r;
             }
             // A dropped sender counts as a stop (otherwise `changed` would fire at once forever).
@@ -148,7 +152,7 @@ where
                     // Tell the client why (it may be alive but slow), without waiting long for
                     // a socket that may be dead; dropping the connection ends its streams.
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    let close = poll_fn(|cx| drive(cx, &mut conn, &mut out, &mut streams, handler, inline));
+                    let close = poll_fn(|cx| drive(cx, &turn, &turn_waker, &mut conn, &mut out, &mut streams, handler, inline));
                     let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
                     return Err(format!("no answer to a ping within {pong_timeout:?}"));
                 }
@@ -165,8 +169,15 @@ where
 
 /// Moves the connection along: takes new streams, reads and writes frames, and runs the
 /// streams woken since the last call. Ready when the connection has ended.
+///
+/// h2 and the streams are polled with `turn_waker`, not the task's own waker (see [`Turn`]): a
+/// wake-up that comes while the turn is running makes the turn go round once more instead of
+/// polling the task again.
+#[allow(clippy::too_many_arguments)]
 fn drive<H, Fut>(
-    cx: &mut Context<'_>,
+    task: &mut Context<'_>,
+    turn: &Turn,
+    turn_waker: &Waker,
     conn: &mut Connection<Corked, Bytes>,
     out: &mut Output,
     streams: &mut FuturesUnordered<StreamFuture>,
@@ -177,7 +188,10 @@ where
     H: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
+    turn.begin(task.waker());
+    let cx = &mut Context::from_waker(turn_waker);
     let mut streams_ran = false;
+    let mut rounds = 0;
     loop {
         // `poll_accept` first reads every frame at hand and writes what is queued, then hands
         // out a new stream: a request body that came with its head is in the stream's buffer
@@ -201,15 +215,101 @@ where
         }
         if streams.is_empty() || (streams_ran && !accepted) {
             // The turn is over: what h2 wrote during it leaves in one write.
-            return match out.poll_send(cx) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(format!("write: {e}"))),
-                _ => Poll::Pending,
-            };
+            if let Poll::Ready(Err(e)) = out.poll_send(cx) {
+                return Poll::Ready(Err(format!("write: {e}")));
+            }
+            if turn.end() {
+                return Poll::Pending;
+            }
+            // Woken during the turn: a stream queued frames (h2 wakes its connection for
+            // each), or a stream woke. Round once more, now, within a bound so that a stream
+            // that keeps waking itself cannot keep the other tasks from running.
+            rounds += 1;
+            if rounds == MAX_ROUNDS {
+                task.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            turn.resume();
+            streams_ran = false;
+            continue;
         }
         // Streams queue frames as they run; going round once more writes them out now, not
         // after a trip through the scheduler.
         while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
         streams_ran = true;
+    }
+}
+
+/// Most extra rounds one turn of a connection takes for wake-ups that came during it.
+const MAX_ROUNDS: u32 = 16;
+
+/// Whether a connection's turn is running, and whether something woke it meanwhile.
+///
+/// h2 wakes its connection whenever a stream queues a frame, and a stream runs inside its
+/// connection's turn: with the task's own waker, every response would poll the connection's
+/// task once more after its turn, only to find that the turn already wrote the frames (a read
+/// attempt, h2's bookkeeping, the keepalive timer and the stop signal, per request). With this
+/// waker, a wake-up during the turn is noted and the turn goes round again; only one that comes
+/// between turns wakes the task.
+#[derive(Default)]
+struct Turn {
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+/// [`Turn`] states.
+const IDLE: u8 = 0;
+const RUNNING: u8 = 1;
+const WOKEN: u8 = 2;
+
+impl Turn {
+    fn begin(&self, task: &Waker) {
+        self.task.register(task);
+        self.state.store(RUNNING, Ordering::SeqCst);
+    }
+
+    /// Ends the turn; false if something woke it meanwhile (the turn then still runs).
+    fn end(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(RUNNING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(_) => {
+                self.state.store(IDLE, Ordering::SeqCst);
+                false
+            }
+        }
+    }
+
+    /// Starts another round of a turn that [`Turn::end`] found woken.
+    fn resume(&self) {
+        self.state.store(RUNNING, Ordering::SeqCst);
+    }
+}
+
+impl Wake for Turn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.state.load(Ordering::SeqCst);
+        loop {
+            match state {
+                IDLE => return self.task.wake(),
+                WOKEN => return,
+                _ => match self.state.compare_exchange(
+                    RUNNING,
+                    WOKEN,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => return,
+                    Err(now) => state = now,
+                },
+            }
+        }
     }
 }
 
