@@ -115,7 +115,7 @@ where
     let inline = Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
     let mut streams = FuturesUnordered::<StreamFuture>::new();
     let turn = Arc::new(Turn::default());
-    let turn_waker = Waker::from(turn.clone());
+    let wakers = TurnWakers::new(&turn);
     let mut stopping = false;
     // Waiting for the next ping, or (`pinged`) for the answer to the last one.
     let (interval, pong_timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
@@ -130,7 +130,7 @@ where
         tokio::select! {
             // `biased`: the connection first, and no random draw on each of its wake-ups.
             biased;
-            r = poll_fn(|cx| drive(cx, &turn, &turn_waker, &mut conn, &mut out, &mut streams, handler, inline)) => {
+            r = poll_fn(|cx| drive(cx, &turn, &wakers, &mut conn, &mut out, &mut streams, handler, inline)) => {
                 return r;
             }
             // A dropped sender counts as a stop (otherwise `changed` would fire at once forever).
@@ -152,7 +152,7 @@ where
                     // Tell the client why (it may be alive but slow), without waiting long for
                     // a socket that may be dead; dropping the connection ends its streams.
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    let close = poll_fn(|cx| drive(cx, &turn, &turn_waker, &mut conn, &mut out, &mut streams, handler, inline));
+                    let close = poll_fn(|cx| drive(cx, &turn, &wakers, &mut conn, &mut out, &mut streams, handler, inline));
                     let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
                     return Err(format!("no answer to a ping within {pong_timeout:?}"));
                 }
@@ -170,14 +170,14 @@ where
 /// Moves the connection along: takes new streams, reads and writes frames, and runs the
 /// streams woken since the last call. Ready when the connection has ended.
 ///
-/// h2 and the streams are polled with `turn_waker`, not the task's own waker (see [`Turn`]): a
-/// wake-up that comes while the turn is running makes the turn go round once more instead of
-/// polling the task again.
+/// h2 and the streams are polled with wakers of their own (see [`Turn`]), so a turn knows
+/// which of the two it was woken for, and a wake-up that comes while it runs makes it go round
+/// again instead of polling the task once more.
 #[allow(clippy::too_many_arguments)]
 fn drive<H, Fut>(
     task: &mut Context<'_>,
     turn: &Turn,
-    turn_waker: &Waker,
+    wakers: &TurnWakers,
     conn: &mut Connection<Corked, Bytes>,
     out: &mut Output,
     streams: &mut FuturesUnordered<StreamFuture>,
@@ -188,128 +188,155 @@ where
     H: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    turn.begin(task.waker());
-    let cx = &mut Context::from_waker(turn_waker);
-    let mut streams_ran = false;
+    let mut todo = turn.begin(task.waker());
+    if todo == 0 {
+        // Polled for something else (the first time, the keepalive, a stop): look at both.
+        todo = CONN | STREAMS;
+    }
+    let conn_cx = &mut Context::from_waker(&wakers.conn);
+    let streams_cx = &mut Context::from_waker(&wakers.streams);
     let mut rounds = 0;
     loop {
-        // `poll_accept` first reads every frame at hand and writes what is queued, then hands
-        // out a new stream: a request body that came with its head is in the stream's buffer
-        // before the stream first runs, so it can go on with the head.
-        let mut accepted = false;
-        loop {
-            match conn.poll_accept(cx) {
+        todo |= turn.take();
+        if todo & STREAMS != 0 {
+            todo &= !STREAMS;
+            rounds += 1;
+            if rounds > MAX_ROUNDS {
+                // A stream that keeps waking itself must not keep the other tasks from
+                // running: the scheduler polls this task again after them.
+                turn.hand_over();
+                task.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(streams_cx) {}
+            // What the streams queued goes out with the connection's poll, now, not after a
+            // trip through the scheduler (h2 asks for that poll too, by waking it).
+            todo |= CONN;
+            continue;
+        }
+        if todo & CONN != 0 {
+            todo &= !CONN;
+            // `poll_accept` first reads every frame at hand and writes what is queued, then
+            // hands out a new stream: a request body that came with its head is in the
+            // stream's buffer before the stream first runs, so it can go on with the head.
+            match conn.poll_accept(conn_cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    accepted = true;
                     let exchange = exchange(handler, req, respond);
                     if inline {
                         streams.push(Box::pin(isolated(exchange)));
                     } else {
                         tokio::spawn(exchange);
                     }
+                    // Run it, then ask h2 for the next one (and write what it queued).
+                    todo |= STREAMS | CONN;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.to_string())),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => break,
+                Poll::Pending => {}
             }
-        }
-        if streams.is_empty() || (streams_ran && !accepted) {
-            // The turn is over: what h2 wrote during it leaves in one write.
-            if let Poll::Ready(Err(e)) = out.poll_send(cx) {
-                return Poll::Ready(Err(format!("write: {e}")));
-            }
-            if turn.end() {
-                return Poll::Pending;
-            }
-            // Woken during the turn: a stream queued frames (h2 wakes its connection for
-            // each), or a stream woke. Round once more, now, within a bound so that a stream
-            // that keeps waking itself cannot keep the other tasks from running.
-            rounds += 1;
-            if rounds == MAX_ROUNDS {
-                task.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            turn.resume();
-            streams_ran = false;
             continue;
         }
-        // Streams queue frames as they run; going round once more writes them out now, not
-        // after a trip through the scheduler.
-        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-        streams_ran = true;
+        // The turn is over: what h2 wrote during it leaves in one write.
+        if let Poll::Ready(Err(e)) = out.poll_send(conn_cx) {
+            return Poll::Ready(Err(format!("write: {e}")));
+        }
+        if turn.end() {
+            return Poll::Pending;
+        }
     }
 }
 
-/// Most extra rounds one turn of a connection takes for wake-ups that came during it.
+/// Most rounds of running woken streams in one turn of a connection.
 const MAX_ROUNDS: u32 = 16;
 
-/// Whether a connection's turn is running, and whether something woke it meanwhile.
+/// What a connection's turn is doing, for the wakers of its h2 connection and of its streams.
 ///
-/// h2 wakes its connection whenever a stream queues a frame, and a stream runs inside its
-/// connection's turn: with the task's own waker, every response would poll the connection's
-/// task once more after its turn, only to find that the turn already wrote the frames (a read
-/// attempt, h2's bookkeeping, the keepalive timer and the stop signal, per request). With this
-/// waker, a wake-up during the turn is noted and the turn goes round again; only one that comes
-/// between turns wakes the task.
+/// On the one-thread runtime the streams run inside their connection's turn, and h2 wakes its
+/// connection each time a stream queues a frame. With the task's own waker everywhere, each
+/// response polled the task once more after the turn that had already written its frames, and a
+/// turn could not tell whether it was woken for the socket or for a stream, so it polled h2
+/// (a read attempt and all of h2's bookkeeping) for both. Here a wake-up notes what it is for;
+/// while the turn runs that is all it does (the turn looks before it ends), and between turns it
+/// also wakes the task.
 #[derive(Default)]
 struct Turn {
+    /// [`RUNNING`], and what woke the connection ([`CONN`], [`STREAMS`]) since last looked at.
     state: AtomicU8,
     task: AtomicWaker,
 }
 
-/// [`Turn`] states.
-const IDLE: u8 = 0;
 const RUNNING: u8 = 1;
-const WOKEN: u8 = 2;
+/// h2 asked for its connection to be polled (socket readiness, a frame queued by a stream).
+const CONN: u8 = 2;
+/// A stream polled inside the connection's task was woken.
+const STREAMS: u8 = 4;
 
 impl Turn {
-    fn begin(&self, task: &Waker) {
+    /// Starts a turn for `task`; returns what woke the connection since the last turn.
+    fn begin(&self, task: &Waker) -> u8 {
         self.task.register(task);
-        self.state.store(RUNNING, Ordering::SeqCst);
+        self.state.swap(RUNNING, Ordering::AcqRel) & !RUNNING
     }
 
-    /// Ends the turn; false if something woke it meanwhile (the turn then still runs).
+    /// What woke the connection since the last look, which the turn now takes care of.
+    fn take(&self) -> u8 {
+        self.state.fetch_and(RUNNING, Ordering::AcqRel) & !RUNNING
+    }
+
+    /// Ends the turn; false if something woke it since the last look (the turn then still
+    /// runs, and goes round again).
     fn end(&self) -> bool {
-        match self
-            .state
-            .compare_exchange(RUNNING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
-        {
-            Ok(_) => true,
-            Err(_) => {
-                self.state.store(IDLE, Ordering::SeqCst);
-                false
-            }
-        }
+        self.state
+            .compare_exchange(RUNNING, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
-    /// Starts another round of a turn that [`Turn::end`] found woken.
-    fn resume(&self) {
-        self.state.store(RUNNING, Ordering::SeqCst);
+    /// Ends the turn with work left, for the task's next poll (which looks at everything).
+    fn hand_over(&self) {
+        self.state.store(0, Ordering::Release);
+    }
+
+    fn wake(&self, woke: u8) {
+        if self.state.fetch_or(woke, Ordering::AcqRel) & RUNNING == 0 {
+            self.task.wake();
+        }
     }
 }
 
-impl Wake for Turn {
+/// The wakers given to h2 ([`CONN`]) and to the streams ([`STREAMS`]), made once per
+/// connection.
+struct TurnWakers {
+    conn: Waker,
+    streams: Waker,
+}
+
+impl TurnWakers {
+    fn new(turn: &Arc<Turn>) -> TurnWakers {
+        let waker = |woke| {
+            Waker::from(Arc::new(TurnWaker {
+                turn: turn.clone(),
+                woke,
+            }))
+        };
+        TurnWakers {
+            conn: waker(CONN),
+            streams: waker(STREAMS),
+        }
+    }
+}
+
+struct TurnWaker {
+    turn: Arc<Turn>,
+    woke: u8,
+}
+
+impl Wake for TurnWaker {
     fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        self.turn.wake(self.woke);
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let mut state = self.state.load(Ordering::SeqCst);
-        loop {
-            match state {
-                IDLE => return self.task.wake(),
-                WOKEN => return,
-                _ => match self.state.compare_exchange(
-                    RUNNING,
-                    WOKEN,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                ) {
-                    Ok(_) => return,
-                    Err(now) => state = now,
-                },
-            }
-        }
+        self.turn.wake(self.woke);
     }
 }
 
