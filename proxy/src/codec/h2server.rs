@@ -392,7 +392,7 @@ where
     let end = body.is_end_stream();
     complete_head(&mut parts.headers, &body, end);
     match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(stream) if !end => pump(body, stream, h2::Reason::INTERNAL_ERROR, None).await,
+        Ok(stream) if !end => pump(body, stream, h2::Reason::INTERNAL_ERROR).await,
         Ok(_) => {}
         // The stream was reset meanwhile, or the head is not valid HTTP/2 (h2 refuses
         // connection-specific headers, which the handlers remove).
