@@ -25,6 +25,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::h2body::{pump, H2Body};
+use crate::codec::h2server::OnWake;
 use crate::codec::headers::RequestBody;
 
 /// How often an open connection pings its peer.
@@ -189,26 +190,46 @@ async fn drive<I: AsyncRead + AsyncWrite + Unpin>(
     let Some(mut ping) = ping else {
         return ended(conn.await);
     };
+    // Waiting for the next ping, or (`pinged`) for the answer to the last one. The timer is
+    // looked at only when it woke the task, not on each of the connection's wake-ups (three
+    // per request).
+    let mut timer = OnWake::new(Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL)));
+    let mut pinged = false;
     loop {
-        // `biased`: the connection first, and no random draw on each of its wake-ups.
-        tokio::select! {
-            biased;
-            r = &mut conn => return ended(r),
-            _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
-        }
-        if let Err(e) = ping.send_ping(h2::Ping::opaque()) {
-            return format!("ping: {e}");
-        }
-        let pong = tokio::time::timeout(KEEPALIVE_TIMEOUT, poll_fn(|cx| ping.poll_pong(cx)));
-        tokio::select! {
-            biased;
-            r = &mut conn => return ended(r),
-            r = pong => match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return format!("ping: {e}"),
-                // Dropping the connection closes it; its streams fail.
-                Err(_) => return format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}"),
-            },
+        // The connection first, so its wake-ups take no more than a look at a flag.
+        let pong = poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Err(ended(r)));
+            }
+            if pinged {
+                if let Poll::Ready(r) = ping.poll_pong(cx) {
+                    return Poll::Ready(Ok(Some(r)));
+                }
+            }
+            match timer.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(None)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match pong {
+            Err(reason) => return reason,
+            Ok(Some(Err(e))) => return format!("ping: {e}"),
+            Ok(Some(Ok(_))) => {
+                pinged = false;
+                timer.reset(tokio::time::Instant::now() + KEEPALIVE_INTERVAL);
+            }
+            // Dropping the connection closes it; its streams fail.
+            Ok(None) if pinged => {
+                return format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}");
+            }
+            Ok(None) => {
+                if let Err(e) = ping.send_ping(h2::Ping::opaque()) {
+                    return format!("ping: {e}");
+                }
+                pinged = true;
+                timer.reset(tokio::time::Instant::now() + KEEPALIVE_TIMEOUT);
+            }
         }
     }
 }

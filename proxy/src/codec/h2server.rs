@@ -23,7 +23,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -89,7 +89,7 @@ pub async fn serve<I, H, Fut>(
     stream: I,
     prefix: Bytes,
     handler: &H,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     settings: Settings,
 ) -> Result<(), String>
 where
@@ -116,43 +116,70 @@ where
     let mut streams = FuturesUnordered::<StreamFuture>::new();
     let turn = Arc::new(Turn::default());
     let wakers = TurnWakers::new(&turn);
-    let mut stopping = false;
+    // The stop signal and the keepalive timer are looked at only when they woke the task, not
+    // on each of the connection's wake-ups (two per request).
+    let mut stopped = Some(OnWake::new(Box::pin(stop_signal(stop))));
     // Waiting for the next ping, or (`pinged`) for the answer to the last one.
     let (interval, pong_timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
-    let timer = tokio::time::sleep(interval);
-    tokio::pin!(timer);
+    let mut timer = OnWake::new(Box::pin(tokio::time::sleep(interval)));
     let mut pinged = false;
     loop {
-        if !stopping && *stop.borrow() {
-            stopping = true;
-            conn.graceful_shutdown();
-        }
-        tokio::select! {
-            // `biased`: the connection first, and no random draw on each of its wake-ups.
-            biased;
-            r = poll_fn(|cx| drive(cx, &turn, &wakers, &mut conn, &mut out, &mut streams, handler, inline)) => {
-                return r;
+        // The connection first, so its wake-ups take no more than a look at two flags.
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(r) = drive(
+                cx,
+                &turn,
+                &wakers,
+                &mut conn,
+                &mut out,
+                &mut streams,
+                handler,
+                inline,
+            ) {
+                return Poll::Ready(Event::Ended(r));
             }
-            // A dropped sender counts as a stop (otherwise `changed` would fire at once forever).
-            r = stop.changed(), if !stopping => {
-                if r.is_err() {
-                    stopping = true;
-                    conn.graceful_shutdown();
+            if let Some(Poll::Ready(())) = stopped.as_mut().map(|s| s.poll(cx)) {
+                return Poll::Ready(Event::Stop);
+            }
+            if pinged {
+                if let Poll::Ready(r) = ping.as_mut().expect("pinged").poll_pong(cx) {
+                    return Poll::Ready(Event::Pong(r.map(drop)));
                 }
             }
-            r = poll_fn(|cx| ping.as_mut().expect("guarded").poll_pong(cx)), if pinged => {
-                if let Err(e) = r {
-                    return Err(format!("ping: {e}"));
-                }
+            if ping.is_some() && timer.poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(r) => return r,
+            Event::Stop => {
+                stopped = None;
+                conn.graceful_shutdown();
+            }
+            Event::Pong(Err(e)) => return Err(format!("ping: {e}")),
+            Event::Pong(Ok(())) => {
                 pinged = false;
-                timer.as_mut().reset(tokio::time::Instant::now() + interval);
+                timer.reset(tokio::time::Instant::now() + interval);
             }
-            _ = &mut timer, if ping.is_some() => {
+            Event::Timer => {
                 if pinged {
                     // Tell the client why (it may be alive but slow), without waiting long for
                     // a socket that may be dead; dropping the connection ends its streams.
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    let close = poll_fn(|cx| drive(cx, &turn, &wakers, &mut conn, &mut out, &mut streams, handler, inline));
+                    let close = poll_fn(|cx| {
+                        drive(
+                            cx,
+                            &turn,
+                            &wakers,
+                            &mut conn,
+                            &mut out,
+                            &mut streams,
+                            handler,
+                            inline,
+                        )
+                    });
                     let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
                     return Err(format!("no answer to a ping within {pong_timeout:?}"));
                 }
@@ -161,9 +188,86 @@ where
                     return Err(format!("ping: {e}"));
                 }
                 pinged = true;
-                timer.as_mut().reset(tokio::time::Instant::now() + pong_timeout);
+                timer.reset(tokio::time::Instant::now() + pong_timeout);
             }
         }
+    }
+}
+
+/// What woke a connection's task, other than its own traffic.
+enum Event {
+    /// The connection has ended, well or not.
+    Ended(Result<(), String>),
+    /// The proxy is stopping: no new streams.
+    Stop,
+    /// The client answered the keepalive ping (or the connection failed meanwhile).
+    Pong(Result<(), h2::Error>),
+    /// Time to ping the client, or to give up on its answer.
+    Timer,
+}
+
+/// Ready once the proxy stops (the signal is true), or its sender is gone, which counts as a
+/// stop (otherwise `changed` would fire at once forever).
+async fn stop_signal(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A future polled only when its own waker has fired since its last poll (and on the first
+/// poll), so a task that waits for it among other things, most of which wake it far more
+/// often, pays one flag per wake-up for it instead of a poll.
+pub(crate) struct OnWake<F> {
+    future: F,
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> OnWake<F> {
+    pub(crate) fn new(future: F) -> OnWake<F> {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        OnWake {
+            future,
+            waker: Waker::from(flag.clone()),
+            flag,
+        }
+    }
+
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.future).poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
+impl OnWake<Pin<Box<tokio::time::Sleep>>> {
+    /// Sets the timer to fire at `deadline` (it is polled next time, to take the new time).
+    pub(crate) fn reset(&mut self, deadline: tokio::time::Instant) {
+        self.future.as_mut().reset(deadline);
+        self.flag.woken.store(true, Ordering::Release);
     }
 }
 
