@@ -299,19 +299,24 @@ where
     }
     let conn_cx = &mut Context::from_waker(&wakers.conn);
     let streams_cx = &mut Context::from_waker(&wakers.streams);
-    let mut rounds = 0;
+    let mut steps = 0;
     loop {
         todo |= turn.take();
-        if todo & STREAMS != 0 {
-            todo &= !STREAMS;
-            rounds += 1;
-            if rounds > MAX_ROUNDS {
-                // A stream that keeps waking itself must not keep the other tasks from
-                // running: the scheduler polls this task again after them.
+        if todo != 0 {
+            steps += 1;
+            if steps > MAX_STEPS {
+                // A stream that keeps waking itself, or IO that keeps saying "later" because
+                // the task has used up tokio's budget for this poll (it wakes the task and
+                // returns Pending), must not keep the turn going round and the other tasks
+                // from running: the scheduler polls this task again after them, and that poll
+                // looks at everything.
                 turn.hand_over();
                 task.waker().wake_by_ref();
                 return Poll::Pending;
             }
+        }
+        if todo & STREAMS != 0 {
+            todo &= !STREAMS;
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(streams_cx) {}
             // What the streams queued goes out with the connection's poll, now, not after a
             // trip through the scheduler (h2 asks for that poll too, by waking it).
@@ -350,8 +355,9 @@ where
     }
 }
 
-/// Most rounds of running woken streams in one turn of a connection.
-const MAX_ROUNDS: u32 = 16;
+/// Most steps (a run of the woken streams, a poll of h2) one turn of a connection takes; a
+/// request takes about four, a burst of new streams two each.
+const MAX_STEPS: u32 = 64;
 
 /// What a connection's turn is doing, for the wakers of its h2 connection and of its streams.
 ///
@@ -941,6 +947,25 @@ mod tests {
                 .map(|v| v.to_str().unwrap());
             assert_eq!(got, length, "{path}");
         }
+    }
+
+    /// A stream that keeps using up tokio's budget (each time it does, it and the socket say
+    /// "later" and wake the task) must not keep its connection's turn going round for ever.
+    #[tokio::test]
+    async fn a_stream_that_uses_up_the_budget_does_not_stall_its_connection() {
+        let (addr, _stop) = start(|req: Request<RequestBody>| async move {
+            if req.uri().path() == "/busy" {
+                for _ in 0..10_000 {
+                    tokio::task::coop::consume_budget().await;
+                }
+            }
+            text("done")
+        })
+        .await;
+        let send = connect(addr).await;
+        let (busy, quick) = tokio::join!(ask(&send, "/busy"), ask(&send, "/quick"));
+        assert_eq!(busy.unwrap(), "done");
+        assert_eq!(quick.unwrap(), "done");
     }
 
     #[tokio::test]
