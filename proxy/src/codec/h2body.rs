@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::sync::oneshot;
 
 /// An error of any body.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,31 +90,15 @@ impl Body for H2Body {
 ///
 /// A reset from the peer ends the pump quietly (the peer no longer wants the body); a body
 /// error resets the stream with the error's own HTTP/2 reason if it has one, else `on_error`.
-/// With `abandoned`, the stream is reset (CANCEL) if that sender is dropped before it sends:
-/// the request this body belongs to was given up before its response came.
-pub async fn pump<B>(
-    body: B,
-    mut stream: h2::SendStream<Bytes>,
-    on_error: h2::Reason,
-    mut abandoned: Option<oneshot::Receiver<()>>,
-) where
+pub async fn pump<B>(body: B, mut stream: h2::SendStream<Bytes>, on_error: h2::Reason)
+where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
     tokio::pin!(body);
     loop {
         let frame = tokio::select! {
-            // `biased`, abandonment first: a request given up must not keep streaming because
-            // its body keeps coming.
             biased;
-            r = async { abandoned.as_mut().expect("guarded").await }, if abandoned.is_some() => {
-                if r.is_err() {
-                    stream.send_reset(h2::Reason::CANCEL);
-                    return;
-                }
-                abandoned = None;
-                continue;
-            }
             f = body.frame() => f,
             // The peer no longer wants the body (it answered early, or reset the stream).
             _ = poll_fn(|cx| stream.poll_reset(cx)) => return,

@@ -4,14 +4,14 @@
 //! caller and h2 for every request: the request is queued to the connection's task, which
 //! opens the stream and spawns another task to wait for the response and send it back. Here
 //! the routing future opens the stream itself and awaits h2's response future, so a request
-//! costs no task and no channel hop on this side; only a request body that is still arriving
-//! gets a task of its own to stream it (it can outlive the response head, as gRPC streams do).
+//! costs no task and no channel hop on this side; only a request body that outlives the
+//! response head (a gRPC client stream) gets a task of its own to go on streaming it.
 //!
 //! A connection's task drives h2's connection state and pings the peer every
 //! [`KEEPALIVE_INTERVAL`], closing the connection when no answer comes within
 //! [`KEEPALIVE_TIMEOUT`], so a dead peer is noticed even when nothing is in flight.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::h2body::{pump, H2Body};
+use crate::codec::h2server::OnWake;
 use crate::codec::headers::RequestBody;
 
 /// How often an open connection pings its peer.
@@ -143,18 +144,37 @@ impl Sender {
             };
             sent.map_err(|e| Failure::Failed(e.into()))?;
         }
-        // If this future is dropped before the response head (a route timeout, the client
-        // gone), the body task must reset the stream: h2 resets it only when every handle is
-        // gone, and the task holds one for as long as the body keeps coming.
-        let keep_going = (!end_of_stream).then(|| {
-            let (keep_going, abandoned) = tokio::sync::oneshot::channel();
-            tokio::spawn(pump(body, stream, h2::Reason::CANCEL, Some(abandoned)));
-            keep_going
-        });
-        let response = response.await.map_err(|e| Failure::Failed(e.into()))?;
-        if let Some(keep_going) = keep_going {
-            let _ = keep_going.send(());
-        }
+        let response = if end_of_stream {
+            response.await
+        } else {
+            // The rest of the body is pumped by this future while it waits for the response
+            // head, not by a task of its own: a request whose body ends before its response
+            // (a gRPC unary call whose message came after its head) then costs no task, no
+            // channel and no wake-ups across tasks. Only a body that outlives the head (a
+            // client stream) moves to a task, to go on while the response is relayed.
+            //
+            // If this future is dropped before the response head (a route timeout, the
+            // client gone), the pump and the response future go with it: every handle of the
+            // stream is gone, so h2 resets it (CANCEL) and the peer stops waiting for the body.
+            let mut body = Box::pin(pump(body, stream, h2::Reason::CANCEL));
+            let mut body_done = false;
+            let mut response = response;
+            let head = poll_fn(|cx| {
+                if let Poll::Ready(r) = Pin::new(&mut response).poll(cx) {
+                    return Poll::Ready(r);
+                }
+                if !body_done && body.as_mut().poll(cx).is_ready() {
+                    body_done = true;
+                }
+                Poll::Pending
+            })
+            .await;
+            if !body_done && head.is_ok() {
+                tokio::spawn(body);
+            }
+            head
+        };
+        let response = response.map_err(|e| Failure::Failed(e.into()))?;
         let (parts, recv) = response.into_parts();
         let body = H2Body::new(recv, &parts.headers);
         Ok(Response::from_parts(parts, body))
@@ -170,26 +190,46 @@ async fn drive<I: AsyncRead + AsyncWrite + Unpin>(
     let Some(mut ping) = ping else {
         return ended(conn.await);
     };
+    // Waiting for the next ping, or (`pinged`) for the answer to the last one. The timer is
+    // looked at only when it woke the task, not on each of the connection's wake-ups (three
+    // per request).
+    let mut timer = OnWake::new(Box::pin(tokio::time::sleep(KEEPALIVE_INTERVAL)));
+    let mut pinged = false;
     loop {
-        // `biased`: the connection first, and no random draw on each of its wake-ups.
-        tokio::select! {
-            biased;
-            r = &mut conn => return ended(r),
-            _ = tokio::time::sleep(KEEPALIVE_INTERVAL) => {}
-        }
-        if let Err(e) = ping.send_ping(h2::Ping::opaque()) {
-            return format!("ping: {e}");
-        }
-        let pong = tokio::time::timeout(KEEPALIVE_TIMEOUT, poll_fn(|cx| ping.poll_pong(cx)));
-        tokio::select! {
-            biased;
-            r = &mut conn => return ended(r),
-            r = pong => match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return format!("ping: {e}"),
-                // Dropping the connection closes it; its streams fail.
-                Err(_) => return format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}"),
-            },
+        // The connection first, so its wake-ups take no more than a look at a flag.
+        let pong = poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Err(ended(r)));
+            }
+            if pinged {
+                if let Poll::Ready(r) = ping.poll_pong(cx) {
+                    return Poll::Ready(Ok(Some(r)));
+                }
+            }
+            match timer.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Ok(None)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match pong {
+            Err(reason) => return reason,
+            Ok(Some(Err(e))) => return format!("ping: {e}"),
+            Ok(Some(Ok(_))) => {
+                pinged = false;
+                timer.reset(tokio::time::Instant::now() + KEEPALIVE_INTERVAL);
+            }
+            // Dropping the connection closes it; its streams fail.
+            Ok(None) if pinged => {
+                return format!("no answer to a ping within {KEEPALIVE_TIMEOUT:?}");
+            }
+            Ok(None) => {
+                if let Err(e) = ping.send_ping(h2::Ping::opaque()) {
+                    return format!("ping: {e}");
+                }
+                pinged = true;
+                timer.reset(tokio::time::Instant::now() + KEEPALIVE_TIMEOUT);
+            }
         }
     }
 }

@@ -23,13 +23,15 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::future::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
 use h2::server::{Connection, SendResponse};
 use h2::RecvStream;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -87,7 +89,7 @@ pub async fn serve<I, H, Fut>(
     stream: I,
     prefix: Bytes,
     handler: &H,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     settings: Settings,
 ) -> Result<(), String>
 where
@@ -112,43 +114,72 @@ where
     let mut ping = conn.ping_pong();
     let inline = Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
     let mut streams = FuturesUnordered::<StreamFuture>::new();
-    let mut stopping = false;
+    let turn = Arc::new(Turn::default());
+    let wakers = TurnWakers::new(&turn);
+    // The stop signal and the keepalive timer are looked at only when they woke the task, not
+    // on each of the connection's wake-ups (two per request).
+    let mut stopped = Some(OnWake::new(Box::pin(stop_signal(stop))));
     // Waiting for the next ping, or (`pinged`) for the answer to the last one.
     let (interval, pong_timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
-    let timer = tokio::time::sleep(interval);
-    tokio::pin!(timer);
+    let mut timer = OnWake::new(Box::pin(tokio::time::sleep(interval)));
     let mut pinged = false;
     loop {
-        if !stopping && *stop.borrow() {
-            stopping = true;
-            conn.graceful_shutdown();
-        }
-        tokio::select! {
-            // `biased`: the connection first, and no random draw on each of its wake-ups.
-            biased;
-            r = poll_fn(|cx| drive(cx, &mut conn, &mut out, &mut streams, handler, inline)) => {
-                return r;
+        // The connection first, so its wake-ups take no more than a look at two flags.
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(r) = drive(
+                cx,
+                &turn,
+                &wakers,
+                &mut conn,
+                &mut out,
+                &mut streams,
+                handler,
+                inline,
+            ) {
+                return Poll::Ready(Event::Ended(r));
             }
-            // A dropped sender counts as a stop (otherwise `changed` would fire at once forever).
-            r = stop.changed(), if !stopping => {
-                if r.is_err() {
-                    stopping = true;
-                    conn.graceful_shutdown();
+            if let Some(Poll::Ready(())) = stopped.as_mut().map(|s| s.poll(cx)) {
+                return Poll::Ready(Event::Stop);
+            }
+            if pinged {
+                if let Poll::Ready(r) = ping.as_mut().expect("pinged").poll_pong(cx) {
+                    return Poll::Ready(Event::Pong(r.map(drop)));
                 }
             }
-            r = poll_fn(|cx| ping.as_mut().expect("guarded").poll_pong(cx)), if pinged => {
-                if let Err(e) = r {
-                    return Err(format!("ping: {e}"));
-                }
+            if ping.is_some() && timer.poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(r) => return r,
+            Event::Stop => {
+                stopped = None;
+                conn.graceful_shutdown();
+            }
+            Event::Pong(Err(e)) => return Err(format!("ping: {e}")),
+            Event::Pong(Ok(())) => {
                 pinged = false;
-                timer.as_mut().reset(tokio::time::Instant::now() + interval);
+                timer.reset(tokio::time::Instant::now() + interval);
             }
-            _ = &mut timer, if ping.is_some() => {
+            Event::Timer => {
                 if pinged {
                     // Tell the client why (it may be alive but slow), without waiting long for
                     // a socket that may be dead; dropping the connection ends its streams.
                     conn.abrupt_shutdown(h2::Reason::NO_ERROR);
-                    let close = poll_fn(|cx| drive(cx, &mut conn, &mut out, &mut streams, handler, inline));
+                    let close = poll_fn(|cx| {
+                        drive(
+                            cx,
+                            &turn,
+                            &wakers,
+                            &mut conn,
+                            &mut out,
+                            &mut streams,
+                            handler,
+                            inline,
+                        )
+                    });
                     let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
                     return Err(format!("no answer to a ping within {pong_timeout:?}"));
                 }
@@ -157,16 +188,100 @@ where
                     return Err(format!("ping: {e}"));
                 }
                 pinged = true;
-                timer.as_mut().reset(tokio::time::Instant::now() + pong_timeout);
+                timer.reset(tokio::time::Instant::now() + pong_timeout);
             }
         }
     }
 }
 
+/// What woke a connection's task, other than its own traffic.
+enum Event {
+    /// The connection has ended, well or not.
+    Ended(Result<(), String>),
+    /// The proxy is stopping: no new streams.
+    Stop,
+    /// The client answered the keepalive ping (or the connection failed meanwhile).
+    Pong(Result<(), h2::Error>),
+    /// Time to ping the client, or to give up on its answer.
+    Timer,
+}
+
+/// Ready once the proxy stops (the signal is true), or its sender is gone, which counts as a
+/// stop (otherwise `changed` would fire at once forever).
+async fn stop_signal(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A future polled only when its own waker has fired since its last poll (and on the first
+/// poll), so a task that waits for it among other things, most of which wake it far more
+/// often, pays one flag per wake-up for it instead of a poll.
+pub(crate) struct OnWake<F> {
+    future: F,
+    flag: Arc<WakeFlag>,
+    waker: Waker,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future + Unpin> OnWake<F> {
+    pub(crate) fn new(future: F) -> OnWake<F> {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        OnWake {
+            future,
+            waker: Waker::from(flag.clone()),
+            flag,
+        }
+    }
+
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.flag.task.register(cx.waker());
+        if !self.flag.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.future).poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
+impl OnWake<Pin<Box<tokio::time::Sleep>>> {
+    /// Sets the timer to fire at `deadline` (it is polled next time, to take the new time).
+    pub(crate) fn reset(&mut self, deadline: tokio::time::Instant) {
+        self.future.as_mut().reset(deadline);
+        self.flag.woken.store(true, Ordering::Release);
+    }
+}
+
 /// Moves the connection along: takes new streams, reads and writes frames, and runs the
 /// streams woken since the last call. Ready when the connection has ended.
+///
+/// h2 and the streams are polled with wakers of their own (see [`Turn`]), so a turn knows
+/// which of the two it was woken for, and a wake-up that comes while it runs makes it go round
+/// again instead of polling the task once more.
+#[allow(clippy::too_many_arguments)]
 fn drive<H, Fut>(
-    cx: &mut Context<'_>,
+    task: &mut Context<'_>,
+    turn: &Turn,
+    wakers: &TurnWakers,
     conn: &mut Connection<Corked, Bytes>,
     out: &mut Output,
     streams: &mut FuturesUnordered<StreamFuture>,
@@ -177,39 +292,161 @@ where
     H: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let mut streams_ran = false;
+    let mut todo = turn.begin(task.waker());
+    if todo == 0 {
+        // Polled for something else (the first time, the keepalive, a stop): look at both.
+        todo = CONN | STREAMS;
+    }
+    let conn_cx = &mut Context::from_waker(&wakers.conn);
+    let streams_cx = &mut Context::from_waker(&wakers.streams);
+    let mut steps = 0;
     loop {
-        // `poll_accept` first reads every frame at hand and writes what is queued, then hands
-        // out a new stream: a request body that came with its head is in the stream's buffer
-        // before the stream first runs, so it can go on with the head.
-        let mut accepted = false;
-        loop {
-            match conn.poll_accept(cx) {
+        todo |= turn.take();
+        if todo != 0 {
+            steps += 1;
+            if steps > MAX_STEPS {
+                // A stream that keeps waking itself, or IO that keeps saying "later" because
+                // the task has used up tokio's budget for this poll (it wakes the task and
+                // returns Pending), must not keep the turn going round and the other tasks
+                // from running: the scheduler polls this task again after them, and that poll
+                // looks at everything.
+                turn.hand_over();
+                task.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        if todo & STREAMS != 0 {
+            todo &= !STREAMS;
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(streams_cx) {}
+            // What the streams queued goes out with the connection's poll, now, not after a
+            // trip through the scheduler (h2 asks for that poll too, by waking it).
+            todo |= CONN;
+            continue;
+        }
+        if todo & CONN != 0 {
+            todo &= !CONN;
+            // `poll_accept` first reads every frame at hand and writes what is queued, then
+            // hands out a new stream: a request body that came with its head is in the
+            // stream's buffer before the stream first runs, so it can go on with the head.
+            match conn.poll_accept(conn_cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    accepted = true;
                     let exchange = exchange(handler, req, respond);
                     if inline {
                         streams.push(Box::pin(isolated(exchange)));
                     } else {
                         tokio::spawn(exchange);
                     }
+                    // Run it, then ask h2 for the next one (and write what it queued).
+                    todo |= STREAMS | CONN;
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.to_string())),
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => break,
+                Poll::Pending => {}
             }
+            continue;
         }
-        if streams.is_empty() || (streams_ran && !accepted) {
-            // The turn is over: what h2 wrote during it leaves in one write.
-            return match out.poll_send(cx) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(format!("write: {e}"))),
-                _ => Poll::Pending,
-            };
+        // The turn is over: what h2 wrote during it leaves in one write.
+        if let Poll::Ready(Err(e)) = out.poll_send(conn_cx) {
+            return Poll::Ready(Err(format!("write: {e}")));
         }
-        // Streams queue frames as they run; going round once more writes them out now, not
-        // after a trip through the scheduler.
-        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-        streams_ran = true;
+        if turn.end() {
+            return Poll::Pending;
+        }
+    }
+}
+
+/// Most steps (a run of the woken streams, a poll of h2) one turn of a connection takes; a
+/// request takes about four, a burst of new streams two each.
+const MAX_STEPS: u32 = 64;
+
+/// What a connection's turn is doing, for the wakers of its h2 connection and of its streams.
+///
+/// On the one-thread runtime the streams run inside their connection's turn, and h2 wakes its
+/// connection each time a stream queues a frame. With the task's own waker everywhere, each
+/// response polled the task once more after the turn that had already written its frames, and a
+/// turn could not tell whether it was woken for the socket or for a stream, so it polled h2
+/// (a read attempt and all of h2's bookkeeping) for both. Here a wake-up notes what it is for;
+/// while the turn runs that is all it does (the turn looks before it ends), and between turns it
+/// also wakes the task.
+#[derive(Default)]
+struct Turn {
+    /// [`RUNNING`], and what woke the connection ([`CONN`], [`STREAMS`]) since last looked at.
+    state: AtomicU8,
+    task: AtomicWaker,
+}
+
+const RUNNING: u8 = 1;
+/// h2 asked for its connection to be polled (socket readiness, a frame queued by a stream).
+const CONN: u8 = 2;
+/// A stream polled inside the connection's task was woken.
+const STREAMS: u8 = 4;
+
+impl Turn {
+    /// Starts a turn for `task`; returns what woke the connection since the last turn.
+    fn begin(&self, task: &Waker) -> u8 {
+        self.task.register(task);
+        self.state.swap(RUNNING, Ordering::AcqRel) & !RUNNING
+    }
+
+    /// What woke the connection since the last look, which the turn now takes care of.
+    fn take(&self) -> u8 {
+        self.state.fetch_and(RUNNING, Ordering::AcqRel) & !RUNNING
+    }
+
+    /// Ends the turn; false if something woke it since the last look (the turn then still
+    /// runs, and goes round again).
+    fn end(&self) -> bool {
+        self.state
+            .compare_exchange(RUNNING, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Ends the turn with work left, for the task's next poll (which looks at everything).
+    fn hand_over(&self) {
+        self.state.store(0, Ordering::Release);
+    }
+
+    fn wake(&self, woke: u8) {
+        if self.state.fetch_or(woke, Ordering::AcqRel) & RUNNING == 0 {
+            self.task.wake();
+        }
+    }
+}
+
+/// The wakers given to h2 ([`CONN`]) and to the streams ([`STREAMS`]), made once per
+/// connection.
+struct TurnWakers {
+    conn: Waker,
+    streams: Waker,
+}
+
+impl TurnWakers {
+    fn new(turn: &Arc<Turn>) -> TurnWakers {
+        let waker = |woke| {
+            Waker::from(Arc::new(TurnWaker {
+                turn: turn.clone(),
+                woke,
+            }))
+        };
+        TurnWakers {
+            conn: waker(CONN),
+            streams: waker(STREAMS),
+        }
+    }
+}
+
+struct TurnWaker {
+    turn: Arc<Turn>,
+    woke: u8,
+}
+
+impl Wake for TurnWaker {
+    fn wake(self: Arc<Self>) {
+        self.turn.wake(self.woke);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.turn.wake(self.woke);
     }
 }
 
@@ -265,7 +502,7 @@ where
     let end = body.is_end_stream();
     complete_head(&mut parts.headers, &body, end);
     match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(stream) if !end => pump(body, stream, h2::Reason::INTERNAL_ERROR, None).await,
+        Ok(stream) if !end => pump(body, stream, h2::Reason::INTERNAL_ERROR).await,
         Ok(_) => {}
         // The stream was reset meanwhile, or the head is not valid HTTP/2 (h2 refuses
         // connection-specific headers, which the handlers remove).
@@ -710,6 +947,25 @@ mod tests {
                 .map(|v| v.to_str().unwrap());
             assert_eq!(got, length, "{path}");
         }
+    }
+
+    /// A stream that keeps using up tokio's budget (each time it does, it and the socket say
+    /// "later" and wake the task) must not keep its connection's turn going round for ever.
+    #[tokio::test]
+    async fn a_stream_that_uses_up_the_budget_does_not_stall_its_connection() {
+        let (addr, _stop) = start(|req: Request<RequestBody>| async move {
+            if req.uri().path() == "/busy" {
+                for _ in 0..10_000 {
+                    tokio::task::coop::consume_budget().await;
+                }
+            }
+            text("done")
+        })
+        .await;
+        let send = connect(addr).await;
+        let (busy, quick) = tokio::join!(ask(&send, "/busy"), ask(&send, "/quick"));
+        assert_eq!(busy.unwrap(), "done");
+        assert_eq!(quick.unwrap(), "done");
     }
 
     #[tokio::test]
