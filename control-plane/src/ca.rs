@@ -103,15 +103,7 @@ pub struct Ca {
     changes: watch::Sender<u64>,
 }
 
-/// SHA-256 of `der`, lower-case hex.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
-}
-
-/// Lower-case hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use ferrule_tls::fingerprint;
 
 fn now_ms() -> u64 {
     SystemTime::now()

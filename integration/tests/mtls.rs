@@ -461,6 +461,19 @@ impl RotationMesh {
         &self.sidecars[0]
     }
 
+    /// 200 rps through web to echo until the sender says stop (at most 60,000 requests).
+    fn load(
+        &self,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<(usize, Vec<String>)>,
+    ) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let outbound = self.web().outbound;
+        let load = tokio::spawn(steady_load(outbound, "echo", 200, 60_000, stop_rx));
+        (stop_tx, load)
+    }
+
     /// Certificates each sidecar has installed so far.
     async fn issued(&self) -> Vec<f64> {
         let mut v = Vec::new();
@@ -477,14 +490,7 @@ impl RotationMesh {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_under_load_without_a_failed_request() {
     let mesh = RotationMesh::start("rotate").await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let load = tokio::spawn(steady_load(
-        mesh.web().outbound,
-        "echo",
-        200,
-        60_000,
-        stop_rx,
-    ));
+    let (stop_tx, load) = mesh.load();
     // One gRPC stream open for the whole run, through both sidecars.
     let stream = grpc_echo_client("stream", mesh.web().outbound, "grpc-echo", &["150"]);
     let stream = tokio::spawn(stream);
@@ -526,14 +532,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_rotates_under_load_without_a_failed_request() {
     let mesh = RotationMesh::start("root").await;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let load = tokio::spawn(steady_load(
-        mesh.web().outbound,
-        "echo",
-        200,
-        60_000,
-        stop_rx,
-    ));
+    let (stop_tx, load) = mesh.load();
     let roots = |want: u64| {
         let sidecars = &mesh.sidecars;
         async move {
@@ -643,7 +642,31 @@ async fn sidecars_use_a_control_plane_served_over_tls() {
     let bundle = cp.trust_bundle();
     let trust = ["--trust-bundle", bundle.to_str().unwrap()];
     let echo = meshed(&cp, &dir, "echo", app.addr, &trust);
-    let web = meshed(&cp, &dir, "web", unused_app(), &trust);
+    // web knows only the root's fingerprint: it fetches the bundle and checks it by the pin.
+    let (ca, ok) = curl(&[
+        "--cacert",
+        bundle.to_str().unwrap(),
+        &format!("{}/v1/ca", cp.url),
+    ]);
+    assert!(ok, "{ca}");
+    let ca: serde_json::Value = serde_json::from_str(&ca).unwrap();
+    let pin = ca["roots"][0]["fingerprint"].as_str().unwrap().to_owned();
+    let web = meshed(
+        &cp,
+        &dir,
+        "web",
+        unused_app(),
+        &["--trust-bundle-sha256", &pin],
+    );
+    // A wrong pin: the fetched bundle is refused, so no certificate is ever asked for.
+    let wrong = "00".repeat(32);
+    let misled = meshed(
+        &cp,
+        &dir,
+        "misled",
+        unused_app(),
+        &["--trust-bundle-sha256", &wrong],
+    );
     web.wait_ready().await;
     web.wait_endpoints("echo", 1).await;
     let (status, _, _) = TestClient::http1()
@@ -691,5 +714,10 @@ async fn sidecars_use_a_control_plane_served_over_tls() {
         0,
         "an anonymous sidecar got a snapshot"
     );
+    eventually(Duration::from_secs(10), "the wrong pin refused", || async {
+        misled.proc.log_text().contains("pinned SHA-256")
+    })
+    .await;
+    assert!(identity_of(&misled).await["identity"].is_null());
     drop(echo);
 }

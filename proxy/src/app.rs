@@ -38,6 +38,11 @@ pub struct Args {
     /// first certificate brings the bundle in use.
     #[arg(long, env = "FERRULE_TRUST_BUNDLE")]
     pub trust_bundle: Option<PathBuf>,
+    /// SHA-256 of one root certificate of the mesh (hex, as `ferrulectl ca show` prints it):
+    /// instead of `--trust-bundle`, the bundle is fetched once from the control plane and
+    /// accepted only if one of its roots has this fingerprint.
+    #[arg(long, env = "FERRULE_TRUST_BUNDLE_SHA256")]
+    pub trust_bundle_sha256: Option<String>,
     /// Trust domain of the mesh (the control plane's identity is checked in it).
     #[arg(long, env = "FERRULE_TRUST_DOMAIN", default_value = ferrule_config::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -246,7 +251,12 @@ pub async fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
-    let control_plane = ControlPlane::new(args.control_plane.clone(), bundle, &args.trust_domain)?;
+    let control_plane = ControlPlane::new(
+        args.control_plane.clone(),
+        bundle,
+        args.trust_bundle_sha256.clone(),
+        &args.trust_domain,
+    )?;
     let identity = if args.identity_disabled {
         tracing::warn!("--identity-disabled: this sidecar speaks plaintext to its peers and has no identity; for local development only");
         Identity::disabled()

@@ -238,7 +238,7 @@ pub fn client_config(
 ) -> Result<ClientConfig, String> {
     let provider = provider();
     let verifier = Arc::new(ChainVerifier {
-        roots: bundle.roots.clone(),
+        roots: Some(bundle.roots.clone()),
         provider: provider.clone(),
     });
     let builder = ClientConfig::builder_with_provider(provider)
@@ -264,9 +264,11 @@ pub fn server_name(addr: std::net::IpAddr) -> ServerName<'static> {
 
 /// Verifies a server's chain against the trust bundle, and not its name (see the module
 /// documentation: the SPIFFE ID is checked after the handshake, before any request is sent).
+/// Without roots it accepts any chain ([`unverified_client_config`]); handshake signatures are
+/// checked either way.
 #[derive(Debug)]
 struct ChainVerifier {
-    roots: Arc<RootCertStore>,
+    roots: Option<Arc<RootCertStore>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -279,10 +281,13 @@ impl ServerCertVerifier for ChainVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(roots) = &self.roots else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            roots,
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -334,6 +339,53 @@ pub fn new_key_and_csr() -> Result<(Vec<u8>, String), String> {
         .pem()
         .map_err(|e| format!("cannot encode the signing request: {e}"))?;
     Ok((key.serialize_der(), csr))
+}
+
+/// SHA-256 of a certificate's DER, lower-case hex without separators: how roots are named
+/// (`GET /v1/ca`) and pinned (a sidecar's `--trust-bundle-sha256`).
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A bundle fetched without verification, accepted only if one of its roots has the pinned
+/// fingerprint (compared case-insensitively, `:` separators ignored).
+pub fn pinned_bundle(pem: &str, pin: &str) -> Result<Bundle, String> {
+    let want: String = pin
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let bundle = Bundle::from_pem(pem)?;
+    let certs = certs_from_pem(pem)?;
+    if certs.iter().any(|c| fingerprint(c.as_ref()) == want) {
+        Ok(bundle)
+    } else {
+        Err(format!(
+            "no root in the control plane's trust bundle has the pinned SHA-256 {want}"
+        ))
+    }
+}
+
+/// A client configuration that accepts any server certificate. Only for fetching the trust
+/// bundle once at bootstrap, whose content is then checked against a pinned fingerprint
+/// ([`pinned_bundle`]); nothing else may be sent over it.
+pub fn unverified_client_config(alpn: &[&[u8]]) -> Result<ClientConfig, String> {
+    let provider = provider();
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChainVerifier {
+            roots: None,
+            provider,
+        }))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
 }
 
 /// A PKCS#8 key (DER) as PEM, for tools that read key files (openssl, nginx).

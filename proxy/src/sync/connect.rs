@@ -4,8 +4,13 @@
 //! and this sidecar presents its workload certificate once it holds one (the control plane
 //! authenticates renewals and the push stream by it).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
 
 use ferrule_tls::tokio_rustls::TlsConnector;
 use ferrule_tls::{Bundle, ALPN_H2, ALPN_HTTP1};
@@ -15,6 +20,8 @@ use tokio::net::TcpStream;
 use crate::base::Identity;
 use crate::forward::conn::Conn;
 
+/// Where the control plane serves its trust bundle.
+const TRUST_BUNDLE_PATH: &str = "/v1/trust-bundle";
 /// How long a connect (TCP and TLS) to the control plane may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -35,16 +42,24 @@ pub struct ControlPlane {
 
 #[derive(Debug, Clone)]
 struct ControlTls {
-    /// The bundle to verify it with before the sidecar has one of its own (`--trust-bundle`).
-    bundle: Option<Bundle>,
+    /// The bundle to verify it with before the sidecar has one of its own (`--trust-bundle`,
+    /// or fetched once and checked against `pin`).
+    bundle: Arc<Mutex<Option<Bundle>>>,
+    /// SHA-256 of one root of the bundle to fetch (`--trust-bundle-sha256`).
+    pin: Option<String>,
     /// The identity it must prove.
     expected: String,
 }
 
 impl ControlPlane {
-    /// Checks the URL: `https://` needs a trust bundle (from `bundle`, or, once the sidecar
-    /// holds a certificate, the one that came with it).
-    pub fn new(uri: Uri, bundle: Option<Bundle>, trust_domain: &str) -> Result<Self, String> {
+    /// Checks the URL: `https://` needs a trust bundle, given (`bundle`) or fetched once from
+    /// the control plane and accepted only if one of its roots has the fingerprint `pin`.
+    pub fn new(
+        uri: Uri,
+        bundle: Option<Bundle>,
+        pin: Option<String>,
+        trust_domain: &str,
+    ) -> Result<Self, String> {
         let authority = uri
             .authority()
             .ok_or("the control plane URL has no host:port")?
@@ -58,14 +73,19 @@ impl ControlPlane {
                     CONTROL_SERVICE,
                 )?
                 .to_string();
-                if bundle.is_none() {
+                if bundle.is_none() && pin.is_none() {
                     return Err(
                         "an https:// control plane needs --trust-bundle (the mesh's root \
-                         certificates, PEM) to verify it"
+                         certificates, PEM) or --trust-bundle-sha256 (the fingerprint of one \
+                         root, from `ferrulectl ca show`) to verify it"
                             .into(),
                     );
                 }
-                Some(ControlTls { bundle, expected })
+                Some(ControlTls {
+                    bundle: Arc::new(Mutex::new(bundle)),
+                    pin,
+                    expected,
+                })
             }
             _ => {
                 return Err(format!(
@@ -105,11 +125,16 @@ impl ControlPlane {
             let Some(tls) = &self.tls else {
                 return Ok(Conn::Plain(stream));
             };
-            // The mesh's bundle once there is one (it follows root rotation), else the file.
-            let bundle = identity
-                .bundle()
-                .or_else(|| tls.bundle.clone())
-                .ok_or("no trust bundle to verify the control plane with")?;
+            // The mesh's bundle once there is one (it follows root rotation), else the file or
+            // the pinned one.
+            let given = tls.bundle.lock().expect("bundle lock poisoned").clone();
+            let bundle = match (identity.bundle().or(given), &tls.pin) {
+                (Some(b), _) => b,
+                (None, Some(pin)) => self.fetch_pinned(pin).await?,
+                (None, None) => {
+                    return Err("no trust bundle to verify the control plane with".into())
+                }
+            };
             let creds = identity.credentials();
             let alpn: &[&[u8]] = if h2 { &[ALPN_H2] } else { &[ALPN_HTTP1] };
             let config = ferrule_tls::client_config(creds.as_ref(), &bundle, alpn)?;
@@ -134,5 +159,55 @@ impl ControlPlane {
         tokio::time::timeout(CONNECT_TIMEOUT, work)
             .await
             .map_err(|_| format!("connect to {addr} timed out"))?
+    }
+
+    /// Fetches `GET /v1/trust-bundle` over a connection that verifies nothing, and keeps the
+    /// bundle only if one of its roots has the pinned fingerprint: the pin, not the
+    /// connection, is what makes it trustworthy. Nothing else is sent on that connection.
+    async fn fetch_pinned(&self, pin: &str) -> Result<Bundle, String> {
+        let addr = self.authority.as_str();
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let ip = stream.peer_addr().map_err(|e| e.to_string())?.ip();
+        let config = ferrule_tls::unverified_client_config(&[ALPN_HTTP1])?;
+        let conn = TlsConnector::from(Arc::new(config))
+            .connect(ferrule_tls::server_name(ip), stream)
+            .await
+            .map_err(|e| format!("TLS handshake with the control plane at {addr}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
+            .await
+            .map_err(|e| format!("HTTP handshake with the control plane: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::get(format!("https://{addr}{TRUST_BUNDLE_PATH}"))
+            .header(header::HOST, addr)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("fetching the trust bundle: {e}"))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the trust bundle: {e}"))?
+            .to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            return Err(format!("fetching the trust bundle: {status}"));
+        }
+        let pem = String::from_utf8_lossy(&body);
+        let bundle = ferrule_tls::pinned_bundle(&pem, pin)?;
+        if let Some(tls) = &self.tls {
+            *tls.bundle.lock().expect("bundle lock poisoned") = Some(bundle.clone());
+        }
+        tracing::info!(
+            roots = bundle.len(),
+            "trust bundle fetched from the control plane and matched the pinned fingerprint"
+        );
+        Ok(bundle)
     }
 }
