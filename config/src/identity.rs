@@ -93,10 +93,10 @@ fn check_trust_domain(td: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Namespaces and services are names like service names (see `resource::check_name`), without
+/// Namespaces and services are names like service names (see `names::check_name`), without
 /// dots, so that a path segment never reads as a relative path.
 fn check_segment(what: &str, s: &str) -> Result<(), String> {
-    crate::resource::check_name(s).map_err(|e| format!("{what}: {e}"))?;
+    crate::names::check_name(s).map_err(|e| format!("{what}: {e}"))?;
     if s.contains('.') {
         return Err(format!("{what} {s:?} must not contain '.'"));
     }

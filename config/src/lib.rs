@@ -8,6 +8,7 @@
 //! - [`snapshot`]: the versioned set of resources one proxy needs.
 //! - [`push`]: the messages of the sidecar <-> control plane stream.
 //! - [`duration`]: `250ms`-style durations.
+//! - [`names`]: the rule for names (services, endpoints, namespaces).
 //! - [`identity`]: SPIFFE IDs of workloads and the patterns rules match them with.
 //! - [`time`]: RFC 3339 timestamps.
 //! - [`authz`]: a service's authorization policy, and its evaluation.
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod document;
 pub mod duration;
 pub mod identity;
+pub mod names;
 pub mod push;
 pub mod resource;
 pub mod snapshot;

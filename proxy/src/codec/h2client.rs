@@ -25,8 +25,8 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::h2body::{pump, H2Body};
-use crate::codec::h2server::OnWake;
 use crate::codec::headers::RequestBody;
+use crate::codec::wake::OnWake;
 
 /// How often an open connection pings its peer.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);

@@ -23,7 +23,7 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -43,6 +43,7 @@ use tokio::sync::watch;
 
 use crate::codec::h2body::{pump, H2Body};
 use crate::codec::headers::{ProxyBody, RequestBody};
+use crate::codec::wake::OnWake;
 
 /// What a connection is held to.
 #[derive(Debug, Clone, Copy)]
@@ -213,61 +214,6 @@ async fn stop_signal(mut stop: watch::Receiver<bool>) {
         if stop.changed().await.is_err() {
             return;
         }
-    }
-}
-
-/// A future polled only when its own waker has fired since its last poll (and on the first
-/// poll), so a task that waits for it among other things, most of which wake it far more
-/// often, pays one flag per wake-up for it instead of a poll.
-pub(crate) struct OnWake<F> {
-    future: F,
-    flag: Arc<WakeFlag>,
-    waker: Waker,
-}
-
-struct WakeFlag {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for WakeFlag {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl<F: Future + Unpin> OnWake<F> {
-    pub(crate) fn new(future: F) -> OnWake<F> {
-        let flag = Arc::new(WakeFlag {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        OnWake {
-            future,
-            waker: Waker::from(flag.clone()),
-            flag,
-        }
-    }
-
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.flag.task.register(cx.waker());
-        if !self.flag.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        Pin::new(&mut self.future).poll(&mut Context::from_waker(&self.waker))
-    }
-}
-
-impl OnWake<Pin<Box<tokio::time::Sleep>>> {
-    /// Sets the timer to fire at `deadline` (it is polled next time, to take the new time).
-    pub(crate) fn reset(&mut self, deadline: tokio::time::Instant) {
-        self.future.as_mut().reset(deadline);
-        self.flag.woken.store(true, Ordering::Release);
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`headers`]: body types, the one hop-by-hop rule, authority, next-hop rewrites.
 //! - [`render`]: the one renderer of proxy-made responses, in every wire form.
 //! - [`io`]: IO adapters shared by the codecs (read-ahead bytes, borrowing halves).
+//! - [`wake`]: a future polled only when its own waker fired (timers beside a busy connection).
 
 pub mod h1;
 pub mod h1guard;
@@ -18,6 +19,7 @@ pub mod h2server;
 pub mod headers;
 pub mod io;
 pub mod render;
+pub mod wake;
 
 use http::{HeaderName, HeaderValue, Request, Version};
 

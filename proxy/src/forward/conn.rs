@@ -19,8 +19,58 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::base::Identity;
-use crate::forward::upstream::ConnectError;
 use crate::telemetry::metrics::{Direction, Metrics};
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed or timed out.
+    #[error("connect to {addr}: {source}")]
+    Tcp {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Fresh connections kept closing before the request could be sent.
+    #[error("connections to {addr} closed before the request could be sent")]
+    Closed {
+        /// Where.
+        addr: SocketAddr,
+    },
+    /// This sidecar has no certificate yet, and the endpoint takes mutual TLS only.
+    #[error("{addr} takes mutual TLS and this sidecar holds no certificate yet")]
+    NoCertificate {
+        /// Where.
+        addr: SocketAddr,
+    },
+    /// The TLS handshake failed (the peer's chain, or ours, was refused).
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The peer proved another identity than the endpoint's: nothing was sent to it.
+    #[error("{addr} presented identity {found}, expected {expected}; the request was not sent")]
+    WrongIdentity {
+        /// Where.
+        addr: SocketAddr,
+        /// The endpoint's identity in the snapshot.
+        expected: Arc<str>,
+        /// What the peer's certificate says.
+        found: String,
+    },
+    /// The HTTP handshake failed.
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
 
 /// An upstream connection.
 #[derive(Debug)]

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use crate::codec::h2client;
 use crate::codec::headers::{H2Body, RequestBody, UpstreamBody, Wire};
+pub use crate::forward::conn::ConnectError;
 use crate::forward::conn::{self, Conn, TlsTarget};
 
 /// Most idle HTTP/1.1 connections pooled per upstream (for each of the two HTTP/1.1 clients);
@@ -55,57 +56,6 @@ pub fn may_resend(reused: bool, written: bool, idempotent: bool, body_in_hand: b
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// An endpoint whose connect failed this recently is avoided while others are available.
 const FAILURE_MEMORY: Duration = Duration::from_secs(2);
-
-/// Why no connection could be had.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// TCP connect failed or timed out.
-    #[error("connect to {addr}: {source}")]
-    Tcp {
-        /// Where.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Fresh connections kept closing before the request could be sent.
-    #[error("connections to {addr} closed before the request could be sent")]
-    Closed {
-        /// Where.
-        addr: SocketAddr,
-    },
-    /// This sidecar has no certificate yet, and the endpoint takes mutual TLS only.
-    #[error("{addr} takes mutual TLS and this sidecar holds no certificate yet")]
-    NoCertificate {
-        /// Where.
-        addr: SocketAddr,
-    },
-    /// The TLS handshake failed (the peer's chain, or ours, was refused).
-    #[error("TLS handshake with {addr}: {source}")]
-    Tls {
-        /// Where.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The peer proved another identity than the endpoint's: nothing was sent to it.
-    #[error("{addr} presented identity {found}, expected {expected}; the request was not sent")]
-    WrongIdentity {
-        /// Where.
-        addr: SocketAddr,
-        /// The endpoint's identity in the snapshot.
-        expected: Arc<str>,
-        /// What the peer's certificate says.
-        found: String,
-    },
-    /// The HTTP handshake failed.
-    #[error("HTTP handshake with {addr}: {source}")]
-    Handshake {
-        /// Where.
-        addr: SocketAddr,
-        /// Why.
-        source: BoxError,
-    },
-}
 
 /// An error of either HTTP stack (hyper for HTTP/1.1, h2 for HTTP/2).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
