@@ -17,7 +17,6 @@ use ferrule_control::{Config, Server};
 use ferrule_tls::tokio_rustls::{client::TlsStream, TlsConnector};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -128,32 +127,10 @@ pub async fn request(
     body: Option<Value>,
     token: Option<&str>,
 ) -> (StatusCode, Value) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut req = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let bytes = body
-        .map(|b| serde_json::to_vec(&b).unwrap())
-        .unwrap_or_default();
-    let resp = client
-        .request(req.body(Full::new(Bytes::from(bytes))).unwrap())
+    let io = tokio::net::TcpStream::connect(addr)
         .await
-        .expect("request succeeds");
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = if is_json {
-        serde_json::from_slice(&bytes).expect("valid JSON")
-    } else {
-        Value::String(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    (status, value)
+        .expect("connect to the control plane");
+    request_on(io, method, path, body, token).await
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `within`.
