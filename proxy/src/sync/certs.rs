@@ -17,13 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use ferrule_tls::{Bundle, Credentials};
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use rand::Rng;
 use tokio::sync::watch;
 
 use crate::base::Identity;
-use crate::sync::connect::ControlPlane;
+use crate::sync::connect::{exchange, ControlPlane};
 use crate::telemetry::metrics::Metrics;
 
 /// Path of the signing API on the control plane.
@@ -33,8 +32,6 @@ const RENEW_AT: f64 = 0.7;
 /// Retry delays after a failed request.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
-/// Largest answer read from the control plane.
-const MAX_ANSWER: usize = 1024 * 1024;
 
 /// Where certificates come from.
 #[derive(Debug, Clone)]
@@ -115,12 +112,6 @@ async fn obtain(src: &CertSource, identity: &Identity) -> Result<(Credentials, B
     let (key, csr) = ferrule_tls::new_key_and_csr()?;
     let cp = &src.control_plane;
     let conn = cp.connect(identity, false).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-        .await
-        .map_err(|e| format!("HTTP handshake with the control plane: {e}"))?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let mut body = serde_json::json!({ "csr": csr });
     if let Some(ttl) = src.ttl {
         body["ttl"] = format!("{}s", ttl.as_secs().max(1)).into();
@@ -138,17 +129,7 @@ async fn obtain(src: &CertSource, identity: &Identity) -> Result<(Credentials, B
     let req = req
         .body(Full::new(Bytes::from(body.to_string())))
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-        .await
-        .map_err(|_| "the control plane did not answer the certificate request in 10s".to_string())?
-        .map_err(|e| format!("certificate request: {e}"))?;
-    let status = resp.status();
-    let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| format!("reading the certificate answer: {e}"))?
-        .to_bytes();
-    driver.abort();
+    let (status, bytes) = exchange(conn, req, "the certificate request").await?;
     if status != StatusCode::OK {
         return Err(format!(
             "the control plane refused the certificate request: {status}: {}",

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use ferrule_tls::tokio_rustls::TlsConnector;
 use ferrule_tls::{Bundle, ALPN_H2, ALPN_HTTP1};
@@ -19,6 +20,41 @@ use tokio::net::TcpStream;
 
 use crate::base::Identity;
 use crate::forward::conn::Conn;
+
+/// Largest answer read from the control plane.
+const MAX_ANSWER: usize = 1024 * 1024;
+/// How long the control plane has to answer a request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One HTTP/1.1 exchange with the control plane on `io`, a connection of its own: sends `req`
+/// and returns the status and the whole body. `what` names the request in errors.
+pub(crate) async fn exchange<I>(
+    io: I,
+    req: Request<Full<Bytes>>,
+    what: &str,
+) -> Result<(StatusCode, Bytes), String>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake with the control plane: {e}"))?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let resp = tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| format!("the control plane did not answer {what} in {ANSWER_TIMEOUT:?}"))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    let status = resp.status();
+    let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer to {what}: {e}"))?
+        .to_bytes();
+    driver.abort();
+    Ok((status, bytes))
+}
 
 /// Where the control plane serves its trust bundle.
 const TRUST_BUNDLE_PATH: &str = "/v1/trust-bundle";
@@ -175,27 +211,11 @@ impl ControlPlane {
             .connect(ferrule_tls::server_name(ip), stream)
             .await
             .map_err(|e| format!("TLS handshake with the control plane at {addr}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(conn))
-            .await
-            .map_err(|e| format!("HTTP handshake with the control plane: {e}"))?;
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let req = Request::get(format!("https://{addr}{TRUST_BUNDLE_PATH}"))
             .header(header::HOST, addr)
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("fetching the trust bundle: {e}"))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the trust bundle: {e}"))?
-            .to_bytes();
-        driver.abort();
+        let (status, body) = exchange(conn, req, "fetching the trust bundle").await?;
         if !status.is_success() {
             return Err(format!("fetching the trust bundle: {status}"));
         }
