@@ -12,6 +12,8 @@
 //! - [`identity`]: SPIFFE IDs of workloads and the patterns rules match them with.
 //! - [`time`]: RFC 3339 timestamps.
 //! - [`authz`]: a service's authorization policy, and its evaluation.
+//! - [`resilience`]: retries and their budget, timeouts, circuit breaking, outlier ejection,
+//!   locality, rate limits, faults, fallbacks and mirroring.
 
 pub mod authz;
 pub mod decode;
@@ -20,6 +22,7 @@ pub mod duration;
 pub mod identity;
 pub mod names;
 pub mod push;
+pub mod resilience;
 pub mod resource;
 pub mod snapshot;
 pub mod time;

@@ -140,6 +140,9 @@ impl<'de> Deserialize<'de> for MtlsMode {
 pub struct TrafficPolicy {
     /// Load balancer choice; least-request by default, which copes best with slow endpoints.
     pub load_balancer: LoadBalancer,
+    /// Connect timeout, locality, circuit breaker, outlier detection, retry budget.
+    #[serde(flatten)]
+    pub resilience: crate::resilience::Destination,
 }
 
 /// A logical service that clients call by name (`http://echo/...`).
@@ -187,6 +190,9 @@ pub struct Route {
         with = "duration::option"
     )]
     pub timeout: Option<Duration>,
+    /// Retries, idle timeout, fallback, faults, rate limit, mirroring.
+    #[serde(flatten)]
+    pub resilience: crate::resilience::RouteResilience,
 }
 
 /// Request conditions of a route; every condition present must hold.
@@ -511,8 +517,12 @@ fn decode_traffic_policy(d: &Diag, path: String, v: &Value) -> Option<TrafficPol
         }),
         None => Some(LoadBalancer::default()),
     };
+    let resilience = crate::resilience::decode_destination(&mut o);
     o.finish();
-    Some(TrafficPolicy { load_balancer: lb? })
+    Some(TrafficPolicy {
+        load_balancer: lb?,
+        resilience: resilience?,
+    })
 }
 
 fn decode_route(d: &Diag, path: String, v: &Value) -> Option<Route> {
@@ -561,12 +571,14 @@ fn decode_route(d: &Diag, path: String, v: &Value) -> Option<Route> {
         },
         None => Some(None),
     };
+    let resilience = crate::resilience::decode_route(&mut o);
     o.finish();
     Some(Route {
         name: name?,
         match_: match_?,
         backends: backends.into_iter().collect::<Option<Vec<_>>>()?,
         timeout: timeout?,
+        resilience: resilience?,
     })
 }
 
@@ -615,7 +627,7 @@ fn decode_match(d: &Diag, path: String, v: &Value) -> Option<RouteMatch> {
     let headers = o.str_map("headers").unwrap_or_default();
     let hpath = crate::decode::join(&o.path, "headers");
     for (k, v) in &headers {
-        if http_header_name(k).is_err() {
+        if !check_header_name(k) {
             d.err(
                 &crate::decode::join(&hpath, k),
                 "is not a valid lower-case header name",
@@ -639,15 +651,27 @@ fn decode_match(d: &Diag, path: String, v: &Value) -> Option<RouteMatch> {
     })
 }
 
-/// Header names in matches must be lower-case tokens (HTTP/2 forbids upper case on the wire).
-fn http_header_name(k: &str) -> Result<(), ()> {
+/// Header names in policy must be lower-case tokens (HTTP/2 forbids upper case on the wire).
+pub(crate) fn check_header_name(k: &str) -> bool {
     let tchar =
         |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if !k.is_empty() && k.bytes().all(tchar) {
-        Ok(())
-    } else {
-        Err(())
-    }
+    !k.is_empty() && k.bytes().all(tchar)
+}
+
+/// Headers that describe the connection or the framing, which the proxy sets itself.
+pub(crate) fn is_connection_header(k: &str) -> bool {
+    matches!(
+        k,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "content-length"
+            | "host"
+    )
 }
 
 fn decode_backend(d: &Diag, path: String, v: &Value) -> Option<Backend> {

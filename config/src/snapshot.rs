@@ -93,6 +93,15 @@ impl Snapshot {
         let mut errs = Vec::new();
         for svc in &self.services {
             for (i, route) in svc.routes.iter().enumerate() {
+                if let Some(m) = &route.resilience.mirror {
+                    if !names.contains(m.service.as_str()) {
+                        errs.push(crate::FieldError {
+                            resource: format!("Service/{}", svc.name),
+                            path: format!("routes[{i}].mirror.service"),
+                            message: format!("service {:?} does not exist", m.service),
+                        });
+                    }
+                }
                 for (j, b) in route.backends.iter().enumerate() {
                     if let Some(target) = &b.service {
                         if !names.contains(target.as_str()) {

@@ -169,3 +169,151 @@ fn all_zero_weights_are_refused() {
         .to_string()
         .contains("routes[0].backends: at least one backend"));
 }
+
+const RESILIENT: &str = r#"
+kind: Service
+name: pay
+trafficPolicy:
+  connectTimeout: 250ms
+  locality: { failoverBelow: 50 }
+  circuitBreaker: { maxRequests: 10, maxPending: 0, queueTimeout: 50ms }
+  outlierDetection: { consecutiveFailures: 3, baseEjectionTime: 1s, maxEjectedPercent: 34 }
+  retryBudget: { percent: 10, minPerSecond: 1, window: 5s }
+routes:
+  - match: { pathPrefix: /slow }
+    timeout: 2s
+    idleTimeout: 1m
+    retries:
+      attempts: 4
+      on: [5xx, reset, resource-exhausted]
+      statusCodes: [409]
+      perTryTimeout: 300ms
+      backoff: { base: 10ms, max: 40ms }
+      nonIdempotent: true
+    fallback: { status: 200, headers: { content-type: application/json }, body: "[]" }
+    faults:
+      delay: { fixed: 100ms, percent: 20 }
+      abort: { httpStatus: 503, grpcStatus: 14, percent: 10 }
+      allowHeader: true
+    rateLimit: { requestsPerSecond: 100, burst: 20, key: { header: x-tenant }, shadow: true, side: outbound }
+    mirror: { service: pay, percent: 5 }
+  - match: { pathPrefix: / }
+"#;
+
+#[test]
+fn resilience_policy_decodes_and_round_trips() {
+    use crate::resilience::*;
+    use std::time::Duration;
+    let rs = parse_documents(RESILIENT, "pay.yaml").unwrap();
+    let Resource::Service(s) = &rs[0] else {
+        panic!("not a service")
+    };
+    let dest = &s.traffic_policy.resilience;
+    assert_eq!(dest.connect_timeout, Duration::from_millis(250));
+    assert_eq!(dest.locality.failover_below, 50);
+    assert!(dest.locality.enabled);
+    assert_eq!(dest.circuit_breaker.max_requests, 10);
+    assert_eq!(dest.circuit_breaker.max_pending, 0);
+    assert_eq!(dest.outlier_detection.consecutive_failures, 3);
+    // Fields left out keep their defaults.
+    assert_eq!(dest.outlier_detection.failure_percent, 50);
+    assert_eq!(dest.retry_budget.window, Duration::from_secs(5));
+    let r = &s.routes[0].resilience;
+    assert_eq!(r.idle_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(r.retries.attempts, 4);
+    assert_eq!(
+        r.retries.on,
+        [
+            RetryOn::Status5xx,
+            RetryOn::Reset,
+            RetryOn::ResourceExhausted
+        ]
+    );
+    assert_eq!(r.retries.status_codes, [409]);
+    assert!(r.retries.non_idempotent);
+    assert_eq!(r.fallback.as_ref().unwrap().body, "[]");
+    let f = r.faults.unwrap();
+    assert_eq!(f.abort.unwrap().grpc_status, Some(14));
+    assert!(f.allow_header);
+    let rl = r.rate_limit.as_ref().unwrap();
+    assert_eq!(rl.key, Some(RateKey::Header("x-tenant".into())));
+    assert_eq!(rl.side, Side::Outbound);
+    assert_eq!(r.mirror.as_ref().unwrap().percent, 5);
+    // The second route has every default: safe retries, no faults.
+    assert_eq!(s.routes[1].resilience, RouteResilience::default());
+    assert_eq!(s.routes[1].resilience.retries.attempts, 3);
+
+    let json = serde_json::to_string(&rs).unwrap();
+    assert_eq!(parse_documents(&json, "pay.json").unwrap(), rs);
+    // Defaults are not written out, so a plain service prints as it was applied.
+    let plain = parse_documents("kind: Service\nname: a\nroutes: [{}]\n", "a").unwrap();
+    let json = serde_json::to_string(&plain).unwrap();
+    assert!(
+        !json.contains("retries") && !json.contains("circuitBreaker"),
+        "{json}"
+    );
+}
+
+#[test]
+fn bad_resilience_fields_are_reported_with_paths() {
+    let bad = r#"
+kind: Service
+name: pay
+trafficPolicy:
+  connectTimeout: 0ms
+  circuitBreaker: { maxRequests: 0, queueTimeout: soon }
+  outlierDetection: { baseEjectionTime: 1m, maxEjectionTime: 10s, failurePercent: 101 }
+  retryBudget: { percnt: 10 }
+routes:
+  - retries: { attempts: 0, on: [5xx, teapot], statusCodes: [99], backoff: { base: 1s, max: 10ms } }
+    fallback: { headers: { Bad: x, content-length: "3" } }
+    faults: { abort: { percent: 10 }, delay: { percent: 200 } }
+    rateLimit: { burst: 0, key: { header: x, clientIdentity: true }, side: sideways }
+    mirror: { service: nowhere, percent: 5 }
+"#;
+    let errs = parse_documents(bad, "bad.yaml").unwrap_err();
+    let text: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+    let want = [
+        "Service/pay: trafficPolicy.connectTimeout: must be between 1ms and 1m",
+        "Service/pay: trafficPolicy.circuitBreaker.maxRequests: must be between 1 and 1000000",
+        "Service/pay: trafficPolicy.circuitBreaker.queueTimeout: \"soon\" is not a duration",
+        "Service/pay: trafficPolicy.outlierDetection.failurePercent: must be between 0 and 100",
+        "Service/pay: trafficPolicy.outlierDetection.maxEjectionTime: must not be shorter",
+        "Service/pay: trafficPolicy.retryBudget.percnt: unknown field",
+        "Service/pay: routes[0].retries.attempts: must be between 1 and 10",
+        "Service/pay: routes[0].retries.on[1]: unknown condition \"teapot\"",
+        "Service/pay: routes[0].retries.statusCodes[0]: must be an HTTP status",
+        "Service/pay: routes[0].retries.backoff.max: must not be shorter than base",
+        "Service/pay: routes[0].fallback.status: is required",
+        "Service/pay: routes[0].fallback.headers.Bad: is not a valid lower-case header name",
+        "Service/pay: routes[0].fallback.headers.content-length: is set by the proxy",
+        "Service/pay: routes[0].faults.abort: needs httpStatus, grpcStatus or both",
+        "Service/pay: routes[0].faults.delay.fixed: is required",
+        "Service/pay: routes[0].faults.delay.percent: must be between 0 and 100",
+        "Service/pay: routes[0].rateLimit.requestsPerSecond: is required",
+        "Service/pay: routes[0].rateLimit.burst: must be between 1 and 1000000",
+        "Service/pay: routes[0].rateLimit.key: needs exactly one of header, clientIdentity",
+        "Service/pay: routes[0].rateLimit.side: unknown side \"sideways\"",
+    ];
+    for w in want {
+        assert!(
+            text.iter().any(|t| t.starts_with(w)),
+            "missing {w:?} in {text:#?}"
+        );
+    }
+    assert_eq!(text.len(), want.len(), "{text:#?}");
+
+    // A mirror must name a service of the snapshot.
+    let doc = "kind: Service\nname: a\nroutes: [{mirror: {service: b}}]\n";
+    let mut snap = Snapshot::default();
+    for r in parse_documents(doc, "a").unwrap() {
+        if let Resource::Service(s) = r {
+            snap.services.push(s);
+        }
+    }
+    let errs = snap.check_references().unwrap_err().to_string();
+    assert!(
+        errs.contains("Service/a: routes[0].mirror.service: service \"b\" does not exist"),
+        "{errs}"
+    );
+}
