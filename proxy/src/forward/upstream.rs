@@ -52,8 +52,9 @@ pub const POOL_MAX_LIFETIME: Duration = Duration::from_secs(300);
 pub fn may_resend(reused: bool, written: bool, idempotent: bool, body_in_hand: bool) -> bool {
     reused && (!written || (idempotent && body_in_hand))
 }
-/// How long a connect may take before the endpoint counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connect may take before the endpoint counts as failed, until a snapshot sets the
+/// destination's `connectTimeout` (the inbound app's stays this).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// An endpoint whose connect failed this recently is avoided while others are available.
 const FAILURE_MEMORY: Duration = Duration::from_secs(2);
 
@@ -76,6 +77,8 @@ pub struct Upstream {
     /// Mutual TLS to a peer sidecar, or plaintext when `None`.
     tls: Option<TlsTarget>,
     in_flight: AtomicUsize,
+    /// The destination's connect timeout, in milliseconds (set by each snapshot).
+    connect_timeout_ms: AtomicU64,
     /// Milliseconds since `epoch` of the last failed connect, 0 if none.
     last_failure_ms: AtomicU64,
     epoch: Instant,
@@ -99,6 +102,7 @@ impl Upstream {
             addr,
             tls,
             in_flight: AtomicUsize::new(0),
+            connect_timeout_ms: AtomicU64::new(CONNECT_TIMEOUT.as_millis() as u64),
             last_failure_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             idle_h1: Mutex::new(Vec::new()),
@@ -121,6 +125,12 @@ impl Upstream {
     /// Requests in flight (sent, response headers not yet received).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Sets how long a connect may take (the destination's `connectTimeout`).
+    pub fn set_connect_timeout(&self, t: Duration) {
+        self.connect_timeout_ms
+            .store(t.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
     /// Whether a connect to this address failed within the last few seconds.
@@ -214,7 +224,8 @@ impl Upstream {
     /// failure, the TLS handshake's and the identity check's included, counts against the
     /// endpoint, as a refused TCP connect does.
     async fn connect_stream(&self, h2: bool) -> Result<Conn, ConnectError> {
-        let res = conn::connect(self.addr, self.tls.as_ref(), h2, CONNECT_TIMEOUT).await;
+        let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
+        let res = conn::connect(self.addr, self.tls.as_ref(), h2, timeout).await;
         if res.is_err() {
             self.note_failure();
         }

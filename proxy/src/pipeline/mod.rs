@@ -34,7 +34,7 @@ use crate::codec::headers::{host_of, Wire};
 use crate::codec::render::ProxyError;
 use crate::codec::HeadView;
 use crate::forward::upstream::Upstream;
-use crate::plan::policy::{Policy, ServiceTable, Target};
+use crate::plan::policy::{Policy, RouteTable, ServiceTable, Target};
 use crate::telemetry::metrics::{Codec, Direction, ServiceMetrics};
 
 /// One direction's pipeline: what the outbound or inbound listener runs for each request.
@@ -75,8 +75,8 @@ pub struct Decision {
     pub dest: Dest,
     /// The destination service (outbound), for metrics and messages.
     pub service: Option<Arc<ServiceTable>>,
-    /// The matched route's name, if it has one.
-    pub route: Option<Arc<str>>,
+    /// The matched route (outbound): its name, retry policy and the rest of its resilience.
+    pub route: Option<Arc<RouteTable>>,
     /// The route's deadline for the response head, covering every attempt.
     pub timeout: Option<Duration>,
     /// The protocol of the destination (the app's own, inbound).
@@ -231,7 +231,7 @@ impl Pipeline {
         Ok(Decision {
             dest: Dest::Balanced(target.clone()),
             service: Some(svc.clone()),
-            route: route.name.clone(),
+            route: Some(route.clone()),
             timeout: route.timeout,
             protocol: target.protocol,
             wants_h2,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ferrule_config::authz;
+use ferrule_config::resilience::{Destination, RouteResilience};
 use ferrule_config::{MtlsMode, Protocol, Snapshot};
 #[cfg(test)]
 use http::Request;
@@ -37,6 +38,9 @@ pub struct Target {
     pub protocol: Protocol,
     /// Its endpoints.
     pub balancer: Balancer,
+    /// The destination service's resilience policy (connect timeout, breaker, ejection,
+    /// locality, retry budget).
+    pub policy: Destination,
 }
 
 #[derive(Debug)]
@@ -83,6 +87,8 @@ pub struct RouteTable {
     total: u32,
     /// Deadline for response headers.
     pub timeout: Option<Duration>,
+    /// Retries, idle timeout, fallback, faults, rate limit, mirroring.
+    pub resilience: RouteResilience,
 }
 
 impl RouteTable {
@@ -120,9 +126,9 @@ pub struct ServiceTable {
     pub name: Arc<str>,
     /// Protocol.
     pub protocol: Protocol,
-    routes: Vec<RouteTable>,
+    routes: Vec<Arc<RouteTable>>,
     /// Every endpoint of the service: used when it has no routes.
-    default_route: RouteTable,
+    default_route: Arc<RouteTable>,
     /// Per-request metric handles for outbound traffic to this service.
     pub metrics: ServiceMetrics,
     /// What its sidecars take from peers (read on the inbound side of its own sidecars).
@@ -133,7 +139,7 @@ pub struct ServiceTable {
 
 impl ServiceTable {
     /// The first route that matches, or the whole service when it has no routes.
-    pub fn route<R: HeadView + ?Sized>(&self, req: &R) -> Result<&RouteTable, ProxyError> {
+    pub fn route<R: HeadView + ?Sized>(&self, req: &R) -> Result<&Arc<RouteTable>, ProxyError> {
         if self.routes.is_empty() {
             return Ok(&self.default_route);
         }
@@ -221,6 +227,11 @@ impl Tables {
             .iter()
             .map(|s| (s.name.as_str(), s.traffic_policy.load_balancer))
             .collect();
+        let dests: HashMap<&str, &Destination> = snap
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), &s.traffic_policy.resilience))
+            .collect();
 
         // Endpoints grouped by service, each with its (reused) upstream state.
         let mut by_service: HashMap<&str, Vec<(&ferrule_config::Endpoint, Arc<Upstream>)>> =
@@ -248,6 +259,9 @@ impl Tables {
                     })
                 })
                 .clone();
+            if let Some(d) = dests.get(ep.service.as_str()) {
+                up.set_connect_timeout(d.connect_timeout);
+            }
             by_service
                 .entry(ep.service.as_str())
                 .or_default()
@@ -281,6 +295,7 @@ impl Tables {
             let cursor = prev.cursors.get(&key).cloned().unwrap_or_default();
             cursors.insert(key.clone(), cursor.clone());
             let t = Arc::new(Target {
+                policy: dests.get(service).map(|d| (*d).clone()).unwrap_or_default(),
                 service: service.into(),
                 protocol: protocols.get(service).copied().unwrap_or_default(),
                 balancer: Balancer::new(
@@ -310,7 +325,7 @@ impl Tables {
                         let svc_name = b.service.as_deref().unwrap_or(&svc.name);
                         backends.push((total, target(svc_name, &b.subset)));
                     }
-                    RouteTable {
+                    Arc::new(RouteTable {
                         name: r.name.as_deref().map(Arc::from),
                         matcher: CompiledMatch {
                             path_exact: r.match_.path_exact.clone(),
@@ -336,10 +351,11 @@ impl Tables {
                         backends,
                         total,
                         timeout: r.timeout,
-                    }
+                        resilience: r.resilience.clone(),
+                    })
                 })
                 .collect();
-            let default_route = RouteTable {
+            let default_route = Arc::new(RouteTable {
                 name: None,
                 matcher: CompiledMatch {
                     path_exact: None,
@@ -350,7 +366,8 @@ impl Tables {
                 backends: vec![(1, target(&svc.name, &BTreeMap::new()))],
                 total: 1,
                 timeout: None,
-            };
+                resilience: RouteResilience::default(),
+            });
             services.insert(
                 svc.name.clone(),
                 Arc::new(ServiceTable {
