@@ -253,7 +253,7 @@ fn fast_path_heads(c: &mut Criterion) {
             else {
                 panic!("the fast path takes this request");
             };
-            h1::write_request_head(&mut out, &head, head.authority.expect("host"));
+            h1::write_request_head(&mut out, &head, head.authority.expect("host"), false);
             black_box(out.len())
         })
     });

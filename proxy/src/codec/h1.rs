@@ -118,6 +118,13 @@ impl HeadView for RequestHead<'_> {
     fn is_http2(&self) -> bool {
         false
     }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.len() == name.len() && h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
 }
 
 /// Result of parsing the start of a buffer as a request.
@@ -260,6 +267,21 @@ pub struct ResponseHead<'a> {
     pub len: usize,
 }
 
+impl ResponseHead<'_> {
+    /// `Retry-After` in its seconds form, on a 429 or 503 (the only statuses it means a wait on).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        if self.status != 429 && self.status != 503 {
+            return None;
+        }
+        let h = self
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("retry-after"))?;
+        let secs: u32 = std::str::from_utf8(h.value).ok()?.trim().parse().ok()?;
+        Some(std::time::Duration::from_secs(u64::from(secs)))
+    }
+}
+
 /// Why an upstream's response cannot be relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadResponse {
@@ -375,9 +397,20 @@ fn skip_header(name: &str, connection: &[&[u8]]) -> bool {
     is_hop_by_hop(n) || listed_in_connection(n, connection.iter().copied())
 }
 
+/// Width of the deadline value [`write_request_head`] leaves room for: milliseconds, zero
+/// padded, so the value can be rewritten in place before each attempt.
+pub const DEADLINE_DIGITS: usize = 8;
+
 /// Writes the head to send upstream: origin-form target, `Host` set to `authority`, no
-/// hop-by-hop headers, the body framing kept as received.
-pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, authority: &str) {
+/// hop-by-hop headers, the body framing kept as received. With `deadline`, a
+/// `ferrule-deadline` line replaces the caller's, and its value's offset in `out` is returned
+/// (see [`set_deadline`]).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    head: &RequestHead<'_>,
+    authority: &str,
+    deadline: bool,
+) -> Option<usize> {
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -387,12 +420,32 @@ pub fn write_request_head(out: &mut Vec<u8>, head: &RequestHead<'_>, authority: 
     out.extend_from_slice(b"\r\n");
     let connection = head.connection.as_slice();
     for h in head.headers {
-        if !h.name.eq_ignore_ascii_case("host") && !skip_header(h.name, connection) {
+        let replaced = h.name.eq_ignore_ascii_case("host")
+            || (deadline && h.name.eq_ignore_ascii_case("ferrule-deadline"));
+        if !replaced && !skip_header(h.name, connection) {
             push_header(out, h);
         }
     }
+    let at = deadline.then(|| {
+        out.extend_from_slice(b"ferrule-deadline: ");
+        let at = out.len();
+        out.extend_from_slice(&[b'0'; DEADLINE_DIGITS]);
+        out.extend_from_slice(b"\r\n");
+        at
+    });
     end_framing(out, head.framing);
     out.extend_from_slice(b"\r\n");
+    at
+}
+
+/// Writes `left` (milliseconds, saturating) into the deadline value at `at` of a head from
+/// [`write_request_head`].
+pub fn set_deadline(out: &mut [u8], at: usize, left: std::time::Duration) {
+    let mut ms = left.as_millis().min(10u128.pow(DEADLINE_DIGITS as u32) - 1) as u64;
+    for b in out[at..at + DEADLINE_DIGITS].iter_mut().rev() {
+        *b = b'0' + (ms % 10) as u8;
+        ms /= 10;
+    }
 }
 
 fn push_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {
@@ -410,10 +463,9 @@ fn end_framing(out: &mut Vec<u8>, framing: Framing) {
     }
 }
 
-/// Writes the head to send to the client, without hop-by-hop headers, but without its final
+/// Appends the head to send to the client to `out`, without hop-by-hop headers, but without its final
 /// blank line: [`end_head`] adds that once the caller knows whether the connection stays open.
 pub fn write_response_head(out: &mut Vec<u8>, head: &ResponseHead<'_>) {
-    out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     let mut code = itoa3(head.status);
     out.append(&mut code);
@@ -710,8 +762,51 @@ mod tests {
             panic!("not ready: {raw:?}");
         };
         let mut out = Vec::new();
-        write_request_head(&mut out, &head, authority);
+        write_request_head(&mut out, &head, authority, false);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_deadline_replaces_the_callers_and_is_rewritten_in_place() {
+        let raw = "GET / HTTP/1.1\r\nHost: echo\r\nFerrule-Deadline: 999\r\nx: y\r\n\r\n";
+        let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let Parsed::Ready(head) = parse_request(raw.as_bytes(), &mut storage) else {
+            panic!()
+        };
+        let mut out = Vec::new();
+        let at = write_request_head(&mut out, &head, "echo", true).unwrap();
+        set_deadline(&mut out, at, std::time::Duration::from_millis(1234));
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "GET / HTTP/1.1\r\nhost: echo\r\nx: y\r\nferrule-deadline: 00001234\r\n\r\n"
+        );
+        // Saturates rather than wrapping.
+        set_deadline(&mut out, at, std::time::Duration::from_secs(1_000_000));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("ferrule-deadline: 99999999\r\n"));
+        // Without a deadline the caller's header passes through.
+        let mut out = Vec::new();
+        assert_eq!(write_request_head(&mut out, &head, "echo", false), None);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("Ferrule-Deadline: 999\r\n"));
+    }
+
+    #[test]
+    fn retry_after_is_read_on_429_and_503_only() {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let raw = "HTTP/1.1 503 Busy\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_response(raw.as_bytes(), &mut storage, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.retry_after(), Some(std::time::Duration::from_secs(3)));
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let raw = "HTTP/1.1 200 OK\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n";
+        let head = parse_response(raw.as_bytes(), &mut storage, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.retry_after(), None);
     }
 
     /// The head `raw` becomes for the client (without the final blank line).

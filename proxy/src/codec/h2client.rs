@@ -271,7 +271,7 @@ mod tests {
 
     fn request(body: Incoming) -> Request<RequestBody> {
         Request::post("http://peer/upload")
-            .body(RequestBody::Left(body))
+            .body(RequestBody::Http1(body))
             .unwrap()
     }
 

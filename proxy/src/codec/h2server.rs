@@ -428,7 +428,7 @@ where
     // HTTP/2 -16% with one more wrapper).
     let response = Box::pin(handler(Request::from_parts(
         parts,
-        RequestBody::Right(body),
+        RequestBody::Http2(body),
     )));
     respond_with(respond, response)
 }

@@ -10,9 +10,9 @@ use hyper::body::Incoming;
 
 pub use crate::codec::h2body::H2Body;
 
-/// A request body as received from downstream: from hyper's HTTP/1.1 server (the general
-/// path), or from an HTTP/2 stream (`h2server`).
-pub type RequestBody = Either<Incoming, H2Body>;
+/// A request body as received from downstream (hyper's HTTP/1.1 server or an HTTP/2 stream),
+/// or recorded and replayed for a retry.
+pub use crate::codec::body::RequestBody;
 
 /// A response body streamed from the next hop: from hyper's HTTP/1.1 client, or from an
 /// HTTP/2 stream (`h2client`).
@@ -195,6 +195,35 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Sets the request's remaining time for the next hop: `ferrule-deadline` in milliseconds and,
+/// for gRPC, `grpc-timeout`, replacing what the caller sent (the time has moved on since).
+pub fn set_deadline(headers: &mut HeaderMap, left: std::time::Duration, grpc: bool) {
+    let ms = left.as_millis().min(99_999_999) as u64;
+    headers.insert(&DEADLINE, HeaderValue::from(ms));
+    if grpc {
+        if let Ok(v) = HeaderValue::from_str(&format!("{ms}m")) {
+            headers.insert(&GRPC_TIMEOUT, v);
+        }
+    }
+}
+
+/// The header that carries a request's remaining time, in milliseconds.
+pub static DEADLINE: HeaderName = HeaderName::from_static("ferrule-deadline");
+static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// Whether an exchange failed because the peer refused the stream (HTTP/2 `REFUSED_STREAM`,
+/// RFC 9113 §8.7: it did no work on it), through any layer of error sources.
+pub fn is_refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+            return h2e.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Which wire protocol to use towards the next hop.

@@ -6,11 +6,13 @@
 //! - [`h2server`], [`h2client`], [`h2body`]: HTTP/2 on the h2 crate, towards either side.
 //! - [`h1guard`]: under hyper's HTTP/1.1 server: heads hyper would refuse are answered by the
 //!   renderer instead, and requests framed twice are refused.
+//! - [`body`]: the request body forwarded upstream, recorded for a retry and replayed.
 //! - [`headers`]: body types, the one hop-by-hop rule, authority, next-hop rewrites.
 //! - [`render`]: the one renderer of proxy-made responses, in every wire form.
 //! - [`io`]: IO adapters shared by the codecs (read-ahead bytes, borrowing halves).
 //! - [`wake`]: a future polled only when its own waker fired (timers beside a busy connection).
 
+pub mod body;
 pub mod h1;
 pub mod h1guard;
 pub mod h2body;
@@ -39,6 +41,8 @@ pub trait HeadView {
     fn is_grpc(&self) -> bool;
     /// Whether it arrived over HTTP/2.
     fn is_http2(&self) -> bool;
+    /// The first value of header `name` (given in lower case).
+    fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
 impl<B> HeadView for Request<B> {
@@ -67,5 +71,9 @@ impl<B> HeadView for Request<B> {
 
     fn is_http2(&self) -> bool {
         self.version() == Version::HTTP_2
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().get(name).map(HeaderValue::as_bytes)
     }
 }

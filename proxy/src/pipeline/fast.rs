@@ -37,7 +37,7 @@ use crate::codec::headers::Wire;
 use crate::codec::io::{share, split_ref};
 use crate::codec::render::ProxyError;
 use crate::forward::upstream::{may_resend, RawConn, Upstream};
-use crate::pipeline::attempt::{self, AttemptError, Failure, Transport};
+use crate::pipeline::attempt::{self, AttemptError, Failure, HeadInfo, Transport};
 use crate::pipeline::{Decision, Pipeline, Planned};
 use crate::telemetry::metrics::Codec;
 
@@ -87,6 +87,7 @@ where
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
+    let mut deadline_at = None;
     loop {
         if buf.is_empty() && *stop.borrow() {
             return Exit::Closed;
@@ -106,7 +107,12 @@ where
                         let planned = p.plan(ctx, &head);
                         let decision = match (planned, head.authority) {
                             (Ok(d), Some(authority)) if p.fast_can_carry(&d) => {
-                                h1::write_request_head(&mut out, &head, authority);
+                                deadline_at = h1::write_request_head(
+                                    &mut out,
+                                    &head,
+                                    authority,
+                                    d.caller_deadline.is_some(),
+                                );
                                 d
                             }
                             // Refused, or another protocol towards the next hop: the general
@@ -143,7 +149,16 @@ where
         };
         // While draining, this is the connection's last response, and it says so.
         let stopping = *stop.borrow();
-        let outcome = exchange(p, &decision, req, &mut client, &mut buf, stopping, &mut out).await;
+        let outcome = exchange(
+            p,
+            &decision,
+            (req, deadline_at),
+            &mut client,
+            &mut buf,
+            stopping,
+            &mut out,
+        )
+        .await;
         if let Some(o) = &outcome {
             p.finish(
                 decision.service.as_ref(),
@@ -160,11 +175,13 @@ where
     }
 }
 
-/// An upstream connection whose response head has arrived and been rewritten into `out`.
+/// An upstream connection whose response head has arrived and been rewritten into `out`,
+/// after the request head.
 struct Sent {
     upstream: Arc<Upstream>,
     conn: RawConn,
     status: u16,
+    retry_after: Option<Duration>,
     framing: Framing,
     upstream_close: bool,
     head_len: usize,
@@ -174,7 +191,7 @@ struct Sent {
 async fn exchange<I>(
     p: &Pipeline,
     d: &Decision,
-    req: Request,
+    (req, deadline_at): (Request, Option<usize>),
     client: &mut I,
     buf: &mut BytesMut,
     stopping: bool,
@@ -202,8 +219,12 @@ where
     // next: on any failure, what stays in the buffer must be the next request and nothing else.
     // They are kept aside for a resend on a fresh connection.
     let early_body = buf.split_to(initial);
+    let req_len = out.len();
     let mut transport = Raw(Outgoing {
         req,
+        req_len,
+        deadline_at,
+        whole_body: pump.body.done(),
         client: &mut *client,
         buf: &mut *buf,
         early_body: &early_body,
@@ -236,7 +257,7 @@ where
         buf,
         &mut pump,
         req.close || stopping,
-        out,
+        (out, req_len),
         start,
     )
     .await;
@@ -266,13 +287,20 @@ impl Pump {
 /// The client's side of one exchange, lent to each attempt at sending it upstream.
 struct Outgoing<'a, I> {
     req: Request,
+    /// The length of the request head at the start of `out` (the response head goes after
+    /// it, so a retry can send the request head again).
+    req_len: usize,
+    /// Where the request head's `ferrule-deadline` value is, when it has one.
+    deadline_at: Option<usize>,
+    /// The whole body came with the head (or there is none): it can be sent again.
+    whole_body: bool,
     client: &'a mut I,
     /// The client connection's buffer: the rest of the request body arrives here.
     buf: &'a mut BytesMut,
     /// The body bytes that came with the head, kept to resend on a fresh connection.
     early_body: &'a [u8],
     pump: &'a mut Pump,
-    /// Scratch space for the rewritten request head, then the response head.
+    /// The rewritten request head, then the response head.
     out: &'a mut Vec<u8>,
     /// When the request head arrived.
     start: Instant,
@@ -289,9 +317,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Transport for Raw<'_, I> {
         &mut self,
         upstream: &Arc<Upstream>,
         wire: Wire,
+        remaining: Option<Duration>,
     ) -> Result<Sent, AttemptError> {
         // The plan only lets the fast path carry requests whose every hop is HTTP/1.1.
         debug_assert_eq!(wire, Wire::Http1);
+        if let (Some(at), Some(left)) = (self.0.deadline_at, remaining) {
+            h1::set_deadline(self.0.out, at, left);
+        }
         // A pooled connection first; a fresh one if the pooled one proves stale.
         let mut pooled = upstream.checkout_raw(self.0.start);
         loop {
@@ -309,6 +341,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Transport for Raw<'_, I> {
                         upstream: upstream.clone(),
                         conn,
                         status: head.status,
+                        retry_after: head.retry_after,
                         framing: head.framing,
                         upstream_close: head.close,
                         head_len: head.len,
@@ -334,6 +367,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Transport for Raw<'_, I> {
             }
         }
     }
+
+    fn head(sent: &Sent) -> HeadInfo {
+        HeadInfo {
+            status: sent.status,
+            grpc_status: None,
+            retry_after: sent.retry_after,
+        }
+    }
+
+    fn rearm(&mut self) -> bool {
+        // The request head is still at the start of `out`, and a body that came whole with it
+        // is still in `early_body`; a body streamed from the client is gone.
+        self.0.whole_body
+    }
 }
 
 enum SendFailure {
@@ -352,6 +399,7 @@ enum SendFailure {
 
 struct HeadIn {
     status: u16,
+    retry_after: Option<Duration>,
     framing: Framing,
     close: bool,
     len: usize,
@@ -368,6 +416,7 @@ where
 {
     let Outgoing {
         req,
+        req_len,
         client,
         buf,
         early_body,
@@ -375,10 +424,14 @@ where
         out,
         ..
     } = outgoing;
+    let req_len = *req_len;
     // A body that came whole with the head can be sent again on a fresh connection; once more
     // must be streamed from the client, there is no going back.
     let replayable = pump.body.done();
-    if write_two(&mut conn.stream, out, early_body).await.is_err() {
+    if write_two(&mut conn.stream, &out[..req_len], early_body)
+        .await
+        .is_err()
+    {
         return Err(SendFailure::Closed {
             written: false,
             replayable,
@@ -390,14 +443,14 @@ where
         ..
     } = conn;
     let head = if pump.done() {
-        read_head(stream, upstream_buf, req.is_head, out).await
+        read_head(stream, upstream_buf, req.is_head, out, req_len).await
     } else {
         let client = share(&mut **client);
         let upstream = share(stream);
         let (mut client_rd, _) = split_ref(&client);
         let (mut up_rd, mut up_wr) = split_ref(&upstream);
         let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
-        let recv = read_head(&mut up_rd, upstream_buf, req.is_head, out);
+        let recv = read_head(&mut up_rd, upstream_buf, req.is_head, out, req_len);
         tokio::pin!(send, recv);
         let mut sending = true;
         loop {
@@ -418,8 +471,9 @@ where
         }
     };
     match head {
-        Ok((status, framing, close, len)) => Ok(HeadIn {
+        Ok((status, retry_after, framing, close, len)) => Ok(HeadIn {
             status,
+            retry_after,
             framing,
             close,
             len,
@@ -484,14 +538,16 @@ enum HeadError {
 }
 
 /// Reads the response head into `buf` (1xx responses are skipped, as hyper's client does),
-/// writes its rewritten form into `out` (without the final blank line) and returns status,
-/// framing, whether the upstream closes, and the head's length in `buf`.
+/// writes its rewritten form into `out` after the request head's `req_len` bytes (without the
+/// final blank line) and returns status, `Retry-After`, framing, whether the upstream closes,
+/// and the head's length in `buf`.
 async fn read_head<R: AsyncRead + Unpin>(
     upstream: &mut R,
     buf: &mut BytesMut,
     is_head: bool,
     out: &mut Vec<u8>,
-) -> Result<(u16, Framing, bool, usize), HeadError> {
+    req_len: usize,
+) -> Result<(u16, Option<Duration>, Framing, bool, usize), HeadError> {
     let mut seen_any = false;
     loop {
         if !buf.is_empty() {
@@ -503,9 +559,10 @@ async fn read_head<R: AsyncRead + Unpin>(
                     continue;
                 }
                 Ok(Some(head)) => {
-                    out.clear();
+                    out.truncate(req_len);
                     h1::write_response_head(out, &head);
-                    return Ok((head.status, head.framing, head.close, head.len));
+                    let retry_after = head.retry_after();
+                    return Ok((head.status, retry_after, head.framing, head.close, head.len));
                 }
                 Ok(None) if buf.len() >= MAX_HEADER_BYTES => {
                     return Err(HeadError::Bad(h1::BadResponse::Malformed))
@@ -542,7 +599,7 @@ async fn relay_response<I>(
     buf: &mut BytesMut,
     pump: &mut Pump,
     close_client: bool,
-    out: &mut Vec<u8>,
+    (out, resp_start): (&mut Vec<u8>, usize),
     start: Instant,
 ) -> (u16, bool)
 where
@@ -555,6 +612,7 @@ where
         framing,
         upstream_close,
         head_len,
+        ..
     } = sent;
     conn.buf.advance(head_len);
     let RawConn {
@@ -570,6 +628,7 @@ where
     // finishes meanwhile.
     let said_close = close_client || framing == Framing::UntilClose || !pump.done();
     h1::end_head(out, said_close);
+    let out = &out[resp_start..];
     let relayed = if pump.done() {
         relay_body(stream, upstream_buf, client, framing, out).await
     } else {

@@ -7,15 +7,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, Version};
+use std::time::Duration;
+
+use ferrule_config::resilience::{RetryOn, RetryPolicy};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::Either;
 
 use crate::base::Reason;
 use crate::base::{ConnCtx, MAX_HEADER_BYTES, MAX_HEADER_FIELDS};
+use crate::codec::body::Recorder;
 use crate::codec::headers::{self as h, ProxyBody, RequestBody, UpstreamBody, Wire};
 use crate::codec::render::ProxyError;
 use crate::forward::upstream::{SendError, Upstream};
-use crate::pipeline::attempt::{self, AttemptError, Failure, Transport};
+use crate::pipeline::attempt::{self, AttemptError, Failure, HeadInfo, Transport};
 use crate::pipeline::{Decision, Pipeline, PlanError, Planned};
 use crate::telemetry::metrics::Codec;
 
@@ -89,11 +93,30 @@ impl Pipeline {
                 ))
             }
         };
+        let grpc = h::is_grpc(req.headers());
         // Hop-by-hop headers go before any attempt (an HTTP/2 hop keeps `te: trailers`).
         h::strip_hop_by_hop(req.headers_mut(), true);
+        let copy = match &d.route {
+            Some(r) if wants_copy(&r.resilience.retries, d.idempotent) => {
+                let (parts, body) = req.into_parts();
+                let (body, recorder) = body.recorded();
+                let copy = Copy {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    version: parts.version,
+                    headers: parts.headers.clone(),
+                    recorder,
+                };
+                req = Request::from_parts(parts, body);
+                Some(copy)
+            }
+            _ => None,
+        };
         let mut transport = General {
             req: Some(req),
             authority,
+            grpc,
+            copy,
         };
         match attempt::run(self, d, &mut transport).await {
             Ok(mut resp) => {
@@ -133,11 +156,54 @@ fn too_large<B>(req: &Request<B>) -> bool {
     size > MAX_HEADER_BYTES
 }
 
+/// Whether a request must be kept to be sent again: when its route retries anything a
+/// request of its method may be retried for after it was sent (a refused connect gives the
+/// request back, so it needs no copy).
+fn wants_copy(policy: &RetryPolicy, idempotent: bool) -> bool {
+    policy.attempts > 1
+        && (policy.on.contains(&RetryOn::RefusedStream)
+            || ((idempotent || policy.non_idempotent)
+                && policy.on.iter().any(|r| *r != RetryOn::ConnectFailure)
+                || !policy.status_codes.is_empty()))
+}
+
+/// What the attempt loop reads of a response head: its status, a trailers-only gRPC status,
+/// and `Retry-After` in its seconds form (the date form is not honoured).
+fn head_info(status: u16, headers: &HeaderMap) -> HeadInfo {
+    let number = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+    };
+    HeadInfo {
+        status,
+        grpc_status: number("grpc-status"),
+        retry_after: number("retry-after")
+            .filter(|_| status == 503 || status == 429)
+            .map(|s| Duration::from_secs(u64::from(s))),
+    }
+}
+
+/// What a retry needs to send a request again: its head, and the recording of its body.
+struct Copy {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    /// `None` for a request whose body had ended before it was sent (none, or empty).
+    recorder: Option<Recorder>,
+}
+
 /// hyper's HTTP/1.1 client or the h2 client, with the request held until an attempt takes it.
 struct General {
     /// The request; given back by a transport whose connect failed.
     req: Option<Request<RequestBody>>,
     authority: String,
+    /// The request is gRPC (its deadline goes on as `grpc-timeout` too).
+    grpc: bool,
+    /// Kept to send the request again, when its route may retry it.
+    copy: Option<Copy>,
 }
 
 impl Transport for General {
@@ -147,6 +213,7 @@ impl Transport for General {
         &mut self,
         upstream: &Arc<Upstream>,
         wire: Wire,
+        remaining: Option<Duration>,
     ) -> Result<Self::Output, AttemptError> {
         let Some(mut req) = self.req.take() else {
             return Err(AttemptError::Failed("the request was already sent".into()));
@@ -154,13 +221,46 @@ impl Transport for General {
         if let Err(e) = h::set_wire(&mut req, wire, &self.authority) {
             return Err(AttemptError::Failed(e.into()));
         }
+        if let Some(left) = remaining {
+            h::set_deadline(req.headers_mut(), left, self.grpc);
+        }
         match upstream.send(wire, req).await {
             Ok(resp) => Ok(resp),
             Err(SendError::Connect(e, back)) => {
                 self.req = Some(*back);
                 Err(AttemptError::Refused(e.to_string()))
             }
+            Err(SendError::Failed(e)) if h::is_refused_stream(&*e) => {
+                Err(AttemptError::RefusedStream(e))
+            }
             Err(SendError::Failed(e)) => Err(AttemptError::Failed(e)),
         }
+    }
+
+    fn head(resp: &Self::Output) -> HeadInfo {
+        head_info(resp.status().as_u16(), resp.headers())
+    }
+
+    fn rearm(&mut self) -> bool {
+        if self.req.is_some() {
+            return true;
+        }
+        let Some(copy) = &self.copy else {
+            return false;
+        };
+        let body = match &copy.recorder {
+            None => RequestBody::empty(),
+            Some(rec) => match rec.replay() {
+                Some(body) => body,
+                None => return false,
+            },
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = copy.method.clone();
+        *req.uri_mut() = copy.uri.clone();
+        *req.version_mut() = copy.version;
+        *req.headers_mut() = copy.headers.clone();
+        self.req = Some(req);
+        true
     }
 }

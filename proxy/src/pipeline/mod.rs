@@ -77,8 +77,15 @@ pub struct Decision {
     pub service: Option<Arc<ServiceTable>>,
     /// The matched route (outbound): its name, retry policy and the rest of its resilience.
     pub route: Option<Arc<RouteTable>>,
-    /// The route's deadline for the response head, covering every attempt.
+    /// The deadline for the response head, covering every attempt: the route's timeout, or
+    /// the caller's deadline (`ferrule-deadline`, `grpc-timeout`) when that is sooner.
     pub timeout: Option<Duration>,
+    /// The caller's own deadline (`ferrule-deadline`, `grpc-timeout`), which is passed on to
+    /// the next hop as the time left. The route's timeout is not: it bounds the wait for the
+    /// response head here, whereas `grpc-timeout` bounds a whole call, stream included.
+    pub caller_deadline: Option<Duration>,
+    /// The method is idempotent (RFC 9110 §9.2.2), so a retry cannot do the work twice.
+    pub idempotent: bool,
     /// The protocol of the destination (the app's own, inbound).
     pub protocol: Protocol,
     /// The client speaks HTTP/2 or gRPC (so a peer sidecar is spoken to in HTTP/2).
@@ -160,11 +167,14 @@ impl Pipeline {
                 .as_ref()
                 .map(|s| s.protocol)
                 .unwrap_or_default();
+            let caller_deadline = incoming_deadline(head);
             return Ok(Decision {
                 dest: Dest::Fixed(app.clone()),
                 service: None,
                 route: None,
-                timeout: None,
+                timeout: caller_deadline,
+                caller_deadline,
+                idempotent: is_idempotent(head.method()),
                 protocol,
                 wants_h2,
                 start,
@@ -228,11 +238,17 @@ impl Pipeline {
                 ),
             )));
         }
+        let caller_deadline = incoming_deadline(head);
         Ok(Decision {
             dest: Dest::Balanced(target.clone()),
             service: Some(svc.clone()),
             route: Some(route.clone()),
-            timeout: route.timeout,
+            timeout: match (route.timeout, caller_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            caller_deadline,
+            idempotent: is_idempotent(head.method()),
             protocol: target.protocol,
             wants_h2,
             start,
@@ -358,6 +374,11 @@ impl Pipeline {
         }
     }
 
+    /// The error for an attempt whose own timeout passed, with no retry left to make.
+    fn per_try_timeout(&self, detail: &str) -> ProxyError {
+        ProxyError::new(Reason::Timeout, detail.to_owned())
+    }
+
     /// The error for a request whose route deadline passed before its response head.
     fn timeout(&self, d: &Decision, t: Duration) -> ProxyError {
         let name = d.service.as_ref().map_or("the app", |s| &s.name);
@@ -366,6 +387,62 @@ impl Pipeline {
             format!("no response from {name} within the route's {t:?} timeout"),
         )
     }
+}
+
+/// Methods a retry cannot do twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
+/// The caller's deadline: `ferrule-deadline` (milliseconds left, set by the caller's sidecar
+/// or by the app) or, for gRPC, `grpc-timeout`; the sooner of the two.
+fn incoming_deadline<H: HeadView + ?Sized>(head: &H) -> Option<Duration> {
+    let ours = head.header(DEADLINE_HEADER).and_then(parse_millis);
+    let grpc = if head.is_grpc() {
+        head.header("grpc-timeout").and_then(parse_grpc_timeout)
+    } else {
+        None
+    };
+    match (ours, grpc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The header that carries a request's remaining time, in milliseconds, between sidecars and
+/// to apps.
+pub const DEADLINE_HEADER: &str = "ferrule-deadline";
+
+fn parse_millis(v: &[u8]) -> Option<Duration> {
+    if v.is_empty() || v.len() > 12 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v)
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+/// `grpc-timeout`: at most 8 digits and a unit (gRPC over HTTP/2, "Requests").
+pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ferrule_config::{parse_documents, Resource, Snapshot};
 use http::Request;
 
-use super::attempt::{self, AttemptError, Failure, Transport, MAX_CONNECT_ATTEMPTS};
+use super::attempt::{self, AttemptError, Failure, HeadInfo, Transport};
 use super::*;
 use crate::codec::h1::{self, Parsed};
 use crate::telemetry::metrics::Metrics;
@@ -27,6 +27,12 @@ routes:
   - name: nowhere
     match: {pathPrefix: /nowhere}
     backends: [{subset: {version: v9}, weight: 100}]
+  - name: strict
+    match: {pathPrefix: /strict}
+    retries: {attempts: 2, on: [5xx], perTryTimeout: 10ms, backoff: {base: 1ms, max: 1ms}}
+  - name: post-ok
+    match: {pathPrefix: /post-ok}
+    retries: {nonIdempotent: true, backoff: {base: 1ms, max: 1ms}}
   - name: all
     match: {pathPrefix: /}
 ---
@@ -86,6 +92,15 @@ fn ctx() -> ConnCtx {
 
 fn get(uri: &str, host: &str) -> Request<()> {
     Request::builder()
+        .uri(uri)
+        .header("host", host)
+        .body(())
+        .unwrap()
+}
+
+fn post(uri: &str, host: &str) -> Request<()> {
+    Request::builder()
+        .method("POST")
         .uri(uri)
         .header("host", host)
         .body(())
@@ -206,12 +221,19 @@ fn wire_follows_client_and_destination() {
     assert_eq!(inbound.wire(&d, false), Wire::Http1);
 }
 
-/// A transport that answers attempts from a script and records where each went.
+/// A transport that answers attempts from a script and records where each went. A scripted
+/// response is its status as text ("503"; "head" is a 200), with `Retry-After` after a space.
 struct Script {
     outcomes: VecDeque<Result<&'static str, AttemptError>>,
     seen: Vec<(SocketAddr, usize)>,
+    /// The remaining time each attempt was given.
+    remaining: Vec<Option<Duration>>,
     /// Never answers (for the deadline).
     hang: bool,
+    /// The first this many attempts never answer (for the per-try timeout).
+    hang_first: usize,
+    /// Whether the request can be sent again.
+    replayable: bool,
 }
 
 impl Script {
@@ -219,7 +241,10 @@ impl Script {
         Script {
             outcomes: outcomes.into(),
             seen: Vec::new(),
+            remaining: Vec::new(),
             hang: false,
+            hang_first: 0,
+            replayable: true,
         }
     }
 }
@@ -231,15 +256,33 @@ impl Transport for Script {
         &mut self,
         upstream: &Arc<Upstream>,
         _wire: Wire,
+        remaining: Option<Duration>,
     ) -> Result<&'static str, AttemptError> {
         // The loop counts the request in flight on the endpoint while the attempt runs.
         self.seen.push((upstream.addr(), upstream.in_flight()));
-        if self.hang {
+        self.remaining.push(remaining);
+        if self.hang || self.seen.len() <= self.hang_first {
             std::future::pending::<()>().await;
         }
         self.outcomes
             .pop_front()
             .expect("an attempt beyond the script")
+    }
+
+    fn head(out: &&'static str) -> HeadInfo {
+        let mut words = out.split(' ');
+        HeadInfo {
+            status: words.next().and_then(|s| s.parse().ok()).unwrap_or(200),
+            grpc_status: None,
+            retry_after: words
+                .next()
+                .and_then(|s| s.parse().ok())
+                .map(Duration::from_secs),
+        }
+    }
+
+    fn rearm(&mut self) -> bool {
+        self.replayable
     }
 }
 
@@ -279,7 +322,8 @@ async fn every_endpoint_refused_is_connect_failed_after_the_cap() {
     };
     assert_eq!(e.reason, Reason::ConnectFailed);
     assert!(e.detail.contains("3 endpoint(s) of echo"), "{}", e.detail);
-    assert_eq!(t.seen.len(), MAX_CONNECT_ATTEMPTS);
+    // The default policy: three attempts.
+    assert_eq!(t.seen.len(), 3);
     let mut distinct: Vec<_> = t.seen.iter().map(|(a, _)| *a).collect();
     distinct.sort();
     distinct.dedup();
@@ -296,9 +340,9 @@ async fn every_endpoint_refused_is_connect_failed_after_the_cap() {
 }
 
 #[tokio::test]
-async fn a_failure_after_sending_is_not_retried_elsewhere() {
+async fn a_failure_after_sending_a_post_is_not_retried() {
     let p = Pipeline::outbound(policy(Some(MESH)));
-    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let d = p.plan(&ctx(), &post("/", "echo")).unwrap();
     let mut t = Script::new(vec![Err(AttemptError::Failed("reset".into()))]);
     let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
         panic!()
@@ -380,4 +424,200 @@ fn the_renderer_writes_one_table_in_every_form() {
         assert_eq!(grpc.headers()["ferrule-error"], reason.as_str());
         assert_eq!(grpc.headers()["grpc-message"], "what happened");
     }
+}
+
+fn retried(p: &Pipeline, condition: &str) -> u64 {
+    let text = p.policy.metrics.encode();
+    let needle = format!(
+        "ferrule_retries_total{{direction=\"outbound\",service=\"echo\",condition=\"{condition}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(needle.as_str()))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gateway_error_on_a_get_is_retried_on_another_endpoint() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let mut t = Script::new(vec![Ok("503"), Ok("head")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    assert_eq!(t.seen.len(), 2);
+    assert_ne!(t.seen[0].0, t.seen[1].0);
+    assert_eq!(retried(&p, "5xx"), 1);
+
+    // A 500 is not a gateway error: the default policy passes it on.
+    let mut t = Script::new(vec![Ok("500")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "500");
+    assert_eq!(t.seen.len(), 1);
+
+    // Out of attempts, the last response is passed on as it came.
+    let mut t = Script::new(vec![Ok("502"), Ok("503"), Ok("504")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "504");
+    assert_eq!(t.seen.len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_is_retried_only_where_it_never_reached_the_app_unless_the_route_opts_in() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &post("/", "echo")).unwrap();
+    let mut t = Script::new(vec![Ok("503")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "503");
+    assert_eq!(t.seen.len(), 1);
+    let mut t = Script::new(vec![refused(), Ok("head")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    let mut t = Script::new(vec![
+        Err(AttemptError::RefusedStream("refused".into())),
+        Ok("head"),
+    ]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+
+    let d = p.plan(&ctx(), &post("/post-ok", "echo")).unwrap();
+    let mut t = Script::new(vec![Err(AttemptError::Failed("reset".into())), Ok("head")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    assert_eq!(retried(&p, "reset"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_be_sent_again_is_not_retried() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let mut t = Script::new(vec![Ok("503")]);
+    t.replayable = false;
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "503");
+    // A refused connect never sent it, so it still moves.
+    let mut t = Script::new(vec![refused(), Ok("head")]);
+    t.replayable = false;
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_per_try_timeout_retries_within_the_policy() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/strict", "echo")).unwrap();
+    let started = tokio::time::Instant::now();
+    let mut t = Script::new(vec![Ok("head")]);
+    t.hang_first = 1;
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    // 10 ms for the first try, 1 ms of backoff at most.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(10) && took <= Duration::from_millis(11),
+        "{took:?}"
+    );
+    assert_eq!(retried(&p, "per-try-timeout"), 1);
+
+    // Both tries time out: 504, after exactly two.
+    let mut t = Script::new(vec![]);
+    t.hang = true;
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.reason, Reason::Timeout);
+    assert_eq!(t.seen.len(), 2);
+    // `on: [5xx]` takes every 5xx, not only gateway errors; `attempts: 2` stops at two.
+    let mut t = Script::new(vec![Ok("500"), Ok("501")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "501");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_and_never_outlives_the_deadline() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    let started = tokio::time::Instant::now();
+    let mut t = Script::new(vec![Ok("503 2"), Ok("head")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // The route's 50 ms deadline has no room for a 2 s wait: the 503 is the answer.
+    let d = p.plan(&ctx(), &get("/slow", "echo")).unwrap();
+    let started = tokio::time::Instant::now();
+    let mut t = Script::new(vec![Ok("503 2")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "503 2");
+    assert!(started.elapsed() < Duration::from_millis(50));
+    // The route's timeout is not the caller's deadline: nothing to pass on.
+    assert_eq!(t.remaining, [None]);
+    // The caller's is, as the time left when each attempt starts.
+    let mut req = get("/", "echo");
+    req.headers_mut()
+        .insert("ferrule-deadline", "5000".parse().unwrap());
+    let d = p.plan(&ctx(), &req).unwrap();
+    let mut t = Script::new(vec![Ok("503 2"), Ok("head")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    assert_eq!(t.remaining[0], Some(Duration::from_millis(5000)));
+    let second = t.remaining[1].unwrap();
+    assert!(second <= Duration::from_millis(3000), "{second:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_budget_stops_retries_and_counts_the_refusals() {
+    let yaml = MESH.replace(
+        "trafficPolicy: {loadBalancer: round_robin}",
+        "trafficPolicy: {loadBalancer: round_robin, retryBudget: {percent: 50, minPerSecond: 0}}",
+    );
+    let p = Pipeline::outbound(policy(Some(&yaml)));
+    let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+    // Each request deposits one; 50% of them may be retried. 10 requests, each failing
+    // three times: 5 retries in all.
+    let mut attempts = 0;
+    for _ in 0..10 {
+        let mut t = Script::new(vec![Ok("503"), Ok("503"), Ok("503")]);
+        let d = p.plan(&ctx(), &get("/", "echo")).unwrap();
+        assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "503");
+        attempts += t.seen.len();
+    }
+    drop(d);
+    assert_eq!(attempts, 15);
+    assert_eq!(retried(&p, "5xx"), 5);
+    let text = p.policy.metrics.encode();
+    assert!(
+        text.contains("ferrule_retries_refused_by_budget_total{direction=\"outbound\",service=\"echo\",condition=\"5xx\"} 10"),
+        "{text}"
+    );
+}
+
+#[test]
+fn incoming_deadlines_shorten_the_route_timeout() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let mut req = get("/slow", "echo");
+    req.headers_mut()
+        .insert("ferrule-deadline", "20".parse().unwrap());
+    assert_eq!(
+        p.plan(&ctx(), &req).unwrap().timeout,
+        Some(Duration::from_millis(20))
+    );
+    // A later deadline does not lengthen the route's.
+    req.headers_mut()
+        .insert("ferrule-deadline", "20000".parse().unwrap());
+    assert_eq!(
+        p.plan(&ctx(), &req).unwrap().timeout,
+        Some(Duration::from_millis(50))
+    );
+    // gRPC's own header, on gRPC requests.
+    let mut grpc = get("/", "echo");
+    grpc.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    grpc.headers_mut()
+        .insert("grpc-timeout", "2S".parse().unwrap());
+    assert_eq!(
+        p.plan(&ctx(), &grpc).unwrap().timeout,
+        Some(Duration::from_secs(2))
+    );
+    // Garbage is ignored, not trusted.
+    let mut bad = get("/", "echo");
+    bad.headers_mut()
+        .insert("ferrule-deadline", "-5".parse().unwrap());
+    assert_eq!(p.plan(&ctx(), &bad).unwrap().timeout, None);
+    // The inbound side takes the caller's deadline for the app.
+    let inbound = Pipeline::inbound(policy(Some(MESH)), "echo", "127.0.0.1:9".parse().unwrap());
+    assert_eq!(
+        inbound.plan(&ctx(), &req).unwrap().timeout,
+        Some(Duration::from_secs(20))
+    );
+    assert_eq!(
+        parse_grpc_timeout(b"100m"),
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(parse_grpc_timeout(b"123456789S"), None);
+    assert_eq!(parse_grpc_timeout(b"5x"), None);
 }

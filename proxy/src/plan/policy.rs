@@ -27,6 +27,7 @@ use crate::codec::HeadView;
 use crate::forward::conn::TlsTarget;
 use crate::forward::upstream::Upstream;
 use crate::plan::balance::{Balancer, Member};
+use crate::plan::budget::Budget;
 use crate::telemetry::metrics::{Direction, Metrics, ServiceMetrics};
 
 /// One backend destination: a service's endpoints, narrowed to a label subset.
@@ -41,6 +42,8 @@ pub struct Target {
     /// The destination service's resilience policy (connect timeout, breaker, ejection,
     /// locality, retry budget).
     pub policy: Destination,
+    /// The destination service's retry budget (shared by its targets, kept across snapshots).
+    pub budget: Arc<Budget>,
 }
 
 #[derive(Debug)]
@@ -172,6 +175,7 @@ pub struct Tables {
     pub local: Option<Arc<ServiceTable>>,
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     cursors: HashMap<(String, BTreeMap<String, String>), Arc<AtomicUsize>>,
+    budgets: HashMap<String, Arc<Budget>>,
     /// Metric handles for requests to hosts that name no service.
     pub unknown_metrics: ServiceMetrics,
 }
@@ -186,6 +190,7 @@ impl Tables {
             local: None,
             upstreams: HashMap::new(),
             cursors: HashMap::new(),
+            budgets: HashMap::new(),
             unknown_metrics: metrics.service(Direction::Outbound, "unknown"),
         }
     }
@@ -217,6 +222,14 @@ impl Tables {
             .map(|s| (s.name.as_str(), s.mtls))
             .collect();
         let mut cursors = HashMap::new();
+        let budgets: HashMap<String, Arc<Budget>> = snap
+            .services
+            .iter()
+            .map(|s| {
+                let b = prev.budgets.get(&s.name).cloned().unwrap_or_default();
+                (s.name.clone(), b)
+            })
+            .collect();
         let protocols: HashMap<&str, Protocol> = snap
             .services
             .iter()
@@ -296,6 +309,7 @@ impl Tables {
             cursors.insert(key.clone(), cursor.clone());
             let t = Arc::new(Target {
                 policy: dests.get(service).map(|d| (*d).clone()).unwrap_or_default(),
+                budget: budgets.get(service).cloned().unwrap_or_default(),
                 service: service.into(),
                 protocol: protocols.get(service).copied().unwrap_or_default(),
                 balancer: Balancer::new(
@@ -389,6 +403,7 @@ impl Tables {
             local,
             upstreams,
             cursors,
+            budgets,
             unknown_metrics: prev.unknown_metrics.clone(),
         }
     }

@@ -97,6 +97,13 @@ struct HandshakeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    direction: Direction,
+    service: String,
+    condition: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
 }
@@ -140,6 +147,8 @@ pub struct Metrics {
     /// 1 while the push stream to the control plane is up.
     pub control_plane_connected: Gauge,
     tls_handshakes: Family<HandshakeLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    retries_refused: Family<RetryLabels, Counter>,
     authz: Family<DecisionLabels, Counter>,
     /// When the workload certificate expires (Unix seconds; 0 without one).
     pub cert_expiry: Gauge,
@@ -183,6 +192,18 @@ impl Metrics {
         let control_plane_connected = Gauge::default();
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
         let authz = Family::<DecisionLabels, Counter>::default();
+        let retries = Family::<RetryLabels, Counter>::default();
+        let retries_refused = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Retries made, by destination service and the failure retried (connect-failure, refused-stream, reset, timeout, or the status class)",
+            retries.clone(),
+        );
+        registry.register(
+            "retries_refused_by_budget",
+            "Retries the policy asked for but the destination's retry budget had no room for",
+            retries_refused.clone(),
+        );
         let cert_expiry = Gauge::default();
         let cert_issued = Counter::default();
         let cert_failures = Counter::default();
@@ -258,6 +279,8 @@ impl Metrics {
             snapshot_applies,
             control_plane_connected,
             tls_handshakes,
+            retries,
+            retries_refused,
             authz,
             cert_expiry,
             cert_issued,
@@ -271,6 +294,22 @@ impl Metrics {
         self.tls_handshakes
             .get_or_create(&HandshakeLabels { direction, result })
             .inc();
+    }
+
+    /// Counts a retry of a request to `svc` after a failure of kind `condition`; `made` is
+    /// false when the retry budget refused it.
+    pub fn retry(&self, svc: &ServiceMetrics, condition: &'static str, made: bool) {
+        let labels = RetryLabels {
+            direction: svc.direction,
+            service: svc.service.clone(),
+            condition,
+        };
+        let family = if made {
+            &self.retries
+        } else {
+            &self.retries_refused
+        };
+        family.get_or_create(&labels).inc();
     }
 
     /// Counts an authorization decision: `allow`, `deny` or `audit_deny`.
