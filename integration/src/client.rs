@@ -37,6 +37,11 @@ impl TestClient {
         }
     }
 
+    /// Whether this client speaks HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        self.h1.is_none()
+    }
+
     /// Sends a request to `url`; `host` replaces the Host header (HTTP/1.1) or the
     /// `:authority` (HTTP/2) while the connection still goes to `url`'s address.
     pub async fn send(

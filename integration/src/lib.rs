@@ -8,11 +8,13 @@
 //! - [`procs`]: child processes (control plane, sidecars) that are killed when dropped.
 //! - [`apps`]: in-process echo apps (HTTP/1.1 and h2c).
 //! - [`client`]: hyper clients and small request helpers.
+//! - [`misbehave`]: an upstream that fails, stalls or answers on command (resilience tests).
 //! - [`eventually`]: polling with a deadline instead of sleeping.
 
 pub mod apps;
 pub mod bins;
 pub mod client;
+pub mod misbehave;
 pub mod procs;
 
 use std::future::Future;
