@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -26,6 +27,8 @@ struct State {
     status: AtomicU16,
     /// Requests are held, never answered.
     stall: AtomicBool,
+    /// Requests get a 200 head and the first bytes of a body that never ends.
+    stall_body: AtomicBool,
     /// `Retry-After` seconds on a non-200 answer (0: none).
     retry_after: AtomicU16,
     hits: AtomicUsize,
@@ -57,6 +60,13 @@ impl Misbehaving {
     /// Holds every request from now on without answering.
     pub fn stall(&self) {
         self.state.stall.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers every request from now on with a 200 head and a body that starts and then
+    /// stops moving, never ending.
+    pub fn stall_body(&self) {
+        self.state.stall.store(false, Ordering::SeqCst);
+        self.state.stall_body.store(true, Ordering::SeqCst);
     }
 
     /// Adds `Retry-After: secs` to every non-200 answer.
@@ -107,7 +117,7 @@ async fn handle(
     state: Arc<State>,
     name: Arc<str>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
     state.hits.fetch_add(1, Ordering::SeqCst);
     let deadline = req
         .headers()
@@ -119,6 +129,15 @@ async fn handle(
     }
     if state.stall.load(Ordering::SeqCst) {
         std::future::pending::<()>().await;
+    }
+    if state.stall_body.load(Ordering::SeqCst) {
+        return Ok(Response::builder()
+            .status(200)
+            .header("x-app", &*name)
+            .body(BoxBody::new(Stuck(Some(Bytes::from_static(
+                b"first bytes\n",
+            )))))
+            .expect("a valid response"));
     }
     let status = state.status.load(Ordering::SeqCst);
     let body = req
@@ -140,5 +159,28 @@ async fn handle(
     } else {
         Bytes::from(format!("{name} fails with {status}\n"))
     };
-    Ok(resp.body(Full::new(body)).expect("a valid response"))
+    Ok(resp
+        .body(BoxBody::new(
+            Full::new(body).map_err(|never| match never {}),
+        ))
+        .expect("a valid response"))
+}
+
+/// A body of one chunk that then neither moves nor ends.
+struct Stuck(Option<Bytes>);
+
+impl http_body::Body for Stuck {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(chunk) => std::task::Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            // Never woken: the connection goes when the client (or a proxy) gives up on it.
+            None => std::task::Poll::Pending,
+        }
+    }
 }

@@ -94,7 +94,8 @@ async fn load(
         assert!(Instant::now() < deadline, "load did not finish in 60 s");
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..concurrency.min(n - sent) {
-            let (c, method, url, host) = (c.clone(), method.clone(), url.to_owned(), host.to_owned());
+            let (c, method, url, host) =
+                (c.clone(), method.clone(), url.to_owned(), host.to_owned());
             set.spawn(async move {
                 let body = if method == Method::POST {
                     Bytes::from_static(b"payload")
@@ -159,11 +160,17 @@ async fn a_failing_upstream_gets_at_most_the_budget_and_posts_are_not_retried() 
     assert_eq!(m.hits(), requests + retries);
     let refused = m
         .client
-        .metric("ferrule_retries_refused_by_budget_total", &[("service", "flaky")])
+        .metric(
+            "ferrule_retries_refused_by_budget_total",
+            &[("service", "flaky")],
+        )
         .await;
     assert!(refused > 0.0, "the budget never refused a retry");
     // Within one budget window the bound is exact: 20% of the requests plus 10/s × 10 s.
-    assert!(took < Duration::from_secs(9), "took {took:?}: the window slid");
+    assert!(
+        took < Duration::from_secs(9),
+        "took {took:?}: the window slid"
+    );
     assert!(
         retries <= requests / 5 + 100,
         "{retries} retries for {requests} requests"
@@ -221,7 +228,10 @@ async fn a_failing_endpoint_is_retried_on_a_healthy_one_with_the_body() {
             .unwrap();
         failed += usize::from(status == 503);
     }
-    assert!(failed > 0, "round robin never picked the failing endpoint first");
+    assert!(
+        failed > 0,
+        "round robin never picked the failing endpoint first"
+    );
     assert_eq!(bad.hits() - bad_before, failed);
     assert_eq!(good.hits() - good_before, 4 - failed);
 }
@@ -307,6 +317,39 @@ async fn timeouts_end_stalled_requests_and_deadlines_travel() {
     }
 }
 
+const IDLE: &str = "
+kind: Service
+name: stuck
+protocol: http
+routes:
+  - idleTimeout: 1s
+";
+
+/// A response whose body stops moving is ended after the route's idle timeout, on both paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stops_moving_is_ended_by_the_idle_timeout() {
+    let m = Mesh::start("idle", "stuck", 1, IDLE).await;
+    m.apps[0].stall_body();
+    for client in [TestClient::http1(), TestClient::http2()] {
+        let t = Instant::now();
+        // The head and the first bytes arrive; the body never completes: the client sees an
+        // error reading it, about a second later.
+        let got = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get(&m.url("/"), Some("stuck")),
+        )
+        .await
+        .expect("the stuck body was never ended");
+        let took = t.elapsed();
+        let err = got.expect_err("a body that never ends cannot be read whole");
+        assert!(err.contains("reading body"), "{err}");
+        assert!(
+            took >= Duration::from_millis(1000) && took < Duration::from_millis(3000),
+            "{took:?}"
+        );
+    }
+}
+
 /// Sends `req` (with its headers) through the client sidecar with `client`'s protocol.
 async fn send_with_headers(
     client: &TestClient,
@@ -316,7 +359,9 @@ async fn send_with_headers(
     // The test client sends no extra headers, so this request goes out on its own connection.
     let req = req.body(http_body_util::Full::new(Bytes::new())).unwrap();
     let h2 = client.is_http2();
-    let stream = tokio::net::TcpStream::connect(sidecar.outbound).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(sidecar.outbound)
+        .await
+        .unwrap();
     let io = hyper_util::rt::TokioIo::new(stream);
     let resp = if h2 {
         let (mut sender, conn) =
@@ -345,13 +390,14 @@ async fn send_with_headers(
 }
 
 /// Test 4 of the resilience issue, its last part: the route timeout bounds the wait for a
-/// response head, so a long stream that keeps moving is never cut by it.
+/// response head, so a long stream that keeps moving is never cut by it, nor by an idle
+/// timeout shorter than the whole stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_grpc_stream_survives_a_short_request_timeout() {
     let dir = TempDir::new("stream");
     let cp = ControlPlane::start(&dir.sub("cp"), &[]);
     cp.apply(
-        "kind: Service\nname: grpc-echo\nprotocol: grpc\nroutes:\n  - timeout: 1s\n",
+        "kind: Service\nname: grpc-echo\nprotocol: grpc\nroutes:\n  - {timeout: 1s, idleTimeout: 2s}\n",
     );
     let grpc = grpc_echo_server();
     let _server = Sidecar::for_service(&cp, &dir, "grpc-echo", grpc.addr, &[]);

@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::codec::h2body::H2Body;
+use crate::codec::idle::Activity;
 
 /// Largest body kept for a retry (the resilience policy's "bodies buffered for replay up to
 /// 64 KiB").
@@ -24,16 +25,20 @@ pub const REPLAY_LIMIT: usize = 64 * 1024;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A request body on its way upstream.
+/// A request body on its way upstream: as received (from hyper's HTTP/1.1 server or an
+/// HTTP/2 stream) or replayed for a retry; optionally recorded for a retry, and optionally
+/// marking its exchange's activity for the stream idle timeout (`codec::idle`).
 #[derive(Debug)]
-pub enum RequestBody {
-    /// From hyper's HTTP/1.1 server.
+pub struct RequestBody {
+    inner: Inner,
+    recorder: Option<Recorder>,
+    activity: Option<Activity>,
+}
+
+#[derive(Debug)]
+enum Inner {
     Http1(Incoming),
-    /// From an HTTP/2 stream.
     Http2(H2Body),
-    /// The first attempt of a retryable request: the body it wraps, recorded as it passes.
-    Recorded(Box<RequestBody>, Recorder),
-    /// A retry: the recorded frames, sent again.
     Replay(Replay),
 }
 
@@ -57,10 +62,10 @@ impl Recorder {
     pub fn replay(&self) -> Option<RequestBody> {
         let r = self.0.lock().expect("recording lock poisoned");
         (r.complete && !r.spoiled).then(|| {
-            RequestBody::Replay(Replay {
+            RequestBody::of(Inner::Replay(Replay {
                 data: r.data.iter().rev().cloned().collect(),
                 trailers: r.trailers.clone(),
-            })
+            }))
         })
     }
 
@@ -101,24 +106,46 @@ pub struct Replay {
 }
 
 impl RequestBody {
+    /// A body from hyper's HTTP/1.1 server.
+    pub fn http1(body: Incoming) -> Self {
+        Self::of(Inner::Http1(body))
+    }
+
+    /// A body arriving on an HTTP/2 stream.
+    pub fn http2(body: H2Body) -> Self {
+        Self::of(Inner::Http2(body))
+    }
+
     /// A body with nothing in it (to send again a request that had none).
-    pub fn empty() -> RequestBody {
-        RequestBody::Replay(Replay {
+    pub fn empty() -> Self {
+        Self::of(Inner::Replay(Replay {
             data: Vec::new(),
             trailers: None,
-        })
+        }))
+    }
+
+    fn of(inner: Inner) -> Self {
+        RequestBody {
+            inner,
+            recorder: None,
+            activity: None,
+        }
     }
 
     /// This body, recorded for a retry; a body that is already over needs no recording.
-    pub fn recorded(self) -> (RequestBody, Option<Recorder>) {
+    pub fn recorded(mut self) -> (RequestBody, Option<Recorder>) {
         if self.is_end_stream() {
             return (self, None);
         }
         let rec = Recorder::default();
-        (
-            RequestBody::Recorded(Box::new(self), rec.clone()),
-            Some(rec),
-        )
+        self.recorder = Some(rec.clone());
+        (self, Some(rec))
+    }
+
+    /// This body, marking `activity` with each frame it passes on.
+    pub fn watched(mut self, activity: Activity) -> Self {
+        self.activity = Some(activity);
+        self
     }
 }
 
@@ -130,47 +157,56 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RequestBody::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            RequestBody::Recorded(b, rec) => {
-                let polled = Pin::new(&mut **b).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => rec.see(frame),
-                    Poll::Ready(Some(Err(_))) => rec.end(false),
-                    Poll::Ready(None) => rec.end(true),
-                    Poll::Pending => {}
-                }
-                // A body whose last frame says it is the end may never be polled to `None`.
-                if matches!(polled, Poll::Ready(Some(Ok(_)))) && b.is_end_stream() {
-                    rec.end(true);
-                }
-                polled
-            }
-            RequestBody::Replay(r) => Poll::Ready(match r.data.pop() {
+        let this = self.get_mut();
+        let polled: Poll<Option<Result<Frame<Bytes>, BoxError>>> = match &mut this.inner {
+            Inner::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::Http2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::Replay(r) => Poll::Ready(match r.data.pop() {
                 Some(d) => Some(Ok(Frame::data(d))),
                 None => r.trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
+        };
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            if let Some(a) = &this.activity {
+                a.touch();
+            }
         }
+        if let Some(rec) = &this.recorder {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    rec.see(frame);
+                    // A body whose last frame says it is the end may never be polled to `None`.
+                    if this.inner_end() {
+                        rec.end(true);
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => rec.end(false),
+                Poll::Ready(None) => rec.end(true),
+                Poll::Pending => {}
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Http1(b) => b.is_end_stream(),
-            RequestBody::Http2(b) => b.is_end_stream(),
-            RequestBody::Recorded(b, _) => b.is_end_stream(),
-            RequestBody::Replay(r) => r.data.is_empty() && r.trailers.is_none(),
-        }
+        self.inner_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Http1(b) => b.size_hint(),
-            RequestBody::Http2(b) => b.size_hint(),
-            RequestBody::Recorded(b, _) => b.size_hint(),
-            RequestBody::Replay(r) => {
-                SizeHint::with_exact(r.data.iter().map(|d| d.len() as u64).sum())
-            }
+        match &self.inner {
+            Inner::Http1(b) => b.size_hint(),
+            Inner::Http2(b) => b.size_hint(),
+            Inner::Replay(r) => SizeHint::with_exact(r.data.iter().map(|d| d.len() as u64).sum()),
+        }
+    }
+}
+
+impl RequestBody {
+    fn inner_end(&self) -> bool {
+        match &self.inner {
+            Inner::Http1(b) => b.is_end_stream(),
+            Inner::Http2(b) => b.is_end_stream(),
+            Inner::Replay(r) => r.data.is_empty() && r.trailers.is_none(),
         }
     }
 }

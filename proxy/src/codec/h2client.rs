@@ -271,7 +271,7 @@ mod tests {
 
     fn request(body: Incoming) -> Request<RequestBody> {
         Request::post("http://peer/upload")
-            .body(RequestBody::Http1(body))
+            .body(RequestBody::http1(body))
             .unwrap()
     }
 

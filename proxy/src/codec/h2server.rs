@@ -428,7 +428,7 @@ where
     // HTTP/2 -16% with one more wrapper).
     let response = Box::pin(handler(Request::from_parts(
         parts,
-        RequestBody::Http2(body),
+        RequestBody::http2(body),
     )));
     respond_with(respond, response)
 }
@@ -641,6 +641,7 @@ impl AsyncWrite for Corked {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::idle::IdleBody;
     use http_body_util::{Either, Full};
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1107,7 +1108,7 @@ mod tests {
                 .await
                 .unwrap();
             let response = sender.send(req).await.unwrap();
-            response.map(|body| Either::Left(Either::Right(body)))
+            response.map(|body| Either::Left(IdleBody::unwatched(Either::Right(body))))
         })
         .await;
         let send = connect(addr).await;

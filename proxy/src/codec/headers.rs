@@ -9,6 +9,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 pub use crate::codec::h2body::H2Body;
+use crate::codec::idle::IdleBody;
 
 /// A request body as received from downstream (hyper's HTTP/1.1 server or an HTTP/2 stream),
 /// or recorded and replayed for a retry.
@@ -19,7 +20,7 @@ pub use crate::codec::body::RequestBody;
 pub type UpstreamBody = Either<Incoming, H2Body>;
 
 /// Body of every response the proxy returns: a streamed upstream body, or one the proxy made.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+pub type ProxyBody = Either<IdleBody<UpstreamBody>, Full<Bytes>>;
 
 /// Names the reason of every response the proxy makes itself.
 pub static FERRULE_ERROR: HeaderName = HeaderName::from_static("ferrule-error");

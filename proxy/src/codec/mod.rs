@@ -9,6 +9,7 @@
 //! - [`body`]: the request body forwarded upstream, recorded for a retry and replayed.
 //! - [`headers`]: body types, the one hop-by-hop rule, authority, next-hop rewrites.
 //! - [`render`]: the one renderer of proxy-made responses, in every wire form.
+//! - [`idle`]: the stream idle timeout over both bodies of an exchange.
 //! - [`io`]: IO adapters shared by the codecs (read-ahead bytes, borrowing halves).
 //! - [`wake`]: a future polled only when its own waker fired (timers beside a busy connection).
 
@@ -19,6 +20,7 @@ pub mod h2body;
 pub mod h2client;
 pub mod h2server;
 pub mod headers;
+pub mod idle;
 pub mod io;
 pub mod render;
 pub mod wake;

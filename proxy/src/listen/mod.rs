@@ -236,7 +236,7 @@ where
                 if let Some(p) = planned.take() {
                     req.extensions_mut().insert(p);
                 }
-                Either::Right(handler(ctx.clone(), req.map(RequestBody::Http1)).map(Ok))
+                Either::Right(handler(ctx.clone(), req.map(RequestBody::http1)).map(Ok))
             }
         });
         let conn = builder.serve_connection(TokioIo::new(io), svc);

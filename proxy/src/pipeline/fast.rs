@@ -220,7 +220,14 @@ where
     // They are kept aside for a resend on a fresh connection.
     let early_body = buf.split_to(initial);
     let req_len = out.len();
+    // The stream idle timeout, kept by the sidecar that planned the route (the caller's).
+    let idle = d.route.as_ref().map(|r| {
+        r.resilience
+            .idle_timeout
+            .unwrap_or(crate::pipeline::general::DEFAULT_IDLE_TIMEOUT)
+    });
     let mut transport = Raw(Outgoing {
+        idle,
         req,
         req_len,
         deadline_at,
@@ -258,7 +265,7 @@ where
         &mut pump,
         req.close || stopping,
         (out, req_len),
-        start,
+        (start, idle),
     )
     .await;
     Some(Outcome {
@@ -287,6 +294,8 @@ impl Pump {
 /// The client's side of one exchange, lent to each attempt at sending it upstream.
 struct Outgoing<'a, I> {
     req: Request,
+    /// The stream idle timeout, if this sidecar keeps one for the exchange.
+    idle: Option<Duration>,
     /// The length of the request head at the start of `out` (the response head goes after
     /// it, so a retry can send the request head again).
     req_len: usize,
@@ -416,6 +425,7 @@ where
 {
     let Outgoing {
         req,
+        idle,
         req_len,
         client,
         buf,
@@ -449,7 +459,7 @@ where
         let upstream = share(stream);
         let (mut client_rd, _) = split_ref(&client);
         let (mut up_rd, mut up_wr) = split_ref(&upstream);
-        let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
+        let send = pump_body(&mut client_rd, buf, &mut up_wr, pump, *idle);
         let recv = read_head(&mut up_rd, upstream_buf, req.is_head, out, req_len);
         tokio::pin!(send, recv);
         let mut sending = true;
@@ -500,6 +510,7 @@ async fn pump_body<R, W>(
     buf: &mut BytesMut,
     upstream: &mut W,
     pump: &mut Pump,
+    idle: Option<Duration>,
 ) -> Result<(), BodyError>
 where
     R: AsyncRead + Unpin,
@@ -521,7 +532,7 @@ where
         }
         if buf.is_empty() {
             buf.reserve(READ_CHUNK);
-            match client.read_buf(buf).await {
+            match read_within(idle, client.read_buf(buf)).await {
                 Ok(n) if n > 0 => {}
                 _ => return Err(BodyError::Client),
             }
@@ -600,7 +611,7 @@ async fn relay_response<I>(
     pump: &mut Pump,
     close_client: bool,
     (out, resp_start): (&mut Vec<u8>, usize),
-    start: Instant,
+    (start, idle): (Instant, Option<Duration>),
 ) -> (u16, bool)
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -630,15 +641,15 @@ where
     h1::end_head(out, said_close);
     let out = &out[resp_start..];
     let relayed = if pump.done() {
-        relay_body(stream, upstream_buf, client, framing, out).await
+        relay_body(stream, upstream_buf, client, framing, out, idle).await
     } else {
         let client = share(client);
         let upstream = share(stream);
         let (mut client_rd, mut client_wr) = split_ref(&client);
         let (mut up_rd, mut up_wr) = split_ref(&upstream);
         // The body may still be pumping when the response ends; then both connections close.
-        let send = pump_body(&mut client_rd, buf, &mut up_wr, pump);
-        let relay = relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out);
+        let send = pump_body(&mut client_rd, buf, &mut up_wr, pump, idle);
+        let relay = relay_body(&mut up_rd, upstream_buf, &mut client_wr, framing, out, idle);
         tokio::pin!(send, relay);
         let mut sending = true;
         loop {
@@ -667,6 +678,7 @@ async fn relay_body<R, W>(
     client: &mut W,
     framing: Framing,
     out: &[u8],
+    idle: Option<Duration>,
 ) -> Result<(), ()>
 where
     R: AsyncRead + Unpin,
@@ -680,7 +692,7 @@ where
     upstream_buf.advance(n);
     while !body.done() {
         upstream_buf.reserve(READ_CHUNK);
-        match upstream.read_buf(upstream_buf).await {
+        match read_within(idle, upstream.read_buf(upstream_buf)).await {
             Ok(0) if framing == Framing::UntilClose => return Ok(()),
             Ok(0) | Err(_) => return Err(()),
             Ok(_) => {}
@@ -690,6 +702,21 @@ where
         upstream_buf.advance(n);
     }
     Ok(())
+}
+
+/// A body read, ended with an error after the stream idle timeout. Only body reads after the
+/// first wait here (a body that came with its head costs no timer): for HTTP/1.1, whose bodies
+/// move one way at a time, the idle timeout of each direction's reads is the stream's.
+async fn read_within<F>(idle: Option<Duration>, read: F) -> io::Result<usize>
+where
+    F: std::future::Future<Output = io::Result<usize>>,
+{
+    match idle {
+        None => read.await,
+        Some(t) => tokio::time::timeout(t, read)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+    }
 }
 
 /// Writes `a` then `b`, in one syscall when the socket takes both.

@@ -17,6 +17,7 @@ use crate::base::Reason;
 use crate::base::{ConnCtx, MAX_HEADER_BYTES, MAX_HEADER_FIELDS};
 use crate::codec::body::Recorder;
 use crate::codec::headers::{self as h, ProxyBody, RequestBody, UpstreamBody, Wire};
+use crate::codec::idle::{Activity, IdleBody};
 use crate::codec::render::ProxyError;
 use crate::forward::upstream::{SendError, Upstream};
 use crate::pipeline::attempt::{self, AttemptError, Failure, HeadInfo, Transport};
@@ -94,6 +95,15 @@ impl Pipeline {
             }
         };
         let grpc = h::is_grpc(req.headers());
+        // The stream idle timeout is the business of the sidecar that planned the route (the
+        // caller's), as retries are.
+        let idle = d.route.as_ref().map(|r| {
+            let idle = r.resilience.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+            (Activity::new(), idle)
+        });
+        if let Some((activity, _)) = &idle {
+            req = req.map(|b| b.watched(activity.clone()));
+        }
         // Hop-by-hop headers go before any attempt (an HTTP/2 hop keeps `te: trailers`).
         h::strip_hop_by_hop(req.headers_mut(), true);
         let copy = match &d.route {
@@ -123,7 +133,12 @@ impl Pipeline {
                 h::strip_hop_by_hop(resp.headers_mut(), false);
                 // The client gets its own HTTP version back, whatever the upstream spoke.
                 *resp.version_mut() = downstream;
-                Ok(resp.map(Either::Left))
+                Ok(resp.map(|body| {
+                    Either::Left(match idle {
+                        Some((activity, t)) => IdleBody::new(body, activity, t),
+                        None => IdleBody::unwatched(body),
+                    })
+                }))
             }
             Err(Failure::Respond(e)) => Err(e),
             // The client is gone (its stream reset or its connection closed): nobody reads
@@ -155,6 +170,9 @@ fn too_large<B>(req: &Request<B>) -> bool {
         .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32);
     size > MAX_HEADER_BYTES
 }
+
+/// The stream idle timeout of a route that sets none (Envoy's default too).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Whether a request must be kept to be sent again: when its route retries anything a
 /// request of its method may be retried for after it was sent (a refused connect gives the
