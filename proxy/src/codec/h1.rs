@@ -118,6 +118,13 @@ impl HeadView for RequestHead<'_> {
     fn is_http2(&self) -> bool {
         false
     }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
 }
 
 /// Result of parsing the start of a buffer as a request.

@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::codec::headers::Wire;
 use crate::codec::render::ProxyError;
@@ -42,6 +43,9 @@ pub trait Transport {
         upstream: &Arc<Upstream>,
         wire: Wire,
     ) -> impl Future<Output = Result<Self::Output, AttemptError>>;
+
+    /// The status of a successful attempt's response (a 5xx counts against the endpoint).
+    fn status(out: &Self::Output) -> u16;
 }
 
 /// Why a request got no response from upstream.
@@ -73,7 +77,7 @@ pub async fn run<T: Transport>(
         let (upstream, wire, index) = match &d.dest {
             Dest::Fixed(u) if n_tried == 0 => (u, p.wire(d, false), 0),
             Dest::Balanced(t) if n_tried < MAX_CONNECT_ATTEMPTS => {
-                match t.balancer.pick(&tried[..n_tried]) {
+                match t.balancer.pick(&tried[..n_tried], d.hash) {
                     Some(i) => {
                         let member = &t.balancer.members()[i];
                         (&member.upstream, p.wire(d, member.sidecar), i)
@@ -84,15 +88,31 @@ pub async fn run<T: Transport>(
             _ => break,
         };
         let _in_flight = upstream.in_flight_guard();
+        let sent_at = Instant::now();
         let outcome = match deadline {
             Some((at, t)) => {
                 match tokio::time::timeout_at(at, transport.attempt(upstream, wire)).await {
                     Ok(outcome) => outcome,
-                    Err(_) => return Err(Failure::Respond(p.timeout(d, t))),
+                    Err(_) => {
+                        // Outlier detection: an attempt that timed out failed.
+                        p.observe(d, index, false, sent_at.elapsed());
+                        return Err(Failure::Respond(p.timeout(d, t)));
+                    }
                 }
             }
             None => transport.attempt(upstream, wire).await,
         };
+        // Outlier detection and peak-EWMA: a refused connect, a failed exchange and a 5xx
+        // are failures; a response head is a success, timed to its arrival. A client that
+        // broke the exchange says nothing about the endpoint.
+        let rtt = sent_at.elapsed();
+        match &outcome {
+            Ok(out) => p.observe(d, index, T::status(out) < 500, rtt),
+            Err(AttemptError::Refused(_) | AttemptError::Failed(_)) => {
+                p.observe(d, index, false, rtt)
+            }
+            Err(AttemptError::Abort) => {}
+        }
         match outcome {
             Ok(out) => return Ok(out),
             Err(AttemptError::Refused(e)) => {

@@ -285,6 +285,10 @@ struct Raw<'a, I>(Outgoing<'a, I>);
 impl<I: AsyncRead + AsyncWrite + Unpin> Transport for Raw<'_, I> {
     type Output = Sent;
 
+    fn status(out: &Sent) -> u16 {
+        out.status
+    }
+
     async fn attempt(
         &mut self,
         upstream: &Arc<Upstream>,

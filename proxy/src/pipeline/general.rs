@@ -143,6 +143,10 @@ struct General {
 impl Transport for General {
     type Output = Response<UpstreamBody>;
 
+    fn status(out: &Self::Output) -> u16 {
+        out.status().as_u16()
+    }
+
     async fn attempt(
         &mut self,
         upstream: &Arc<Upstream>,
