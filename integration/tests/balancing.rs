@@ -169,6 +169,23 @@ async fn locality_prefers_the_local_zone_and_fails_over() {
     let (_, dest) = endpoint_state(&sidecar, "a-1").await;
     assert_eq!(dest["endpoints"][0]["zone"], "zone-a");
 
+    // The sidecar's own zone reaches the control plane on the endpoint it registers.
+    sidecar.wait_endpoints("client", 1).await;
+    let (status, _, body) =
+        ferrule_integration::client::get(&format!("http://{}/endpoints", sidecar.admin), None)
+            .await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_slice(&body).expect("/endpoints is JSON");
+    assert_eq!(doc["zone"], "zone-a");
+    let own = doc["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .find(|d| d["service"] == "client")
+        .expect("client in /endpoints");
+    assert_eq!(own["endpoints"][0]["zone"], "zone-a", "{own}");
+    assert_eq!(own["endpoints"][0]["sidecar"], true);
+
     // One of the two local endpoints dies: 50% of the zone is below failoverBelow (70%), so
     // requests spread over every zone. Every request still succeeds (a refused connect moves
     // to another endpoint).
