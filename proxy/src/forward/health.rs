@@ -1,7 +1,14 @@
 //! One endpoint's health as this sidecar has seen it: outlier ejection (consecutive failures,
 //! failure rate over an interval, an ejection time that doubles with each ejection in a row,
-//! one half-open probe before re-admission), the memory of a recently failed connect, and the
-//! peak-EWMA latency estimate the balancer weighs endpoints by.
+//! one half-open probe before re-admission) and the peak-EWMA latency estimate the balancer
+//! weighs endpoints by.
+//!
+//! A refused connect is one more failure here, not a separate memory: the 2-second "recently
+//! failed" avoidance this replaces took a dead endpoint out of the balancer at once, but also
+//! kept the failures that would eject it from coming, so a killed endpoint was ejected only
+//! after five rounds of it (about 8 s). Counted as failures, five refused connects (each moved
+//! to another endpoint by the attempt loop, unseen by the client) eject it within a few
+//! requests, and from then on it is visible as ejected and costs one probe per ejection.
 //!
 //! Owned by [`crate::forward::upstream::Upstream`], so it is shared across snapshots like the
 //! endpoint's pools: a reload does not forgive an ejected endpoint. What is read on every pick
@@ -18,9 +25,6 @@ use std::time::{Duration, Instant};
 
 use ferrule_config::resilience::OutlierDetection;
 
-/// An endpoint whose connect failed this recently is avoided while others are available (a
-/// refused connect says more, and sooner, than the failure counts can).
-pub const CONNECT_FAILURE_MEMORY: Duration = Duration::from_secs(2);
 /// How long the latency estimate takes to forget: after this much time without an outcome a
 /// peak has decayed to 1/e, so an idle (or once slow) endpoint is tried again.
 pub const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -113,8 +117,6 @@ pub struct Health {
     ejected_until: AtomicU64,
     /// Milliseconds since `epoch` when the half-open probe was handed out; 0 if none.
     probe_at: AtomicU64,
-    /// Milliseconds since `epoch` of the last failed connect; 0 if none.
-    connect_failed_at: AtomicU64,
     /// Peak-EWMA latency, nanoseconds as `f64` bits; 0 before any outcome.
     ewma_bits: AtomicU64,
     /// Milliseconds since `epoch` of the last latency sample.
@@ -135,7 +137,6 @@ impl Health {
             epoch,
             ejected_until: AtomicU64::new(0),
             probe_at: AtomicU64::new(0),
-            connect_failed_at: AtomicU64::new(0),
             ewma_bits: AtomicU64::new(0),
             ewma_at: AtomicU64::new(0),
             counts: Mutex::new(Counts {
@@ -209,18 +210,6 @@ impl Health {
     /// in flight).
     pub fn ejected(&self) -> bool {
         self.ejected_until.load(Ordering::Relaxed) != 0
-    }
-
-    /// Records a failed connect (it also counts as a failed attempt through `observe`).
-    pub fn connect_failed(&self, now: Instant) {
-        self.connect_failed_at
-            .store(self.ms(now), Ordering::Relaxed);
-    }
-
-    /// Whether a connect failed within [`CONNECT_FAILURE_MEMORY`].
-    pub fn recently_failed(&self, now: Instant) -> bool {
-        let at = self.connect_failed_at.load(Ordering::Relaxed);
-        at != 0 && self.ms(now) - at < CONNECT_FAILURE_MEMORY.as_millis() as u64
     }
 
     /// The peak-EWMA latency estimate at `now`, decayed towards zero for the time since the

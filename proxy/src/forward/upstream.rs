@@ -212,15 +212,11 @@ impl Upstream {
     }
 
     /// A new connection, plain or mutual TLS (HTTP/2 or HTTP/1.1 inside, by `h2`). Any
-    /// failure, the TLS handshake's and the identity check's included, counts against the
-    /// endpoint, as a refused TCP connect does.
+    /// failure, the TLS handshake's and the identity check's included, comes back to the
+    /// attempt loop as a refused connect, which counts it against the endpoint's health.
     async fn connect_stream(&self, h2: bool) -> Result<Conn, ConnectError> {
         let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
-        let res = conn::connect(self.addr, self.tls.as_ref(), h2, timeout).await;
-        if res.is_err() {
-            self.health.connect_failed(Instant::now());
-        }
-        res
+        conn::connect(self.addr, self.tls.as_ref(), h2, timeout).await
     }
 
     /// An idle fast-path connection that is still open, if one is pooled. A socket the

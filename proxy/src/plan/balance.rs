@@ -7,11 +7,13 @@
 //! candidates are narrowed, in this order:
 //!
 //! 1. endpoints already tried for this request are out;
-//! 2. ejected endpoints (see `forward::health`) and endpoints whose connect failed moments ago
-//!    are out, unless more than `maxEjectedPercent` of the endpoints are unavailable: then
-//!    the balancer is in **panic mode** and uses every endpoint (counted in
-//!    `ferrule_lb_panic_total`), as Envoy does, because concentrating all traffic on the few
-//!    left would take them down too;
+//! 2. ejected endpoints (see `forward::health`; a refused connect is a failure there) are out,
+//!    unless more than `maxEjectedPercent` of the endpoints are ejected: then the balancer is
+//!    in **panic mode** and uses every endpoint (counted in `ferrule_lb_panic_total`), as
+//!    Envoy does, because concentrating all traffic on the few left would take them down too.
+//!    Ejection itself stops at the cap, so this happens when endpoints are shared with another
+//!    balancer (a subset and its whole service) that ejected them, or when a reload lowered
+//!    the cap;
 //! 3. with locality on and a zone known for this sidecar, only endpoints of its zone, while at
 //!    least `failoverBelow` percent of that zone's endpoints are available.
 //!
@@ -192,14 +194,14 @@ impl Balancer {
         &self.cursor
     }
 
-    /// Which members are available now (not ejected, no connect failure moments ago), and
+    /// Which members are available now (not ejected, or half-open with the probe free), and
     /// whether so many are not that the balancer is in panic mode.
     fn available(&self, now: Instant) -> (Bits, bool) {
         let n = self.members.len();
         let mut bits = Bits::new(n);
         for (i, m) in self.members.iter().enumerate() {
             let h = m.upstream.health();
-            bits.set(i, h.available(now) && !h.recently_failed(now));
+            bits.set(i, h.available(now));
         }
         let unavailable = n - bits.count();
         let panic = unavailable * 100 > self.max_ejected_percent as usize * n;
@@ -702,15 +704,27 @@ mod tests {
         }
         assert!(!b.members()[1].upstream.health().ejected());
         assert!(!b.panicking());
-        // A connect failure makes e2 unavailable too: 2 of 3 is beyond 50%, so panic mode
-        // uses every endpoint, the ejected one included.
-        b.members()[2]
-            .upstream
-            .health()
-            .connect_failed(Instant::now());
+        // A reload lowers the cap to 30%: the one already ejected is beyond it, so the new
+        // balancer (same endpoints, same health) is in panic mode and uses every endpoint,
+        // the ejected one included, and counts it.
+        let dest = Destination {
+            outlier_detection: OutlierDetection {
+                max_ejected_percent: 30,
+                ..OutlierDetection::default()
+            },
+            ..Destination::default()
+        };
+        let m = LbMetrics::default();
+        let b = Balancer::new(
+            LoadBalancer::RoundRobin,
+            b.members().to_vec(),
+            Default::default(),
+        )
+        .with_policy(&dest, None, m.clone());
         assert!(b.panicking());
         let picks: Vec<_> = (0..3).map(|_| b.pick(&[], None).unwrap()).collect();
         assert!(picks.contains(&0), "{picks:?}");
+        assert_eq!(m.panic.get(), 3);
     }
 
     #[test]
