@@ -230,6 +230,46 @@ struct Outcome {
     app: String,
 }
 
+/// A load loop: ~200 requests a second, one at a time, for at most 20 s or 4,000 requests,
+/// until `stop` is set; each outcome is logged.
+struct Load {
+    log: Arc<Mutex<Vec<Outcome>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(sidecar: Arc<Sidecar>) -> Load {
+        let log: Arc<Mutex<Vec<Outcome>>> = Default::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (log, stop) = (log.clone(), stop.clone());
+            tokio::spawn(async move {
+                let c = client();
+                let mut tick = tokio::time::interval(Duration::from_millis(5));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let end = Instant::now() + Duration::from_secs(20);
+                for _ in 0..4000 {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) || Instant::now() > end {
+                        break;
+                    }
+                    tick.tick().await;
+                    let (status, app) = call(&c, &sidecar, &[]).await;
+                    log.lock().unwrap().push(Outcome { status, app });
+                }
+            })
+        };
+        Load { log, stop, task }
+    }
+
+    /// Stops the loop and returns every outcome.
+    async fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("load loop");
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_ejected_avoided_and_readmitted() {
     let (_dir, _cp, insts, sidecar) = setup(
@@ -244,27 +284,8 @@ async fn a_failing_endpoint_is_ejected_avoided_and_readmitted() {
     .await;
     let sidecar = Arc::new(sidecar);
     let insts = Arc::new(insts);
-
-    // ~200 requests a second, one at a time, for at most 20 s or 4,000 requests.
-    let log: Arc<Mutex<Vec<Outcome>>> = Default::default();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (sidecar, log, stop) = (sidecar.clone(), log.clone(), stop.clone());
-        tokio::spawn(async move {
-            let c = client();
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let end = Instant::now() + Duration::from_secs(20);
-            for _ in 0..4000 {
-                if stop.load(std::sync::atomic::Ordering::SeqCst) || Instant::now() > end {
-                    break;
-                }
-                tick.tick().await;
-                let (status, app) = call(&c, &sidecar, &[]).await;
-                log.lock().unwrap().push(Outcome { status, app });
-            }
-        })
-    };
+    let load = Load::start(sidecar.clone());
+    let log = load.log.clone();
     eventually(Duration::from_secs(5), "every instance serving", || {
         let insts = insts.clone();
         async move { insts.iter().all(|i| i.served() > 5) }
@@ -357,16 +378,76 @@ async fn a_failing_endpoint_is_ejected_avoided_and_readmitted() {
             .await,
         0.0
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    load.await.expect("load loop");
+    let log = load.finish().await;
     // The client saw exactly the five 503s that ejected echo-3 (requests go one at a time, so
     // none was in flight at the ejection; its probe came after it had recovered), and no other
     // failure.
-    let log = log.lock().unwrap();
     let failed: Vec<&Outcome> = log.iter().filter(|o| o.status != 200).collect();
     assert!(
         failed.iter().all(|o| o.status == 503 && o.app == "echo-3"),
         "{failed:?}"
     );
     assert_eq!(failed.len(), 5, "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_endpoint_is_ejected_within_a_second_and_readmitted_when_back() {
+    let (_dir, _cp, insts, sidecar) = setup(
+        "kill",
+        // Random, as above: echo-3 keeps its third of the picks until it is ejected.
+        "{loadBalancer: random, outlierDetection: {baseEjectionTime: 1s}}",
+        &[("echo-1", None), ("echo-2", None), ("echo-3", None)],
+        &[],
+    )
+    .await;
+    let sidecar = Arc::new(sidecar);
+    let insts = Arc::new(insts);
+    let load = Load::start(sidecar.clone());
+    eventually(Duration::from_secs(5), "every instance serving", || {
+        let insts = insts.clone();
+        async move { insts.iter().all(|i| i.served() > 5) }
+    })
+    .await;
+
+    // Killed: connects are refused. Each refused connect counts against it (and the request
+    // moves to another endpoint); five in a row eject it.
+    let killed_at = Instant::now();
+    insts[2].stop().await;
+    eventually(Duration::from_secs(1), "echo-3 ejected", || {
+        let sidecar = sidecar.clone();
+        async move { endpoint_state(&sidecar, "echo-3").await.0["state"] == "ejected" }
+    })
+    .await;
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(1), "ejected after {took:?}");
+    assert_eq!(
+        endpoint_state(&sidecar, "echo-3").await.0["reason"],
+        "consecutive-failures"
+    );
+
+    // Back on the same port: the probe after its 1 s ejection succeeds and it takes traffic.
+    insts[2].restart().await;
+    eventually(Duration::from_secs(5), "echo-3 re-admitted", || {
+        let sidecar = sidecar.clone();
+        async move { endpoint_state(&sidecar, "echo-3").await.0["state"] == "healthy" }
+    })
+    .await;
+    let served = insts[2].served();
+    eventually(Duration::from_secs(3), "echo-3 serving again", || {
+        let insts = insts.clone();
+        async move { insts[2].served() > served + 10 }
+    })
+    .await;
+    let log = load.finish().await;
+    // A refused connect never reaches the client: the request moves to another endpoint.
+    // Only a request in flight on echo-3 at the instant it was killed can fail (its
+    // connection dies under it), so at most one of the whole run.
+    let failed: Vec<&Outcome> = log.iter().filter(|o| o.status != 200).collect();
+    assert!(
+        failed.len() <= 1,
+        "{} of {}: {failed:?}",
+        failed.len(),
+        log.len()
+    );
+    assert!(log.len() > 300, "only {} requests", log.len());
 }
