@@ -90,6 +90,7 @@ fn load(bytes: &[u8], prev: &Tables, metrics: &Arc<Metrics>) -> Tables {
         Arc::new(snap),
         prev,
         "svc-0",
+        None,
         metrics,
         &Identity::disabled(),
     )
@@ -148,6 +149,8 @@ fn balancer_pick(c: &mut Criterion) {
                 upstream: Upstream::new(SocketAddr::from(([10, 0, 0, 1], 8000 + i as u16))),
                 weight: 1 + (i % 3) as u32,
                 sidecar: true,
+                zone: None,
+                identity: None,
             })
             .collect();
         for (name, lb) in [
@@ -156,7 +159,7 @@ fn balancer_pick(c: &mut Criterion) {
         ] {
             let balancer = Balancer::new(lb, list.clone(), Arc::new(AtomicUsize::new(0)));
             group.bench_with_input(BenchmarkId::new(name, members), &balancer, |b, balancer| {
-                b.iter(|| black_box(balancer.pick(black_box(&[]))))
+                b.iter(|| black_box(balancer.pick(black_box(&[]), None)))
             });
         }
     }

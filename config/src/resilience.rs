@@ -7,7 +7,8 @@
 //!
 //! ```yaml
 //! trafficPolicy:
-//!   loadBalancer: least_request    # or round_robin
+//!   loadBalancer: peak_ewma        # or least_request, round_robin, random, ring_hash
+//!   hashKey: { header: x-user }    # ring_hash only (and required there): or cookie, sourceIp
 //!   connectTimeout: 1s
 //!   locality: { enabled: true, failoverBelow: 70 }   # % of the local zone's endpoints healthy
 //!   circuitBreaker: { maxRequests: 1024, maxPending: 256, queueTimeout: 1s }
@@ -246,6 +247,19 @@ impl Default for RetryBudget {
     }
 }
 
+/// What a ring-hash balancer hashes to keep a client on one endpoint. Written as
+/// `{header: name}`, `{cookie: name}` or `{sourceIp: true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HashKey {
+    /// The value of this request header (lower case).
+    Header(String),
+    /// The value of this cookie.
+    Cookie(String),
+    /// The caller's IP address (the connection's peer; always `true`).
+    SourceIp(bool),
+}
+
 /// The resilience part of a destination's traffic policy (the load balancer is beside it in
 /// [`crate::TrafficPolicy`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -267,6 +281,9 @@ pub struct Destination {
     /// The retry budget.
     #[serde(default, skip_serializing_if = "is_default")]
     pub retry_budget: RetryBudget,
+    /// What `ring_hash` hashes (required with it, refused with any other balancer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<HashKey>,
 }
 
 impl Default for Destination {
@@ -277,6 +294,7 @@ impl Default for Destination {
             circuit_breaker: CircuitBreaker::default(),
             outlier_detection: OutlierDetection::default(),
             retry_budget: RetryBudget::default(),
+            hash_key: None,
         }
     }
 }
@@ -386,6 +404,46 @@ pub(crate) fn decode_destination(o: &mut Obj<'_>) -> Option<Destination> {
         }
         good
     });
+    if let Some((v, path)) = o.field("hashKey") {
+        {
+            let mut k = Obj::new(d, path, v);
+            let header = k.str("header");
+            let cookie = k.str("cookie");
+            let source_ip = k.bool("sourceIp");
+            let key = match (header, cookie, source_ip) {
+                (Some((h, p)), None, None) => {
+                    if crate::resource::check_header_name(&h) {
+                        Some(HashKey::Header(h))
+                    } else {
+                        d.err(&p, "is not a valid lower-case header name");
+                        None
+                    }
+                }
+                (None, Some((c, p)), None) => {
+                    // A cookie name is an RFC 6265 token; case matters, unlike a header's.
+                    let token =
+                        |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                    if !c.is_empty() && c.bytes().all(token) {
+                        Some(HashKey::Cookie(c))
+                    } else {
+                        d.err(&p, "is not a valid cookie name");
+                        None
+                    }
+                }
+                (None, None, Some(true)) => Some(HashKey::SourceIp(true)),
+                _ => {
+                    d.err(
+                        &k.path,
+                        "needs exactly one of header, cookie, sourceIp: true",
+                    );
+                    None
+                }
+            };
+            k.finish();
+            ok &= key.is_some();
+            dest.hash_key = key;
+        }
+    }
     ok.then_some(dest)
 }
 

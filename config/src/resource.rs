@@ -55,19 +55,43 @@ pub enum LoadBalancer {
     /// Each endpoint in turn, in proportion to its weight.
     RoundRobin,
     /// Power of two choices: of two random endpoints, the one with fewer requests in flight.
-    #[default]
     LeastRequest,
+    /// A random endpoint, in proportion to its weight.
+    Random,
+    /// Power of two choices on latency × load: of two random endpoints, the one whose peak
+    /// EWMA of response time times (requests in flight + 1), over its weight, is lower. The
+    /// default: it steers away from a slow endpoint before it fails, which counting requests
+    /// alone notices only once they pile up.
+    #[default]
+    PeakEwma,
+    /// Consistent hashing of the destination's `hashKey` onto a ring of endpoints, so a key
+    /// stays on one endpoint while the endpoints change little.
+    RingHash,
 }
 
 impl LoadBalancer {
-    const NAMES: &'static str = "round_robin, least_request";
+    const NAMES: &'static str = "round_robin, least_request, random, peak_ewma, ring_hash";
 
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "round_robin" => LoadBalancer::RoundRobin,
             "least_request" | "p2c" => LoadBalancer::LeastRequest,
+            "random" => LoadBalancer::Random,
+            "peak_ewma" => LoadBalancer::PeakEwma,
+            "ring_hash" => LoadBalancer::RingHash,
             _ => return None,
         })
+    }
+
+    /// The balancer's name in policy documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadBalancer::RoundRobin => "round_robin",
+            LoadBalancer::LeastRequest => "least_request",
+            LoadBalancer::Random => "random",
+            LoadBalancer::PeakEwma => "peak_ewma",
+            LoadBalancer::RingHash => "ring_hash",
+        }
     }
 }
 
@@ -138,7 +162,7 @@ impl<'de> Deserialize<'de> for MtlsMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
-    /// Load balancer choice; least-request by default, which copes best with slow endpoints.
+    /// Load balancer choice; peak-EWMA by default, which copes best with slow endpoints.
     pub load_balancer: LoadBalancer,
     /// Connect timeout, locality, circuit breaker, outlier detection, retry budget.
     #[serde(flatten)]
@@ -518,6 +542,21 @@ fn decode_traffic_policy(d: &Diag, path: String, v: &Value) -> Option<TrafficPol
         None => Some(LoadBalancer::default()),
     };
     let resilience = crate::resilience::decode_destination(&mut o);
+    // The hash key and the ring go together: a ring without a key would hash nothing, and a
+    // key without the ring would look like stickiness that is not there.
+    if let (Some(lb), Some(r)) = (lb, resilience.as_ref()) {
+        match (lb, &r.hash_key) {
+            (LoadBalancer::RingHash, None) => d.err(
+                &crate::decode::join(&o.path, "hashKey"),
+                "is required with loadBalancer ring_hash ({header: name}, {cookie: name} or {sourceIp: true})",
+            ),
+            (lb, Some(_)) if lb != LoadBalancer::RingHash => d.err(
+                &crate::decode::join(&o.path, "hashKey"),
+                format!("only applies to loadBalancer ring_hash, not {}", lb.as_str()),
+            ),
+            _ => {}
+        }
+    }
     o.finish();
     Some(TrafficPolicy {
         load_balancer: lb?,

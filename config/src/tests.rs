@@ -317,3 +317,91 @@ routes:
         "{errs}"
     );
 }
+
+#[test]
+fn ring_hash_needs_a_hash_key_and_only_it_takes_one() {
+    use crate::resilience::HashKey;
+    let doc = |policy: &str| format!("kind: Service\nname: pay\ntrafficPolicy: {policy}\n");
+    let ok = |policy: &str| {
+        let rs = parse_documents(&doc(policy), "pay.yaml").unwrap();
+        let Resource::Service(s) = &rs[0] else {
+            panic!("not a service")
+        };
+        // What is printed parses back to the same policy.
+        let json = serde_json::to_string(&rs).unwrap();
+        assert_eq!(parse_documents(&json, "pay.json").unwrap(), rs);
+        s.traffic_policy.clone()
+    };
+    let p = ok("{loadBalancer: ring_hash, hashKey: {header: x-user}}");
+    assert_eq!(p.load_balancer, LoadBalancer::RingHash);
+    assert_eq!(
+        p.resilience.hash_key,
+        Some(HashKey::Header("x-user".into()))
+    );
+    let p = ok("{loadBalancer: ring_hash, hashKey: {cookie: Session}}");
+    assert_eq!(
+        p.resilience.hash_key,
+        Some(HashKey::Cookie("Session".into()))
+    );
+    let p = ok("{loadBalancer: ring_hash, hashKey: {sourceIp: true}}");
+    assert_eq!(p.resilience.hash_key, Some(HashKey::SourceIp(true)));
+    assert_eq!(
+        ok("{loadBalancer: random}").load_balancer,
+        LoadBalancer::Random
+    );
+    // Peak-EWMA is what a service gets without asking.
+    assert_eq!(ok("{}").load_balancer, LoadBalancer::PeakEwma);
+
+    let errors = |policy: &str| -> Vec<String> {
+        let errs = parse_documents(&doc(policy), "pay.yaml").unwrap_err();
+        errs.0.iter().map(|e| e.to_string()).collect()
+    };
+    let want = |policy: &str, msg: &str| {
+        let got = errors(policy);
+        assert!(
+            got.len() == 1 && got[0].starts_with(msg),
+            "{policy}: want {msg:?}, got {got:#?}"
+        );
+    };
+    want(
+        "{loadBalancer: ring_hash}",
+        "Service/pay: trafficPolicy.hashKey: is required with loadBalancer ring_hash",
+    );
+    want(
+        "{loadBalancer: round_robin, hashKey: {header: x-user}}",
+        "Service/pay: trafficPolicy.hashKey: only applies to loadBalancer ring_hash, not round_robin",
+    );
+    // The default balancer takes no key either.
+    want(
+        "{hashKey: {sourceIp: true}}",
+        "Service/pay: trafficPolicy.hashKey: only applies to loadBalancer ring_hash, not peak_ewma",
+    );
+    want(
+        "{loadBalancer: ring_hash, hashKey: {header: X-User}}",
+        "Service/pay: trafficPolicy.hashKey.header: is not a valid lower-case header name",
+    );
+    want(
+        "{loadBalancer: ring_hash, hashKey: {cookie: 'a b'}}",
+        "Service/pay: trafficPolicy.hashKey.cookie: is not a valid cookie name",
+    );
+    want(
+        "{loadBalancer: ring_hash, hashKey: {header: x, cookie: y}}",
+        "Service/pay: trafficPolicy.hashKey: needs exactly one of header, cookie, sourceIp: true",
+    );
+    want(
+        "{loadBalancer: ring_hash, hashKey: {sourceIp: false}}",
+        "Service/pay: trafficPolicy.hashKey: needs exactly one of",
+    );
+    // Every bad field at once: two keys, and one that is no key at all.
+    assert_eq!(
+        errors("{loadBalancer: ring_hash, hashKey: {header: x, sourceIp: true, path: y}}"),
+        [
+            "Service/pay: trafficPolicy.hashKey: needs exactly one of header, cookie, sourceIp: true",
+            "Service/pay: trafficPolicy.hashKey.path: unknown field (expected one of: cookie, header, sourceIp)",
+        ]
+    );
+    want(
+        "{loadBalancer: maglev}",
+        "Service/pay: trafficPolicy.loadBalancer: unknown load balancer \"maglev\"",
+    );
+}

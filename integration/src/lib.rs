@@ -7,6 +7,7 @@
 //! - [`bins`]: builds and locates the binaries.
 //! - [`procs`]: child processes (control plane, sidecars) that are killed when dropped.
 //! - [`apps`]: in-process echo apps (HTTP/1.1 and h2c).
+//! - [`fleet`]: upstream instances that answer a fixed status or stop and restart on command.
 //! - [`client`]: hyper clients and small request helpers.
 //! - [`misbehave`]: an upstream that fails, stalls or answers on command (resilience tests).
 //! - [`eventually`]: polling with a deadline instead of sleeping.
@@ -14,6 +15,7 @@
 pub mod apps;
 pub mod bins;
 pub mod client;
+pub mod fleet;
 pub mod misbehave;
 pub mod procs;
 

@@ -264,11 +264,9 @@ pub async fn run(args: Args) -> Result<(), String> {
         Identity::enabled()
     };
     let metrics = Arc::new(Metrics::new());
-    let policy = Arc::new(Policy::new(
-        &args.service,
-        metrics.clone(),
-        identity.clone(),
-    ));
+    let policy = Arc::new(
+        Policy::new(&args.service, metrics.clone(), identity.clone()).with_zone(args.zone.clone()),
+    );
     let life = Arc::new(Lifecycle::default());
     sync::load_persisted(&policy, &args.data_dir);
 

@@ -1,9 +1,9 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/identity`. Loopback by
-//! default; read-only in this version (mutations, when they come, are POST-only).
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/identity`, `/endpoints`.
+//! Loopback by default; read-only in this version (mutations, when they come, are POST-only).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use ferrule_config::time::rfc3339;
 
@@ -13,6 +13,8 @@ use http_body_util::{Either, Full};
 
 use crate::base::Lifecycle;
 use crate::codec::headers::{ProxyBody, RequestBody};
+use crate::forward::health::State;
+use crate::plan::balance::Member;
 use crate::plan::policy::Policy;
 
 /// Serves admin requests.
@@ -53,17 +55,21 @@ impl Admin {
         match req.uri().path() {
             "/live" => reply(StatusCode::OK, "text/plain", "live\n"),
             "/ready" => self.ready(),
-            "/metrics" => reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.policy.metrics.encode(),
-            ),
+            "/metrics" => {
+                self.policy.refresh_health_gauges();
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.policy.metrics.encode(),
+                )
+            }
+            "/endpoints" => self.endpoints(),
             "/config" => self.config(),
             "/identity" => self.identity(),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /live, /ready, /metrics, /config, /identity\n",
+                "not found; try /live, /ready, /metrics, /config, /identity, /endpoints\n",
             ),
         }
     }
@@ -119,6 +125,41 @@ impl Admin {
         reply(StatusCode::OK, "application/json", text)
     }
 
+    /// Every balanced destination (service and subset) with its balancer and each endpoint's
+    /// health as this sidecar sees it.
+    fn endpoints(&self) -> Response<ProxyBody> {
+        let tables = self.policy.load();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let destinations: Vec<serde_json::Value> = tables
+            .targets
+            .iter()
+            .map(|((_, subset), t)| {
+                let b = &t.balancer;
+                let endpoints: Vec<serde_json::Value> = b
+                    .members()
+                    .iter()
+                    .map(|m| endpoint_json(m, now, wall))
+                    .collect();
+                serde_json::json!({
+                    "service": &*t.service,
+                    "subset": subset,
+                    "loadBalancer": b.kind().as_str(),
+                    "panic": b.panicking(),
+                    "endpoints": endpoints,
+                })
+            })
+            .collect();
+        let body = serde_json::json!({
+            "version": tables.version,
+            "zone": tables.zone.as_deref(),
+            "destinations": destinations,
+        });
+        let mut text = serde_json::to_vec_pretty(&body).expect("JSON values serialise");
+        text.push(b'\n');
+        reply(StatusCode::OK, "application/json", text)
+    }
+
     fn config(&self) -> Response<ProxyBody> {
         let tables = self.policy.load();
         let status = self.policy.status();
@@ -137,4 +178,33 @@ impl Admin {
         text.push(b'\n');
         reply(StatusCode::OK, "application/json", text)
     }
+}
+
+/// One endpoint in `/endpoints`.
+fn endpoint_json(m: &Member, now: Instant, wall: SystemTime) -> serde_json::Value {
+    let r = m.upstream.health().report(now);
+    let (state, reason, until) = match r.state {
+        State::Healthy => ("healthy", None, None),
+        State::Ejected { reason, until } => (
+            "ejected",
+            Some(reason.as_str()),
+            Some(rfc3339(wall + until.saturating_duration_since(now))),
+        ),
+        State::Probing { reason } => ("probing", Some(reason.as_str()), None),
+    };
+    serde_json::json!({
+        "name": &*m.name,
+        "address": m.upstream.addr().to_string(),
+        "zone": m.zone.as_deref(),
+        "weight": m.weight,
+        "sidecar": m.sidecar,
+        "identity": m.identity.as_deref(),
+        "state": state,
+        "reason": reason,
+        "ejectedUntil": until,
+        "ejections": r.ejections,
+        "inFlight": m.upstream.in_flight(),
+        "latencyMs": r.latency.map(|l| l.as_secs_f64() * 1000.0),
+        "consecutiveFailures": r.consecutive_failures,
+    })
 }

@@ -43,8 +43,18 @@ pub trait HeadView {
     fn is_grpc(&self) -> bool;
     /// Whether it arrived over HTTP/2.
     fn is_http2(&self) -> bool;
-    /// The first value of header `name` (given in lower case).
+    /// The first value of header `name` (lower case), as bytes.
     fn header(&self, name: &str) -> Option<&[u8]>;
+
+    /// The value of cookie `name` in the first `Cookie` header, if it is there. (HTTP/2 may
+    /// split cookies over several `cookie` fields; a key in a later one is not seen, and the
+    /// request is then balanced as one without a key.)
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.header("cookie")?
+            .split(|&b| b == b';')
+            .map(|pair| pair.trim_ascii_start())
+            .find_map(|pair| pair.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
+    }
 }
 
 impl<B> HeadView for Request<B> {
@@ -77,5 +87,25 @@ impl<B> HeadView for Request<B> {
 
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers().get(name).map(HeaderValue::as_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeadView;
+
+    #[test]
+    fn reads_one_header_and_one_cookie() {
+        let req = http::Request::builder()
+            .header("x-user", "alice")
+            .header("cookie", "a=1; session=s3cr3t;b=2")
+            .body(())
+            .unwrap();
+        assert_eq!(req.header("x-user"), Some(&b"alice"[..]));
+        assert_eq!(req.header("x-none"), None);
+        assert_eq!(req.cookie("session"), Some(&b"s3cr3t"[..]));
+        assert_eq!(req.cookie("b"), Some(&b"2"[..]));
+        // A name that is only a prefix of another cookie's is not that cookie.
+        assert_eq!(req.cookie("sess"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Connections to one upstream address: a pool of idle HTTP/1.1 connections (hyper's client)
 //! and one shared, multiplexed HTTP/2 connection (`codec::h2client`) for the general path, a
-//! pool of plain sockets for the HTTP/1.1 fast path (`pipeline::fast`), plus the counters the
-//! balancer reads.
+//! pool of plain sockets for the HTTP/1.1 fast path (`pipeline::fast`), plus what the balancer
+//! reads: requests in flight and the endpoint's [`Health`] (ejection, latency estimate).
 //!
 //! Pools follow one set of rules: an idle connection is closed after [`POOL_IDLE_TIMEOUT`], no
 //! connection is reused past [`POOL_MAX_LIFETIME`], at most [`POOL_MAX_IDLE`] idle connections
@@ -31,6 +31,7 @@ use crate::codec::h2client;
 use crate::codec::headers::{H2Body, RequestBody, UpstreamBody, Wire};
 pub use crate::forward::conn::ConnectError;
 use crate::forward::conn::{self, Conn, TlsTarget};
+use crate::forward::health::Health;
 
 /// Most idle HTTP/1.1 connections pooled per upstream (for each of the two HTTP/1.1 clients);
 /// beyond that, a connection closes once its response is done.
@@ -55,8 +56,6 @@ pub fn may_resend(reused: bool, written: bool, idempotent: bool, body_in_hand: b
 /// How long a connect may take before the endpoint counts as failed, until a snapshot sets the
 /// destination's `connectTimeout` (the inbound app's stays this).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// An endpoint whose connect failed this recently is avoided while others are available.
-const FAILURE_MEMORY: Duration = Duration::from_secs(2);
 
 /// An error of either HTTP stack (hyper for HTTP/1.1, h2 for HTTP/2).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -79,9 +78,8 @@ pub struct Upstream {
     in_flight: AtomicUsize,
     /// The destination's connect timeout, in milliseconds (set by each snapshot).
     connect_timeout_ms: AtomicU64,
-    /// Milliseconds since `epoch` of the last failed connect, 0 if none.
-    last_failure_ms: AtomicU64,
-    epoch: Instant,
+    /// Ejection state, connect-failure memory and latency estimate.
+    health: Health,
     idle_h1: Mutex<Vec<Pooled<http1::SendRequest<RequestBody>>>>,
     h2: Mutex<Option<Pooled<h2client::Sender>>>,
     /// Idle keep-alive sockets of the fast path, each with its read buffer.
@@ -103,8 +101,7 @@ impl Upstream {
             tls,
             in_flight: AtomicUsize::new(0),
             connect_timeout_ms: AtomicU64::new(CONNECT_TIMEOUT.as_millis() as u64),
-            last_failure_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            health: Health::default(),
             idle_h1: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             idle_raw: Mutex::new(Vec::new()),
@@ -133,15 +130,9 @@ impl Upstream {
             .store(t.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
-    /// Whether a connect to this address failed within the last few seconds.
-    pub fn recently_failed(&self) -> bool {
-        let at = self.last_failure_ms.load(Ordering::Relaxed);
-        at != 0 && self.epoch.elapsed().as_millis() as u64 - at < FAILURE_MEMORY.as_millis() as u64
-    }
-
-    fn note_failure(&self) {
-        let ms = (self.epoch.elapsed().as_millis() as u64).max(1);
-        self.last_failure_ms.store(ms, Ordering::Relaxed);
+    /// The endpoint's health as this sidecar has seen it.
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     /// Sends `req` on a connection of the given protocol, connecting if needed. (The attempt
@@ -221,15 +212,11 @@ impl Upstream {
     }
 
     /// A new connection, plain or mutual TLS (HTTP/2 or HTTP/1.1 inside, by `h2`). Any
-    /// failure, the TLS handshake's and the identity check's included, counts against the
-    /// endpoint, as a refused TCP connect does.
+    /// failure, the TLS handshake's and the identity check's included, comes back to the
+    /// attempt loop as a refused connect, which counts it against the endpoint's health.
     async fn connect_stream(&self, h2: bool) -> Result<Conn, ConnectError> {
         let timeout = Duration::from_millis(self.connect_timeout_ms.load(Ordering::Relaxed));
-        let res = conn::connect(self.addr, self.tls.as_ref(), h2, timeout).await;
-        if res.is_err() {
-            self.note_failure();
-        }
-        res
+        conn::connect(self.addr, self.tls.as_ref(), h2, timeout).await
     }
 
     /// An idle fast-path connection that is still open, if one is pooled. A socket the

@@ -225,10 +225,11 @@ pub async fn run<T: Transport>(
             Dest::Balanced(t) => {
                 // Another endpoint than those tried, if there is one; a request retried for
                 // its response may go back to an endpoint it tried (one endpoint, a 503).
-                let pick = t
-                    .balancer
-                    .pick(&tried[..n_tried])
-                    .or_else(|| (!only_connects).then(|| t.balancer.pick(&[])).flatten());
+                let pick = t.balancer.pick(&tried[..n_tried], d.hash).or_else(|| {
+                    (!only_connects)
+                        .then(|| t.balancer.pick(&[], d.hash))
+                        .flatten()
+                });
                 match pick {
                     Some(i) => {
                         let member = &t.balancer.members()[i];
@@ -262,6 +263,16 @@ pub async fn run<T: Transport>(
                 }
                 None => Some(transport.attempt(upstream, wire, remaining).await),
             };
+            // Outlier detection and peak-EWMA: a refused connect or stream, a failed exchange,
+            // an attempt that timed out and a 5xx are failures; a response head is a success,
+            // timed to its arrival. A client that broke the exchange says nothing about the
+            // endpoint.
+            let rtt = now.elapsed();
+            match &outcome {
+                Some(Ok(out)) => p.observe(d, index, T::head(out).status < 500, rtt),
+                Some(Err(AttemptError::Abort)) => {}
+                None | Some(Err(_)) => p.observe(d, index, false, rtt),
+            }
             match outcome {
                 None => match deadline {
                     Some((at, t)) if Instant::now() >= at => {

@@ -27,13 +27,15 @@ pub mod general;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferrule_config::{authz, Protocol};
+use ferrule_config::resilience::HashKey;
+use ferrule_config::{authz, LoadBalancer, Protocol};
 
 use crate::base::{ConnCtx, Listener, Reason};
 use crate::codec::headers::{host_of, Wire};
 use crate::codec::render::ProxyError;
 use crate::codec::HeadView;
 use crate::forward::upstream::Upstream;
+use crate::plan::balance::hash_key;
 use crate::plan::policy::{Policy, RouteTable, ServiceTable, Target};
 use crate::telemetry::metrics::{Codec, Direction, ServiceMetrics};
 
@@ -88,6 +90,9 @@ pub struct Decision {
     pub idempotent: bool,
     /// The protocol of the destination (the app's own, inbound).
     pub protocol: Protocol,
+    /// The request's key for a `ring_hash` destination (`None`: no such balancer, or the
+    /// request lacks the key, and then it goes to a random endpoint).
+    pub hash: Option<u64>,
     /// The client speaks HTTP/2 or gRPC (so a peer sidecar is spoken to in HTTP/2).
     pub wants_h2: bool,
     /// When the request's head was read: the start of its latency. With this decision and
@@ -176,6 +181,7 @@ impl Pipeline {
                 caller_deadline,
                 idempotent: is_idempotent(head.method()),
                 protocol,
+                hash: None,
                 wants_h2,
                 start,
             });
@@ -250,9 +256,18 @@ impl Pipeline {
             caller_deadline,
             idempotent: is_idempotent(head.method()),
             protocol: target.protocol,
+            hash: request_key(target, ctx, head),
             wants_h2,
             start,
         })
+    }
+
+    /// Records one attempt's outcome on the endpoint `index` of a balanced decision (the
+    /// inbound app, the only endpoint there is, is never ejected).
+    pub fn observe(&self, d: &Decision, index: usize, ok: bool, rtt: Duration) {
+        if let Dest::Balanced(t) = &d.dest {
+            t.balancer.observe(index, ok, rtt);
+        }
     }
 
     /// Applies the service's authorization policy to an inbound request (see
@@ -443,6 +458,21 @@ pub fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
         b'n' => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// The hash of the request's key, when its destination balances on a ring.
+fn request_key<H: HeadView + ?Sized>(target: &Target, ctx: &ConnCtx, head: &H) -> Option<u64> {
+    if target.balancer.kind() != LoadBalancer::RingHash {
+        return None;
+    }
+    match target.policy.hash_key.as_ref()? {
+        HashKey::Header(name) => head.header(name).map(hash_key),
+        HashKey::Cookie(name) => head.cookie(name).map(hash_key),
+        HashKey::SourceIp(_) => Some(match ctx.peer.ip() {
+            std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
+            std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -621,3 +621,145 @@ fn incoming_deadlines_shorten_the_route_timeout() {
     assert_eq!(parse_grpc_timeout(b"123456789S"), None);
     assert_eq!(parse_grpc_timeout(b"5x"), None);
 }
+
+#[tokio::test]
+async fn every_attempt_outcome_reaches_the_endpoint_health() {
+    // The /v2 subset has one endpoint, c: one of one is beyond the 50% ejection cap, so c
+    // is never ejected and its failure streak shows every outcome the loop reported. A POST,
+    // so that no failure is retried (each attempt is one outcome).
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &post("/v2", "echo")).unwrap();
+    let Dest::Balanced(target) = &d.dest else {
+        panic!()
+    };
+    let streak = || {
+        target.balancer.members()[0]
+            .upstream
+            .health()
+            .report(std::time::Instant::now())
+            .consecutive_failures
+    };
+    // A 5xx response head is a failure, though it is relayed to the client.
+    let mut t = Script::new(vec![Ok("503"), Ok("500")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "503");
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "500");
+    assert_eq!(streak(), 2);
+    // A refused connect and a failed exchange are failures.
+    let mut t = Script::new(vec![refused(), Err(AttemptError::Failed("reset".into()))]);
+    assert!(attempt::run(&p, &d, &mut t).await.is_err());
+    assert!(attempt::run(&p, &d, &mut t).await.is_err());
+    assert_eq!(streak(), 4);
+    // A client that broke the exchange says nothing about the endpoint.
+    let mut t = Script::new(vec![Err(AttemptError::Abort)]);
+    assert!(matches!(
+        attempt::run(&p, &d, &mut t).await,
+        Err(Failure::Abort)
+    ));
+    assert_eq!(streak(), 4);
+    // Any other response head is a success, and feeds the latency estimate.
+    let mut t = Script::new(vec![Ok("404")]);
+    attempt::run(&p, &d, &mut t).await.unwrap();
+    assert_eq!(streak(), 0);
+    let health = target.balancer.members()[0].upstream.health();
+    assert!(health.latency(std::time::Instant::now()).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_the_deadline_is_a_failure() {
+    let p = Pipeline::outbound(policy(Some(MESH)));
+    let d = p.plan(&ctx(), &get("/slow", "echo")).unwrap();
+    let mut t = Script::new(vec![]);
+    t.hang = true;
+    assert!(attempt::run(&p, &d, &mut t).await.is_err());
+    let Dest::Balanced(target) = &d.dest else {
+        panic!()
+    };
+    let failures: u32 = target
+        .balancer
+        .members()
+        .iter()
+        .map(|m| {
+            m.upstream
+                .health()
+                .report(std::time::Instant::now())
+                .consecutive_failures
+        })
+        .sum();
+    assert_eq!(failures, 1);
+}
+
+const RINGS: &str = "\
+kind: Service
+name: by-header
+trafficPolicy: {loadBalancer: ring_hash, hashKey: {header: x-user}}
+---
+kind: Service
+name: by-cookie
+trafficPolicy: {loadBalancer: ring_hash, hashKey: {cookie: session}}
+---
+kind: Service
+name: by-ip
+trafficPolicy: {loadBalancer: ring_hash, hashKey: {sourceIp: true}}
+---
+kind: Service
+name: plain
+---
+kind: Endpoint
+name: h
+service: by-header
+address: 127.0.0.1:2001
+---
+kind: Endpoint
+name: k
+service: by-cookie
+address: 127.0.0.1:2002
+---
+kind: Endpoint
+name: i
+service: by-ip
+address: 127.0.0.1:2003
+---
+kind: Endpoint
+name: p
+service: plain
+address: 127.0.0.1:2004
+";
+
+#[test]
+fn plan_hashes_the_ring_key_from_a_header_a_cookie_or_the_source_ip() {
+    use crate::plan::balance::hash_key;
+    let p = Pipeline::outbound(policy(Some(RINGS)));
+    let with = |host: &str, name: &str, value: &str| {
+        Request::builder()
+            .uri("/")
+            .header("host", host)
+            .header(name, value)
+            .body(())
+            .unwrap()
+    };
+    let hash = |req: &Request<()>| p.plan(&ctx(), req).unwrap().hash;
+    assert_eq!(
+        hash(&with("by-header", "x-user", "alice")),
+        Some(hash_key(b"alice"))
+    );
+    // Without the key: no hash (a random endpoint).
+    assert_eq!(hash(&with("by-header", "x-other", "alice")), None);
+    assert_eq!(
+        hash(&with("by-cookie", "cookie", "a=1; session=s1")),
+        Some(hash_key(b"s1"))
+    );
+    assert_eq!(hash(&with("by-cookie", "cookie", "a=1")), None);
+    assert_eq!(hash(&get("/", "by-ip")), Some(hash_key(&[127, 0, 0, 1])));
+    // Other balancers never pay for a hash.
+    assert_eq!(hash(&with("plain", "x-user", "alice")), None);
+    // The fast path's in-place head gives the same key (header names case-insensitive).
+    let raw = b"GET / HTTP/1.1\r\nHost: by-header\r\nX-User: alice\r\n\r\n";
+    let mut storage = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+    let Parsed::Ready(head) = h1::parse_request(raw, &mut storage) else {
+        panic!("not parsed");
+    };
+    assert_eq!(
+        p.plan(&ctx(), &head).unwrap().hash,
+        Some(hash_key(b"alice"))
+    );
+}

@@ -176,6 +176,10 @@ pub struct Tables {
     upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
     cursors: HashMap<(String, BTreeMap<String, String>), Arc<AtomicUsize>>,
     budgets: HashMap<String, Arc<Budget>>,
+    /// Every balanced destination (service and label subset), for `/endpoints`.
+    pub targets: BTreeMap<(String, BTreeMap<String, String>), Arc<Target>>,
+    /// This sidecar's zone (locality prefers endpoints in it).
+    pub zone: Option<Arc<str>>,
     /// Metric handles for requests to hosts that name no service.
     pub unknown_metrics: ServiceMetrics,
 }
@@ -191,6 +195,8 @@ impl Tables {
             upstreams: HashMap::new(),
             cursors: HashMap::new(),
             budgets: HashMap::new(),
+            targets: BTreeMap::new(),
+            zone: None,
             unknown_metrics: metrics.service(Direction::Outbound, "unknown"),
         }
     }
@@ -207,11 +213,13 @@ impl Tables {
         v
     }
 
-    /// Compiles a validated snapshot, reusing `prev`'s per-endpoint state where unchanged.
+    /// Compiles a validated snapshot, reusing `prev`'s per-endpoint state where unchanged;
+    /// `zone` is this sidecar's zone, if it knows one.
     pub fn compile(
         snap: Arc<Snapshot>,
         prev: &Tables,
         local_service: &str,
+        zone: Option<&Arc<str>>,
         metrics: &Arc<Metrics>,
         identity: &Arc<Identity>,
     ) -> Self {
@@ -274,6 +282,7 @@ impl Tables {
                 .clone();
             if let Some(d) = dests.get(ep.service.as_str()) {
                 up.set_connect_timeout(d.connect_timeout);
+                up.health().set_policy(d.outlier_detection);
             }
             by_service
                 .entry(ep.service.as_str())
@@ -301,22 +310,27 @@ impl Tables {
                             upstream: up.clone(),
                             weight: ep.weight.max(1),
                             sidecar: ep.sidecar,
+                            zone: ep.zone.as_deref().map(Arc::from),
+                            identity: ep.identity.as_deref().map(Arc::from),
                         })
                         .collect()
                 })
                 .unwrap_or_default();
             let cursor = prev.cursors.get(&key).cloned().unwrap_or_default();
             cursors.insert(key.clone(), cursor.clone());
+            let policy: Destination = dests.get(service).map(|d| (*d).clone()).unwrap_or_default();
+            let balancer = Balancer::new(
+                lbs.get(service).copied().unwrap_or_default(),
+                members,
+                cursor,
+            )
+            .with_policy(&policy, zone.cloned(), metrics.lb(service));
             let t = Arc::new(Target {
-                policy: dests.get(service).map(|d| (*d).clone()).unwrap_or_default(),
+                policy,
                 budget: budgets.get(service).cloned().unwrap_or_default(),
                 service: service.into(),
                 protocol: protocols.get(service).copied().unwrap_or_default(),
-                balancer: Balancer::new(
-                    lbs.get(service).copied().unwrap_or_default(),
-                    members,
-                    cursor,
-                ),
+                balancer,
             });
             targets.insert(key, t.clone());
             t
@@ -404,6 +418,8 @@ impl Tables {
             upstreams,
             cursors,
             budgets,
+            targets: targets.into_iter().collect(),
+            zone: zone.cloned(),
             unknown_metrics: prev.unknown_metrics.clone(),
         }
     }
@@ -425,6 +441,7 @@ pub struct Policy {
     current: ArcSwap<Tables>,
     status: Mutex<PolicyStatus>,
     local_service: String,
+    zone: Option<Arc<str>>,
     /// This sidecar's identity: connections to endpoints with an identity use it.
     pub identity: Arc<Identity>,
     /// Metrics registry (snapshot compile resolves handles from it).
@@ -446,9 +463,34 @@ impl Policy {
             current: ArcSwap::from_pointee(Tables::empty(&metrics)),
             status: Mutex::new(PolicyStatus::default()),
             local_service: local_service.to_owned(),
+            zone: None,
             identity,
             metrics,
         }
+    }
+
+    /// Sets this sidecar's zone (`--zone`), before the first snapshot is applied.
+    pub fn with_zone(mut self, zone: Option<String>) -> Self {
+        self.zone = zone.filter(|z| !z.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// Sets the ejected-endpoint gauges from the current tables (done when `/metrics` is
+    /// scraped). An endpoint in two subsets of a service counts once.
+    pub fn refresh_health_gauges(&self) {
+        let tables = self.load();
+        let mut per_service: BTreeMap<&str, std::collections::HashSet<SocketAddr>> =
+            BTreeMap::new();
+        for t in tables.targets.values() {
+            let set = per_service.entry(&t.service).or_default();
+            for m in t.balancer.members() {
+                if m.upstream.health().ejected() {
+                    set.insert(m.upstream.addr());
+                }
+            }
+        }
+        self.metrics
+            .set_ejected(per_service.iter().map(|(s, set)| (*s, set.len() as i64)));
     }
 
     /// The tables a request should use, for its whole life.
@@ -469,6 +511,7 @@ impl Policy {
             snap,
             &prev,
             &self.local_service,
+            self.zone.as_ref(),
             &self.metrics,
             &self.identity,
         );
@@ -524,7 +567,7 @@ mod tests {
     fn reload_keeps_state_of_unchanged_endpoints() {
         let m = Arc::new(Metrics::new());
         let id = Identity::disabled();
-        let first = Tables::compile(snapshot(1, TWO), &Tables::empty(&m), "echo", &m, &id);
+        let first = Tables::compile(snapshot(1, TWO), &Tables::empty(&m), "echo", None, &m, &id);
         let cursor = first.cursors.values().next().unwrap().clone();
         cursor.store(7, std::sync::atomic::Ordering::Relaxed);
 
@@ -534,7 +577,7 @@ mod tests {
             "address: 127.0.0.1:1002\nlabels: {v: x}\n",
         )
             + "---\nkind: Endpoint\nname: c\nservice: echo\naddress: 127.0.0.1:1003\n";
-        let second = Tables::compile(snapshot(2, &next_yaml), &first, "echo", &m, &id);
+        let second = Tables::compile(snapshot(2, &next_yaml), &first, "echo", None, &m, &id);
         assert!(Arc::ptr_eq(
             &upstream_of(&first, "127.0.0.1:1001"),
             &upstream_of(&second, "127.0.0.1:1001")
@@ -560,7 +603,7 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let yaml = "kind: Service\nname: echo\nroutes:\n  - name: exact\n    match: {pathExact: /x}\n  - name: v2\n    match: {pathPrefix: /v2, method: POST, headers: {x-canary: 'yes'}}\n  - name: api\n    match: {pathPrefix: /api/}\n";
         let id = Identity::disabled();
-        let t = Tables::compile(snapshot(1, yaml), &Tables::empty(&m), "none", &m, &id);
+        let t = Tables::compile(snapshot(1, yaml), &Tables::empty(&m), "none", None, &m, &id);
         let svc = t.service("echo").unwrap();
         let name = |method: &str, path: &str, canary: bool| {
             let mut b = Request::builder().method(method).uri(path);

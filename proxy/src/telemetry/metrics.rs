@@ -104,6 +104,29 @@ struct RetryLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EjectionLabels {
+    service: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    service: String,
+}
+
+/// Handles of one destination's balancer metrics (resolved at snapshot compile time). The
+/// default handles are registered nowhere (for balancers built outside a snapshot, in tests).
+#[derive(Debug, Clone, Default)]
+pub struct LbMetrics {
+    /// Ejections for consecutive failures.
+    pub ejected_consecutive: Counter,
+    /// Ejections for the failure rate.
+    pub ejected_rate: Counter,
+    /// Picks made in panic mode.
+    pub panic: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
 }
@@ -156,6 +179,9 @@ pub struct Metrics {
     pub cert_issued: Counter,
     /// Failed attempts to obtain or renew the certificate.
     pub cert_failures: Counter,
+    ejections: Family<EjectionLabels, Counter>,
+    ejected: Family<DestinationLabels, Gauge>,
+    lb_panic: Family<DestinationLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -207,6 +233,26 @@ impl Metrics {
         let cert_expiry = Gauge::default();
         let cert_issued = Counter::default();
         let cert_failures = Counter::default();
+        let ejections = Family::<EjectionLabels, Counter>::default();
+        let ejected = Family::<DestinationLabels, Gauge>::default();
+        let lb_panic = Family::<DestinationLabels, Counter>::default();
+        // Labelled by service and reason only, never by endpoint address: a fleet's churn of
+        // addresses would otherwise grow the series without bound (`/endpoints` has the rest).
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection, by destination service and reason",
+            ejections.clone(),
+        );
+        registry.register(
+            "endpoints_ejected",
+            "Endpoints of a destination service ejected now (or waiting for their probe)",
+            ejected.clone(),
+        );
+        registry.register(
+            "lb_panic",
+            "Picks made in panic mode: more endpoints unavailable than maxEjectedPercent, so every endpoint was used",
+            lb_panic.clone(),
+        );
         registry.register(
             "tls_handshakes",
             "Mutual TLS handshakes by direction and result (ok, or why it failed)",
@@ -285,6 +331,45 @@ impl Metrics {
             cert_expiry,
             cert_issued,
             cert_failures,
+            ejections,
+            ejected,
+            lb_panic,
+        }
+    }
+
+    /// Resolves the balancer metric handles of destination `service`.
+    pub fn lb(&self, service: &str) -> LbMetrics {
+        let ejection = |reason| {
+            self.ejections
+                .get_or_create(&EjectionLabels {
+                    service: service.to_owned(),
+                    reason,
+                })
+                .clone()
+        };
+        LbMetrics {
+            ejected_consecutive: ejection("consecutive-failures"),
+            ejected_rate: ejection("failure-rate"),
+            panic: self
+                .lb_panic
+                .get_or_create(&DestinationLabels {
+                    service: service.to_owned(),
+                })
+                .clone(),
+        }
+    }
+
+    /// Sets the ejected-endpoint gauges to `counts` (service, endpoints ejected), dropping
+    /// services no longer listed. Computed when scraped, because an ejection ends by time,
+    /// not by an event anything could count.
+    pub fn set_ejected<'a>(&self, counts: impl IntoIterator<Item = (&'a str, i64)>) {
+        self.ejected.clear();
+        for (service, n) in counts {
+            self.ejected
+                .get_or_create(&DestinationLabels {
+                    service: service.to_owned(),
+                })
+                .set(n);
         }
     }
 
