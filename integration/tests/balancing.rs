@@ -379,15 +379,20 @@ async fn a_failing_endpoint_is_ejected_avoided_and_readmitted() {
         0.0
     );
     let log = load.finish().await;
-    // The client saw exactly the five 503s that ejected echo-3 (requests go one at a time, so
-    // none was in flight at the ejection; its probe came after it had recovered), and no other
-    // failure.
+    // The client saw no failure: each of the five 503s that ejected echo-3 was retried on
+    // another endpoint (requests go one at a time, so none was in flight at the ejection; its
+    // probe came after it had recovered). The retries are what the loop counted.
     let failed: Vec<&Outcome> = log.iter().filter(|o| o.status != 200).collect();
-    assert!(
-        failed.iter().all(|o| o.status == 503 && o.app == "echo-3"),
-        "{failed:?}"
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(
+        sidecar
+            .metric(
+                "ferrule_retries_total",
+                &[("service", "echo"), ("condition", "5xx")]
+            )
+            .await,
+        5.0
     );
-    assert_eq!(failed.len(), 5, "{failed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,5 +454,7 @@ async fn a_killed_endpoint_is_ejected_within_a_second_and_readmitted_when_back()
         failed.len(),
         log.len()
     );
-    assert!(log.len() > 300, "only {} requests", log.len());
+    // Enough traffic for the kill to matter (requests go one at a time; on a busy two-core
+    // machine a few hundred).
+    assert!(log.len() > 100, "only {} requests", log.len());
 }

@@ -182,7 +182,10 @@ const HALF: &str = "
 kind: Service
 name: half
 protocol: http
-trafficPolicy: {loadBalancer: round_robin}
+# No ejection: this test is about retries, so the failing endpoint must keep getting picked.
+trafficPolicy:
+  loadBalancer: round_robin
+  outlierDetection: {consecutiveFailures: 0, failurePercent: 0}
 routes:
   - name: echo
     match: {pathPrefix: /echo}
