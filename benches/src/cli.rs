@@ -1,4 +1,4 @@
-//! The command line: the `upstream`, `load` and `run` subcommands, their flags and defaults,
+//! The command line: the `upstream`, `load`, `run` and `failover` subcommands, their flags and defaults,
 //! and the duration syntax (`500ms`, `2s`, `1.5m`) the flags accept.
 
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::failover::FailoverTarget;
 use crate::protocol::Protocol;
 use crate::target::TargetKey;
 
@@ -32,6 +33,12 @@ pub(crate) enum Command {
     /// Needs the release binaries next to this executable: run `cargo build --release
     /// --workspace` first, or use `benches/run.sh`, which does both.
     Run(RunArgs),
+    /// The resilience issue's "kill one of three" scenario: three upstream instances behind
+    /// Ferrule, nginx and HAProxy in turn, one killed during an open-loop run and started
+    /// again; success rate and latency over the whole run and over the failure window.
+    ///
+    /// Needs the release binaries next to this executable, as `run` does.
+    Failover(FailoverArgs),
 }
 
 /// Flags of `ferrule-bench upstream`.
@@ -171,6 +178,62 @@ pub(crate) struct RunArgs {
     pub(crate) bin_dir: Option<PathBuf>,
 }
 
+/// Flags of `ferrule-bench failover`.
+#[derive(Debug, Args)]
+pub(crate) struct FailoverArgs {
+    /// Targets, comma-separated, run one after another [default: all]: ferrule,
+    /// ferrule-sidecar (the app's sidecar is killed with it), nginx, haproxy.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub(crate) targets: Vec<FailoverTarget>,
+    /// Open-loop rate in requests per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub(crate) rate: f64,
+    /// Speak HTTP/2 (h2c, prior knowledge) to the target instead of HTTP/1.1.
+    #[arg(long)]
+    pub(crate) http2: bool,
+    /// Measured time.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Load before the measured time (not counted).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub(crate) warmup: Duration,
+    /// When one upstream instance is killed (SIGKILL), from the start of the measured time.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) kill_at: Duration,
+    /// When it is started again on the same port, from the start of the measured time.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub(crate) restart_at: Duration,
+    /// Per-request timeout; a request that takes longer counts as a transport error.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Requests in flight at most: HTTP/1.1 connections, or HTTP/2 streams spread over
+    /// connections of --streams each.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) connections: usize,
+    /// HTTP/2: requests multiplexed on each connection.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) streams: usize,
+    /// Worker threads of every proxy: nginx worker_processes, HAProxy nbthread,
+    /// ferrule-proxy --threads.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) proxy_threads: usize,
+    /// Do not try `apt-get install haproxy nginx` when they are missing (they are then left
+    /// out, and the report says why).
+    #[arg(long)]
+    pub(crate) no_install: bool,
+    /// Size of the upstream's response body in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub(crate) body_size: usize,
+    /// Directory for the JSON and markdown results and the children's logs
+    /// [default: target/bench-results, next to the release directory].
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Directory holding ferrule-proxy, ferrule-control and ferrulectl
+    /// [default: the directory of this executable].
+    #[arg(long)]
+    pub(crate) bin_dir: Option<PathBuf>,
+}
+
 /// Parses a duration: a number followed by `h`, `m`/`min`, `s` (the default), `ms` or `us`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -267,5 +330,36 @@ mod tests {
         assert_eq!(args.protocols, [Protocol::Http1, Protocol::Grpc]);
         assert_eq!(args.rates, [1000.0, 5000.0]);
         assert!(Cli::try_parse_from(["ferrule-bench", "run", "--targets", "envoy"]).is_err());
+    }
+
+    #[test]
+    fn failover_defaults_follow_the_issue() {
+        let cli = Cli::try_parse_from(["ferrule-bench", "failover"]).unwrap();
+        let Command::Failover(args) = cli.command else {
+            panic!("not a failover")
+        };
+        assert!(args.targets.is_empty());
+        assert_eq!(args.rate, 200.0);
+        assert!(!args.http2);
+        assert_eq!(args.duration, Duration::from_secs(20));
+        assert_eq!(args.kill_at, Duration::from_secs(5));
+        assert_eq!(args.restart_at, Duration::from_secs(15));
+        let cli = Cli::try_parse_from([
+            "ferrule-bench",
+            "failover",
+            "--targets",
+            "nginx,ferrule",
+            "--http2",
+        ])
+        .unwrap();
+        let Command::Failover(args) = cli.command else {
+            panic!("not a failover")
+        };
+        assert_eq!(
+            args.targets,
+            [FailoverTarget::Nginx, FailoverTarget::Ferrule]
+        );
+        assert!(args.http2);
+        assert!(Cli::try_parse_from(["ferrule-bench", "failover", "--targets", "envoy"]).is_err());
     }
 }

@@ -52,12 +52,7 @@ impl Settings {
         };
         let out = match args.out {
             Some(out) => out,
-            // target/release/ferrule-bench -> target/bench-results
-            None => std::env::current_exe()?
-                .parent()
-                .and_then(|release| release.parent())
-                .ok_or("cannot derive the default --out directory; pass --out")?
-                .join("bench-results"),
+            None => default_out_dir()?,
         };
         let mut targets = if args.targets.is_empty() {
             TargetKey::ALL.to_vec()
@@ -158,6 +153,16 @@ impl Settings {
     }
 }
 
+/// The default `--out`: `target/bench-results`, beside the release directory that holds this
+/// executable (target/release/ferrule-bench -> target/bench-results).
+pub(crate) fn default_out_dir() -> Result<std::path::PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .and_then(|release| release.parent())
+        .ok_or("cannot derive the default --out directory; pass --out")?
+        .join("bench-results"))
+}
+
 /// Runs `ferrule-bench run`.
 pub(crate) async fn run_cli(args: RunArgs) -> Result<()> {
     let settings = Settings::from_args(args)?;
@@ -169,7 +174,9 @@ pub(crate) async fn run_cli(args: RunArgs) -> Result<()> {
     }
 }
 
-async fn interrupted() -> Result<&'static str> {
+/// Resolves when the process gets Ctrl-C or SIGTERM, so that the caller can drop (and so
+/// kill) its children instead of dying with them still running.
+pub(crate) async fn interrupted() -> Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -179,7 +186,7 @@ async fn interrupted() -> Result<&'static str> {
 }
 
 /// The command line as typed, quoted for a shell where needed.
-fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     std::env::args()
         .map(|arg| {
             let plain = !arg.is_empty()
@@ -667,6 +674,8 @@ async fn measure_one(
         duration: run.duration,
         warmup: run.warmup,
         timeout: settings.timeout,
+        timeline: false,
+        window_start: None,
     };
     let report = load::run(&spec).await?;
 

@@ -91,6 +91,38 @@ pub(crate) struct LoadSpec {
     pub(crate) warmup: Duration,
     /// Per-request timeout.
     pub(crate) timeout: Duration,
+    /// Keep one [`Sample`] per measured request in the report, for statistics over parts of
+    /// the window (the failover scenario); off for ordinary runs.
+    pub(crate) timeline: bool,
+    /// Told the instant the measured window starts, once the connections are open and the
+    /// clock is set: lets a scenario act at fixed points of the window.
+    pub(crate) window_start: Option<mpsc::UnboundedSender<Instant>>,
+}
+
+/// What became of one request, in a timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SampleOutcome {
+    /// A successful response.
+    Ok,
+    /// A complete response that is not a success (non-2xx, gRPC error status).
+    Failed,
+    /// Connect failure, protocol error or timeout.
+    Transport,
+    /// Not finished by the hard deadline.
+    Unfinished,
+}
+
+/// One measured request of a run with a timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub(crate) struct Sample {
+    /// Its latency clock's start (the intended send in open loop), from the start of the
+    /// measured window.
+    pub(crate) at: Duration,
+    /// What became of it.
+    pub(crate) outcome: SampleOutcome,
+    /// From `at` to the end of its response (or its failure), in microseconds.
+    pub(crate) latency_us: u64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -213,6 +245,9 @@ pub(crate) struct LoadReport {
     pub(crate) completed_total: u64,
     /// A few distinct error messages, to say why errors happened.
     pub(crate) error_samples: Vec<String>,
+    /// Every measured request, in no particular order, when the spec asked for a timeline.
+    #[serde(skip)]
+    pub(crate) timeline: Vec<Sample>,
 }
 
 impl LoadReport {
@@ -323,6 +358,8 @@ pub(crate) async fn run_cli(args: LoadArgs) -> Result<()> {
         duration: args.duration,
         warmup: args.warmup,
         timeout: args.timeout,
+        timeline: false,
+        window_start: None,
     };
     let report = run(&spec).await?;
     if args.json {
@@ -382,6 +419,10 @@ pub(crate) async fn run(spec: &LoadSpec) -> Result<LoadReport> {
         end,
         hard_deadline: end + spec.timeout,
     };
+    if let Some(tell) = &spec.window_start {
+        // The listener may have given up waiting; the run does not depend on it.
+        let _ = tell.send(measure_from);
+    }
 
     let mut workers = JoinSet::new();
     let mut pacer = None;
@@ -390,14 +431,14 @@ pub(crate) async fn run(spec: &LoadSpec) -> Result<LoadReport> {
             let (tickets_tx, tickets_rx) = mpsc::unbounded_channel();
             let tickets = Arc::new(Mutex::new(tickets_rx));
             for conn in conns {
-                let worker = Worker::new(conn, endpoint.clone(), clock, spec.timeout)?;
+                let worker = Worker::new(conn, endpoint.clone(), clock, spec)?;
                 workers.spawn(worker.open_loop(tickets.clone()));
             }
             pacer = Some(spawn_pacer(clock, rate, tickets_tx)?);
         }
         Mode::Closed => {
             for conn in conns {
-                let worker = Worker::new(conn, endpoint.clone(), clock, spec.timeout)?;
+                let worker = Worker::new(conn, endpoint.clone(), clock, spec)?;
                 workers.spawn(worker.closed_loop());
             }
         }
@@ -406,6 +447,9 @@ pub(crate) async fn run(spec: &LoadSpec) -> Result<LoadReport> {
     // Workers stop by themselves by the hard deadline; this guard only catches a bug.
     let guard = tokio::time::Instant::from_std(clock.hard_deadline + Duration::from_secs(5));
     let mut tally = Tally::new()?;
+    if spec.timeline {
+        tally.timeline = Some((clock.measure_from, Vec::new()));
+    }
     loop {
         match tokio::time::timeout_at(guard, workers.join_next()).await {
             Ok(Some(joined)) => tally.merge(joined?)?,
@@ -587,13 +631,17 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(conn: Conn, endpoint: Arc<Endpoint>, clock: Clock, timeout: Duration) -> Result<Self> {
+    fn new(conn: Conn, endpoint: Arc<Endpoint>, clock: Clock, spec: &LoadSpec) -> Result<Self> {
+        let mut tally = Tally::new()?;
+        if spec.timeline {
+            tally.timeline = Some((clock.measure_from, Vec::new()));
+        }
         Ok(Worker {
             conn,
             endpoint,
             clock,
-            timeout,
-            tally: Tally::new()?,
+            timeout: spec.timeout,
+            tally,
         })
     }
 
@@ -609,6 +657,7 @@ impl Worker {
                 if measured {
                     self.tally.requests += 1;
                     self.tally.unfinished += 1;
+                    self.tally.mark(intended, SampleOutcome::Unfinished, sent);
                 }
                 continue;
             }
@@ -685,6 +734,8 @@ struct Tally {
     completed_total: u64,
     last_done: Option<Instant>,
     error_samples: Vec<String>,
+    /// The start of the measured window and the samples, when a timeline is kept.
+    timeline: Option<(Instant, Vec<Sample>)>,
 }
 
 impl Tally {
@@ -702,12 +753,32 @@ impl Tally {
             completed_total: 0,
             last_done: None,
             error_samples: Vec::new(),
+            timeline: None,
         })
+    }
+
+    /// Adds a sample to the timeline, if one is kept.
+    fn mark(&mut self, from: Instant, outcome: SampleOutcome, done: Instant) {
+        if let Some((window, samples)) = &mut self.timeline {
+            samples.push(Sample {
+                at: from.saturating_duration_since(*window),
+                outcome,
+                latency_us: u64::try_from(done.saturating_duration_since(from).as_micros())
+                    .unwrap_or(u64::MAX),
+            });
+        }
     }
 
     /// Records a measured request: `from` is when its latency starts (intended or actual send).
     fn record(&mut self, outcome: Outcome, from: Instant, sent: Instant, done: Instant) {
         self.last_done = self.last_done.max(Some(done));
+        let kind = match outcome {
+            Outcome::Ok => SampleOutcome::Ok,
+            Outcome::Failed(_) => SampleOutcome::Failed,
+            Outcome::Transport(_) => SampleOutcome::Transport,
+            Outcome::CutOff => SampleOutcome::Unfinished,
+        };
+        self.mark(from, kind, done);
         match outcome {
             Outcome::Ok => {
                 self.ok += 1;
@@ -746,6 +817,9 @@ impl Tally {
         self.last_done = self.last_done.max(other.last_done);
         for message in other.error_samples {
             self.sample(message);
+        }
+        if let (Some((_, mine)), Some((_, theirs))) = (&mut self.timeline, other.timeline) {
+            mine.extend(theirs);
         }
         Ok(())
     }
@@ -791,6 +865,10 @@ impl Tally {
             service_time_ms: Percentiles::of(&self.service),
             completed_total: self.completed_total,
             error_samples: self.error_samples,
+            timeline: self
+                .timeline
+                .map(|(_, samples)| samples)
+                .unwrap_or_default(),
         }
     }
 }
@@ -867,6 +945,7 @@ mod tests {
             } else {
                 vec![]
             },
+            timeline: Vec::new(),
         };
         let combined = LoadReport::combine(&[
             report(3000, 0, 0.3),
@@ -907,6 +986,8 @@ mod tests {
             duration: Duration::from_millis(500),
             warmup: Duration::from_millis(100),
             timeout: Duration::from_secs(2),
+            timeline: false,
+            window_start: None,
         }
     }
 

@@ -14,6 +14,8 @@
 //! - `run`: the harness that starts the upstream, the Ferrule mesh and the peers, runs `load`
 //!   against each way of reaching the upstream, measures the control plane's fan-out, and
 //!   prints and saves the results.
+//! - `failover`: the "kill one of three" scenario: three upstream instances behind Ferrule,
+//!   nginx and HAProxy in turn, one killed and restarted during an open-loop run.
 //!
 //! # Layout
 //!
@@ -32,11 +34,13 @@
 //! - [`peers`]: nginx and HAProxy: install, configuration, start, their targets.
 //! - [`tls`]: the CA and server certificate for TLS between hops.
 //! - [`fanout`]: the control-plane fan-out measurement with simulated proxies.
+//! - [`failover`]: the kill-one-of-three scenario and its report.
 //! - [`harness`]: the `run` plan: which measurements run against which targets, in which order.
 //! - [`report`]: the results: machine description, markdown tables, JSON file.
 
 mod cli;
 mod client;
+mod failover;
 mod fanout;
 mod grpc;
 mod harness;
@@ -76,6 +80,7 @@ fn main() -> std::process::ExitCode {
             cli::Command::Upstream(args) => upstream::run(args).await,
             cli::Command::Load(args) => load::run_cli(args).await,
             cli::Command::Run(args) => harness::run_cli(args).await,
+            cli::Command::Failover(args) => failover::run_cli(args).await,
         }
     });
     match result {

@@ -232,6 +232,36 @@ impl Supervisor {
         }
     }
 
+    /// Kills child `name` at once with SIGKILL (its group too, for a group leader), as a crash
+    /// would, waits until it has exited, and forgets it: a scenario that kills a process on
+    /// purpose may start another one under a new name. Returns how long after the call it had
+    /// exited.
+    pub(crate) async fn kill(&mut self, name: &str) -> Result<Duration> {
+        let asked = std::time::Instant::now();
+        let index = self
+            .children
+            .iter()
+            .position(|o| o.name == name)
+            .ok_or_else(|| format!("no child named {name}"))?;
+        let mut owned = self.children.remove(index);
+        if owned.group {
+            kill_hard(owned.pid, true);
+        }
+        owned.child.start_kill()?;
+        tokio::time::timeout(Duration::from_secs(5), owned.child.wait())
+            .await
+            .map_err(|_| {
+                format!(
+                    "{name} (pid {}) did not die within 5s of SIGKILL",
+                    owned.pid
+                )
+            })??;
+        if let Ok(mut live) = LIVE_PIDS.lock() {
+            live.retain(|(pid, _)| *pid != owned.pid);
+        }
+        Ok(asked.elapsed())
+    }
+
     /// Kills every child and waits (briefly) until each has exited. A group leader (nginx's
     /// master) first gets SIGTERM and a moment to stop and reap its workers itself.
     pub(crate) async fn shutdown(mut self) {

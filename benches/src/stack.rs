@@ -101,15 +101,28 @@ pub(crate) async fn start_upstream(
     bins: &Binaries,
     body_size: usize,
 ) -> Result<Upstream> {
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    start_upstream_at(supervisor, bins, body_size, "upstream", any_port).await
+}
+
+/// Starts an upstream as child `name` listening on `listen` (port 0: any free port) and waits
+/// until it listens.
+pub(crate) async fn start_upstream_at(
+    supervisor: &mut Supervisor,
+    bins: &Binaries,
+    body_size: usize,
+    name: &str,
+    listen: SocketAddr,
+) -> Result<Upstream> {
     let mut upstream = Command::new(&bins.bench);
-    upstream.args(["upstream", "--listen", "127.0.0.1:0", "--body-size"]);
+    upstream.args(["upstream", "--listen", &listen.to_string(), "--body-size"]);
     upstream.arg(body_size.to_string());
     let prefix = "upstream listening on ";
     let up = supervisor
-        .start("upstream", upstream, prefix, STARTUP_TIMEOUT)
+        .start(name, upstream, prefix, STARTUP_TIMEOUT)
         .await?;
     let addr: SocketAddr = parse_after(&up, prefix)?;
-    eprintln!("  upstream        {addr} (pid {})", up.pid);
+    eprintln!("  {name:<15} {addr} (pid {})", up.pid);
     Ok(Upstream { pid: up.pid, addr })
 }
 
@@ -161,20 +174,7 @@ impl MeshStack {
         protocol: Protocol,
         mtls: bool,
     ) -> Result<Self> {
-        let control_data = subdir(dir, "control")?;
-        let mut control = child_command(&bins.control);
-        control.args(["--listen", "127.0.0.1:0", "--data-dir"]);
-        control.arg(&control_data);
-        // The benchmark's sidecars run without identity: plaintext control plane, anonymous
-        // push streams (development-only switches).
-        control.args(["--plaintext", "--allow-anonymous-proxies"]);
-        let prefix = "ferrule-control listening on ";
-        let cp = supervisor
-            .start("ferrule-control", control, prefix, STARTUP_TIMEOUT)
-            .await?;
-        let control_url = cp.line[prefix.len()..].trim().to_string();
-        eprintln!("  control plane   {control_url} (pid {})", cp.pid);
-
+        let (control_pid, control_url) = start_control_plane(supervisor, bins, dir).await?;
         apply_policy(&bins.ctl, &control_url, dir, protocol).await?;
         let (server_token, client_token) = if mtls {
             (
@@ -202,6 +202,7 @@ impl MeshStack {
             SERVICE,
             &subdir(dir, "server-sidecar")?,
             &upstream.to_string(),
+            "127.0.0.1:0",
             threads,
             sched_slice,
             server_token.as_deref(),
@@ -216,6 +217,7 @@ impl MeshStack {
             "bench-client",
             &subdir(dir, "client-sidecar")?,
             "127.0.0.1:1",
+            "127.0.0.1:0",
             threads,
             sched_slice,
             client_token.as_deref(),
@@ -227,7 +229,7 @@ impl MeshStack {
         }
         wait_for_endpoint(&client).await?;
         let mesh = MeshStack {
-            control_pid: cp.pid,
+            control_pid,
             control_url,
             server,
             client,
@@ -358,8 +360,30 @@ impl MeshStack {
     }
 }
 
+/// Starts a control plane with its data in `dir/control` and returns its pid and URL. The
+/// benchmark's sidecars run without identity: plaintext control plane, anonymous push streams
+/// (development-only switches).
+pub(crate) async fn start_control_plane(
+    supervisor: &mut Supervisor,
+    bins: &Binaries,
+    dir: &Path,
+) -> Result<(u32, String)> {
+    let control_data = subdir(dir, "control")?;
+    let mut control = child_command(&bins.control);
+    control.args(["--listen", "127.0.0.1:0", "--data-dir"]);
+    control.arg(&control_data);
+    control.args(["--plaintext", "--allow-anonymous-proxies"]);
+    let prefix = "ferrule-control listening on ";
+    let cp = supervisor
+        .start("ferrule-control", control, prefix, STARTUP_TIMEOUT)
+        .await?;
+    let control_url = cp.line[prefix.len()..].trim().to_string();
+    eprintln!("  control plane   {control_url} (pid {})", cp.pid);
+    Ok((cp.pid, control_url))
+}
+
 /// Whether this ferrule-proxy has the `--threads` flag (added with the performance work).
-async fn supports_threads(proxy: &Path) -> bool {
+pub(crate) async fn supports_threads(proxy: &Path) -> bool {
     let help = Command::new(proxy)
         .arg("--help")
         .kill_on_drop(true)
@@ -368,7 +392,7 @@ async fn supports_threads(proxy: &Path) -> bool {
     help.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--threads"))
 }
 
-fn subdir(dir: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn subdir(dir: &Path, name: &str) -> Result<PathBuf> {
     let path = dir.join(name);
     std::fs::create_dir_all(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     Ok(path)
@@ -392,8 +416,23 @@ where
 }
 
 async fn apply_policy(ctl: &Path, control_url: &str, dir: &Path, protocol: Protocol) -> Result<()> {
+    apply_policy_text(ctl, control_url, dir, &policy(protocol)).await?;
+    eprintln!(
+        "  policy          service {SERVICE}, protocol {}",
+        protocol.ferrule_service_protocol()
+    );
+    Ok(())
+}
+
+/// Applies the policy document `text` with `ferrulectl apply` (the file goes to `dir`).
+pub(crate) async fn apply_policy_text(
+    ctl: &Path,
+    control_url: &str,
+    dir: &Path,
+    text: &str,
+) -> Result<()> {
     let file = dir.join("policy.yaml");
-    std::fs::write(&file, policy(protocol))?;
+    std::fs::write(&file, text)?;
     let mut command = child_command(ctl);
     command
         .args(["--server", control_url, "apply", "-f"])
@@ -411,10 +450,6 @@ async fn apply_policy(ctl: &Path, control_url: &str, dir: &Path, protocol: Proto
         )
         .into());
     }
-    eprintln!(
-        "  policy          service {SERVICE}, protocol {}",
-        protocol.ferrule_service_protocol()
-    );
     Ok(())
 }
 
@@ -448,7 +483,7 @@ async fn token_file(ctl: &Path, control_url: &str, dir: &Path, service: &str) ->
 }
 
 #[allow(clippy::too_many_arguments)] // one call site per sidecar; a struct would only rename them
-async fn start_sidecar(
+pub(crate) async fn start_sidecar(
     supervisor: &mut Supervisor,
     bins: &Binaries,
     control_url: &str,
@@ -456,6 +491,7 @@ async fn start_sidecar(
     service: &str,
     data_dir: &Path,
     app: &str,
+    inbound: &str,
     threads: Option<usize>,
     sched_slice: Option<&str>,
     token: Option<&Path>,
@@ -470,7 +506,7 @@ async fn start_sidecar(
             "--data-dir",
         ])
         .arg(data_dir)
-        .args(["--inbound", "127.0.0.1:0", "--app", app])
+        .args(["--inbound", inbound, "--app", app])
         .args(["--outbound", "127.0.0.1:0", "--admin", "127.0.0.1:0"]);
     match token {
         // A workload identity, and mutual TLS to the peer sidecar.
@@ -536,7 +572,7 @@ where
     Err(format!("timed out after {STARTUP_TIMEOUT:?} waiting for {what}; last: {last}").into())
 }
 
-async fn wait_ready(name: &str, sidecar: &Sidecar) -> Result<()> {
+pub(crate) async fn wait_ready(name: &str, sidecar: &Sidecar) -> Result<()> {
     let ready = Endpoint::http1(sidecar.admin, "/ready")?;
     poll_until(&format!("{name} /ready"), || async {
         match get(&ready, Duration::from_secs(2)).await {
@@ -549,7 +585,7 @@ async fn wait_ready(name: &str, sidecar: &Sidecar) -> Result<()> {
 }
 
 /// GETs an admin `/config` and parses it.
-async fn config_json(config: &Endpoint) -> Result<serde_json::Value, String> {
+pub(crate) async fn config_json(config: &Endpoint) -> Result<serde_json::Value, String> {
     let (status, body) = get(config, Duration::from_secs(2))
         .await
         .map_err(|e| e.to_string())?;
@@ -617,6 +653,38 @@ fn has_endpoint_of(json: &serde_json::Value, service: &str, under_endpoints: boo
     }
 }
 
+/// The distinct addresses of the endpoints of `service` in `json` (objects under an
+/// `endpoints`-like key whose `service` is `service`, as [`has_endpoint_of`] finds them).
+pub(crate) fn endpoint_addresses(json: &serde_json::Value, service: &str) -> Vec<String> {
+    fn walk(json: &serde_json::Value, service: &str, under: bool, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match json {
+            Value::Object(map) => {
+                if under && map.get("service").and_then(Value::as_str) == Some(service) {
+                    if let Some(address) = map.get("address").and_then(Value::as_str) {
+                        if !out.iter().any(|a| a == address) {
+                            out.push(address.to_string());
+                        }
+                    }
+                }
+                for (key, value) in map {
+                    let endpoints = under || key.to_ascii_lowercase().contains("endpoint");
+                    walk(value, service, endpoints, out);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    walk(item, service, under, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(json, service, false, &mut out);
+    out
+}
+
 /// A temporary directory removed on drop.
 pub(crate) struct TempDir(PathBuf);
 
@@ -673,6 +741,14 @@ mod tests {
         // The Service resource alone is not an endpoint.
         let no_endpoint = json!({"services": [{"service": "bench-upstream"}], "endpoints": []});
         assert!(!has_endpoint_of(&no_endpoint, SERVICE, false));
+        assert!(endpoint_addresses(&no_endpoint, SERVICE).is_empty());
+        let three = json!({"snapshot": {"endpoints": [
+            {"service": "upstream", "address": "127.0.0.1:1"},
+            {"service": "upstream", "address": "127.0.0.1:2"},
+            {"service": "other", "address": "127.0.0.1:4"},
+            {"service": "upstream", "address": "127.0.0.1:3"},
+            {"service": "upstream", "address": "127.0.0.1:3"}]}});
+        assert_eq!(endpoint_addresses(&three, "upstream").len(), 3);
     }
 
     #[test]

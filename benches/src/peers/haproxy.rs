@@ -36,12 +36,12 @@ pub(crate) fn config(instance: &InstanceConfig, tls: Option<&TlsFiles>) -> Strin
         threads = instance.threads.max(1),
     );
     for listener in &instance.listeners {
-        listener_config(&mut c, listener, tls);
+        listener_config(&mut c, listener, tls, instance.failover);
     }
     c
 }
 
-fn listener_config(c: &mut String, l: &Listener, tls: Option<&TlsFiles>) {
+fn listener_config(c: &mut String, l: &Listener, tls: Option<&TlsFiles>, failover: bool) {
     let alpn = |wire: Wire| match wire {
         Wire::H1 => "http/1.1",
         Wire::H2 => "h2",
@@ -62,11 +62,11 @@ fn listener_config(c: &mut String, l: &Listener, tls: Option<&TlsFiles>) {
             }
         }
     }
-    let mut server = format!("server next {}", l.next);
+    let mut options = String::new();
     match (l.tls_out, tls) {
         (true, Some(tls)) => {
             let _ = write!(
-                server,
+                options,
                 " ssl verify required ca-file {} verifyhost {SERVER_NAME} sni str({SERVER_NAME}) alpn {}",
                 tls.ca.display(),
                 alpn(l.next_wire)
@@ -74,7 +74,7 @@ fn listener_config(c: &mut String, l: &Listener, tls: Option<&TlsFiles>) {
         }
         _ => {
             if l.next_wire == Wire::H2 {
-                server.push_str(" proto h2");
+                options.push_str(" proto h2");
             }
         }
     }
@@ -84,10 +84,34 @@ fn listener_config(c: &mut String, l: &Listener, tls: Option<&TlsFiles>) {
          \x20   bind {bind}\n\
          \x20   default_backend b{port}\n\
          \n\
-         backend b{port}\n\
-         \x20   {server}\n",
+         backend b{port}\n",
         port = l.port
     );
+    if failover {
+        // As HAProxy's manual advises for a pool of equivalent servers: active HTTP health
+        // checks every second (down after 2 failures, up after 2 successes); a request whose
+        // connection fails, or that gets an empty answer, a response timeout or a 502/503, is
+        // retried up to 3 times, each retry redispatched to another server (`redispatch 1`:
+        // on every retry, rather than only the last).
+        c.push_str(
+            "    balance roundrobin\n\
+             \x20   option httpchk GET /\n\
+             \x20   http-check expect status 200\n\
+             \x20   default-server inter 1s fall 2 rise 2\n\
+             \x20   retries 3\n\
+             \x20   option redispatch 1\n\
+             \x20   retry-on conn-failure empty-response response-timeout 502 503\n",
+        );
+    }
+    for (i, server) in l.servers.iter().enumerate() {
+        let name = if l.servers.len() == 1 {
+            "next".to_string()
+        } else {
+            format!("s{}", i + 1)
+        };
+        let check = if failover { " check" } else { "" };
+        let _ = writeln!(c, "    server {name} {server}{options}{check}");
+    }
 }
 
 /// Writes the configuration and starts HAProxy in the foreground. Returns its pid.
@@ -108,7 +132,7 @@ pub(crate) fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peers::{Kind, Plan};
+    use crate::peers::{InstanceConfig, Kind, Plan};
     use crate::protocol::Protocol;
     use crate::target::TargetKey;
 
@@ -170,6 +194,56 @@ mod tests {
             assert!(
                 out.status.success(),
                 "{role}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_failover_config_has_three_checked_servers_and_retries() {
+        let servers: Vec<std::net::SocketAddr> = (1..=3)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+            .collect();
+        let instance =
+            InstanceConfig::failover(Kind::Haproxy, Protocol::Http2, &servers, 1).unwrap();
+        let text = config(&instance, None);
+        for (i, server) in servers.iter().enumerate() {
+            let line = format!("    server s{} {server} proto h2 check\n", i + 1);
+            assert!(text.contains(&line), "{text}");
+        }
+        for directive in [
+            "balance roundrobin",
+            "option httpchk GET /",
+            "default-server inter 1s fall 2 rise 2",
+            "retries 3",
+            "option redispatch 1",
+            "retry-on conn-failure empty-response response-timeout 502 503",
+            "http-reuse always",
+        ] {
+            assert!(text.contains(directive), "{directive}: {text}");
+        }
+        // The latency benchmark's configs stay as they were.
+        let (plan, _tls, dir) = all_instances("no-failover");
+        let plain = config(&plan.instances["server"], None);
+        assert!(
+            !plain.contains("retries") && !plain.contains(" check"),
+            "{plain}"
+        );
+
+        if let Some(haproxy) = crate::peers::find_binary("haproxy") {
+            let path = dir.join("failover.cfg");
+            std::fs::write(&path, &text).unwrap();
+            let out = std::process::Command::new(&haproxy)
+                .arg("-c")
+                .arg("-f")
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );

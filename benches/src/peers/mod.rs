@@ -165,8 +165,9 @@ pub(crate) struct Listener {
     pub(crate) accepts: Accepts,
     /// Whether it terminates TLS (with the run's server certificate).
     pub(crate) tls_in: bool,
-    /// Where it forwards.
-    pub(crate) next: SocketAddr,
+    /// Where it forwards: one next hop, or (the failover scenario) several servers of one
+    /// pool, balanced round robin.
+    pub(crate) servers: Vec<SocketAddr>,
     /// What it speaks there.
     pub(crate) next_wire: Wire,
     /// Whether it speaks TLS there, verifying the certificate against the run's CA.
@@ -184,6 +185,9 @@ pub(crate) struct InstanceConfig {
     pub(crate) front: BTreeMap<Protocol, u16>,
     /// Per protocol: the port the first hop of a chain forwards to.
     pub(crate) hop: BTreeMap<Protocol, u16>,
+    /// Health checking and retries across the servers as the peer's documentation advises
+    /// (see [`InstanceConfig::failover`]); off for the latency benchmark's single next hop.
+    pub(crate) failover: bool,
 }
 
 impl InstanceConfig {
@@ -199,7 +203,7 @@ impl InstanceConfig {
         if let Some(l) = self.listeners.iter().find(|l| {
             l.accepts == accepts
                 && l.tls_in == tls_in
-                && l.next == next
+                && l.servers == [next]
                 && l.next_wire == next_wire
                 && l.tls_out == tls_out
         }) {
@@ -210,11 +214,40 @@ impl InstanceConfig {
             port,
             accepts,
             tls_in,
-            next,
+            servers: vec![next],
             next_wire,
             tls_out,
         });
         Ok(port)
+    }
+
+    /// The instance of the failover scenario: one listener for `protocol` in front of
+    /// `servers` (the upstream instances), balanced round robin, with the peer's failure
+    /// handling configured as its documentation advises (nginx: `max_fails`/`fail_timeout`,
+    /// `proxy_next_upstream`; HAProxy: health checks, `retries`, `redispatch`, `retry-on`).
+    pub(crate) fn failover(
+        kind: Kind,
+        protocol: Protocol,
+        servers: &[SocketAddr],
+        threads: usize,
+    ) -> Result<Self> {
+        let accepts = Accepts::front(protocol);
+        let port = free_port()?;
+        let mut config = InstanceConfig {
+            threads,
+            failover: true,
+            ..InstanceConfig::default()
+        };
+        config.listeners.push(Listener {
+            port,
+            accepts,
+            tls_in: false,
+            servers: servers.to_vec(),
+            next_wire: kind.to_upstream(accepts),
+            tls_out: false,
+        });
+        config.front.insert(protocol, port);
+        Ok(config)
     }
 
     /// Whether any listener uses TLS.
@@ -387,45 +420,11 @@ impl Peer {
         roles.sort_by_key(|(role, _)| !role.starts_with("server"));
         for (role, config) in roles {
             let name = format!("{}-{role}", plan.kind.program());
-            let tls = if config.uses_tls() {
-                Some(tls.ok_or("TLS listeners need TLS material")?)
-            } else {
-                None
-            };
-            let prefix = dir.join(&name);
-            std::fs::create_dir_all(&prefix)?;
-            let pid = match plan.kind {
-                Kind::Nginx => {
-                    let style = nginx::Http2Style::for_version(&version);
-                    let conf = nginx::config(config, &prefix, tls, style);
-                    nginx::start(supervisor, binary, &name, &prefix, &conf)?
-                }
-                Kind::Haproxy => {
-                    let conf = haproxy::config(config, tls);
-                    haproxy::start(supervisor, binary, &name, &prefix, &conf)?
-                }
-            };
-            for listener in &config.listeners {
-                wait_listening(supervisor, &name, listener.port).await?;
-            }
-            let processes = match plan.kind {
-                Kind::Nginx => nginx::processes(supervisor, &name, pid, config.threads).await?,
-                Kind::Haproxy => vec![Charged {
-                    name: name.clone(),
-                    pid,
-                    serving: true,
-                }],
-            };
-            let pids: Vec<String> = processes
-                .iter()
-                .map(|p| format!("{} {}", p.name, p.pid))
-                .collect();
-            eprintln!(
-                "  {name:<15} ports {:?} ({})",
-                ports(config),
-                pids.join(", ")
-            );
-            instances.insert(*role, Instance { processes });
+            let instance = start_instance(
+                supervisor, binary, plan.kind, &name, config, dir, tls, &version,
+            )
+            .await?;
+            instances.insert(*role, instance);
         }
         Ok(Peer {
             plan,
@@ -477,6 +476,61 @@ impl Peer {
     }
 }
 
+/// Starts one instance of peer `kind` as child `name` with `config` (files in `dir/name`),
+/// waits until each of its listeners accepts, and returns its processes. `version` is the
+/// peer's version line (nginx's HTTP/2 syntax depends on it).
+#[allow(clippy::too_many_arguments)] // two call sites; a struct would only rename them
+pub(crate) async fn start_instance(
+    supervisor: &mut Supervisor,
+    binary: &Path,
+    kind: Kind,
+    name: &str,
+    config: &InstanceConfig,
+    dir: &Path,
+    tls: Option<&TlsFiles>,
+    version: &str,
+) -> Result<Instance> {
+    let tls = if config.uses_tls() {
+        Some(tls.ok_or("TLS listeners need TLS material")?)
+    } else {
+        None
+    };
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(&prefix)?;
+    let pid = match kind {
+        Kind::Nginx => {
+            let style = nginx::Http2Style::for_version(version);
+            let conf = nginx::config(config, &prefix, tls, style);
+            nginx::start(supervisor, binary, name, &prefix, &conf)?
+        }
+        Kind::Haproxy => {
+            let conf = haproxy::config(config, tls);
+            haproxy::start(supervisor, binary, name, &prefix, &conf)?
+        }
+    };
+    for listener in &config.listeners {
+        wait_listening(supervisor, name, listener.port).await?;
+    }
+    let processes = match kind {
+        Kind::Nginx => nginx::processes(supervisor, name, pid, config.threads).await?,
+        Kind::Haproxy => vec![Charged {
+            name: name.to_string(),
+            pid,
+            serving: true,
+        }],
+    };
+    let pids: Vec<String> = processes
+        .iter()
+        .map(|p| format!("{} {}", p.name, p.pid))
+        .collect();
+    eprintln!(
+        "  {name:<15} ports {:?} ({})",
+        ports(config),
+        pids.join(", ")
+    );
+    Ok(Instance { processes })
+}
+
 fn ports(config: &InstanceConfig) -> Vec<u16> {
     config.listeners.iter().map(|l| l.port).collect()
 }
@@ -512,7 +566,7 @@ async fn wait_listening(supervisor: &mut Supervisor, name: &str, port: u16) -> R
 }
 
 /// The first line of `PROGRAM -v` (nginx prints it on stderr, HAProxy on stdout).
-async fn version_of(binary: &Path, kind: Kind) -> String {
+pub(crate) async fn version_of(binary: &Path, kind: Kind) -> String {
     let out = tokio::process::Command::new(binary)
         .arg("-v")
         .kill_on_drop(true)
@@ -691,13 +745,13 @@ mod tests {
             .find(|l| l.port == client.front[&Protocol::Http2])
             .unwrap();
         assert_eq!((h2.accepts.wire, h2.next_wire), (Wire::H2, Wire::H1));
-        assert_eq!(h2.next.port(), server.front[&Protocol::Http1]);
+        assert_eq!(h2.servers[0].port(), server.front[&Protocol::Http1]);
         let client_tls = &plan.instances["client-tls"];
         assert!(client_tls.listeners.iter().all(|l| l.tls_out && !l.tls_in));
         assert!(plan.instances["server-tls"]
             .listeners
             .iter()
-            .all(|l| l.tls_in && !l.tls_out && l.next == upstream()));
+            .all(|l| l.tls_in && !l.tls_out && l.servers == [upstream()]));
         assert_eq!(
             plan.path(TargetKey::Nginx2Tls, Protocol::Http2),
             "client → h2c → nginx → HTTP/1.1+TLS → nginx → HTTP/1.1 → upstream"

@@ -84,24 +84,38 @@ pub(crate) fn config(
         threads = instance.threads.max(1),
     );
     for listener in &instance.listeners {
-        listener_config(&mut c, listener, tls, style);
+        listener_config(&mut c, listener, tls, style, instance.failover);
     }
     c.push_str("}\n");
     c
 }
 
-fn listener_config(c: &mut String, l: &Listener, tls: Option<&TlsFiles>, style: Http2Style) {
+fn listener_config(
+    c: &mut String,
+    l: &Listener,
+    tls: Option<&TlsFiles>,
+    style: Http2Style,
+    failover: bool,
+) {
     let pool = format!("hop_{}", l.port);
+    let _ = writeln!(c, "    upstream {pool} {{");
+    for server in &l.servers {
+        if failover {
+            // The documented passive health check: a server that fails `max_fails` times
+            // (what counts as a failure is `proxy_next_upstream`'s list) within `fail_timeout`
+            // is left out for `fail_timeout`. These are nginx's defaults, written out.
+            let _ = writeln!(c, "        server {server} max_fails=1 fail_timeout=10s;");
+        } else {
+            let _ = writeln!(c, "        server {server};");
+        }
+    }
     let _ = write!(
         c,
-        "    upstream {pool} {{\n\
-         \x20       server {next};\n\
-         \x20       keepalive {KEEPALIVE};\n\
+        "\x20       keepalive {KEEPALIVE};\n\
          \x20       keepalive_requests 1000000;\n\
          \x20       keepalive_timeout 300s;\n\
          \x20   }}\n\
          \x20   server {{\n",
-        next = l.next,
     );
     let h2 = l.accepts.wire == Wire::H2;
     let mut listen = format!("127.0.0.1:{}", l.port);
@@ -146,7 +160,26 @@ fn listener_config(c: &mut String, l: &Listener, tls: Option<&TlsFiles>, style: 
             }
         }
     }
+    if failover {
+        next_upstream(c, l.accepts.mode);
+    }
     c.push_str("        }\n    }\n");
+}
+
+/// Retries on another server, as nginx's documentation advises for a pool of equivalent
+/// servers: a connect error, a timeout, an empty or 502/503 answer moves the request to the
+/// next server (nginx never does this for a non-idempotent request unless told to), at most 3
+/// tries in all (one per server).
+fn next_upstream(c: &mut String, mode: Mode) {
+    let module = match mode {
+        Mode::Http => "proxy",
+        Mode::Grpc => "grpc",
+    };
+    let _ = write!(
+        c,
+        "            {module}_next_upstream error timeout http_502 http_503;\n\
+         \x20           {module}_next_upstream_tries 3;\n"
+    );
 }
 
 /// Certificate verification towards the next hop (`proxy_ssl_*` or `grpc_ssl_*`).
@@ -222,7 +255,7 @@ pub(crate) async fn processes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peers::{Kind, Plan};
+    use crate::peers::{InstanceConfig, Kind, Plan};
     use crate::protocol::Protocol;
     use crate::target::TargetKey;
 
@@ -316,6 +349,70 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn three_servers() -> Vec<std::net::SocketAddr> {
+        (1..=3)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 9000 + i)))
+            .collect()
+    }
+
+    #[test]
+    fn the_failover_config_has_three_servers_and_next_upstream() {
+        let dir = std::env::temp_dir().join(format!(
+            "ferrule-bench-nginx-failover-{}",
+            std::process::id()
+        ));
+        let instance =
+            InstanceConfig::failover(Kind::Nginx, Protocol::Http1, &three_servers(), 1).unwrap();
+        let text = config(&instance, &dir, None, Http2Style::ListenParameter);
+        for server in three_servers() {
+            assert!(
+                text.contains(&format!("server {server} max_fails=1 fail_timeout=10s;")),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("        server 127.0.0.1:").count(),
+            3,
+            "{text}"
+        );
+        assert!(text.contains("proxy_next_upstream error timeout http_502 http_503;"));
+        assert!(text.contains("proxy_next_upstream_tries 3;"));
+        assert!(text.contains("keepalive 128;"));
+        // The latency benchmark's configs stay as they were: one server, no retries.
+        let (plan, _tls, plan_dir) = all_instances("no-failover");
+        let plain = config(
+            &plan.instances["server"],
+            &plan_dir,
+            None,
+            Http2Style::Directive,
+        );
+        assert!(!plain.contains("max_fails"));
+        assert!(!plain.contains("_next_upstream"));
+        let _ = std::fs::remove_dir_all(&plan_dir);
+
+        let Some(nginx) = crate::peers::find_binary("nginx") else {
+            return;
+        };
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, &text).unwrap();
+        let out = std::process::Command::new(&nginx)
+            .arg("-t")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-e", "stderr", "-g", "daemon off;"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
