@@ -107,6 +107,13 @@ impl HeadView for RequestHead<'_> {
             .any(|h| h.name.eq_ignore_ascii_case(name.as_str()) && h.value == value.as_bytes())
     }
 
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
     fn authority(&self) -> Option<&str> {
         self.authority
     }

@@ -33,6 +33,8 @@ pub trait HeadView {
     fn path(&self) -> &str;
     /// Whether some value of header `name` equals `value`.
     fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool;
+    /// The first value of header `name` (lower case), if any.
+    fn header(&self, name: &str) -> Option<&[u8]>;
     /// The authority: an absolute-form target's or HTTP/2's `:authority`, else `Host`.
     fn authority(&self) -> Option<&str>;
     /// Whether the request is gRPC.
@@ -55,6 +57,10 @@ impl<B> HeadView for Request<B> {
             .get_all(name)
             .iter()
             .any(|have| have == value)
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().get(name).map(HeaderValue::as_bytes)
     }
 
     fn authority(&self) -> Option<&str> {
