@@ -1,6 +1,12 @@
 //! Policy and its runtime form: [`policy`] compiles a snapshot into lookup tables swapped with
 //! one `ArcSwap::store`, with route matching over any `codec::HeadView`; [`balance`] picks an
-//! endpoint of a backend. The pipeline's plan step reads these.
+//! endpoint of a backend; [`breaker`], [`limit`] and [`fault`] are the state of the
+//! resilience steps (a destination's concurrency limit and queue, a route's rate limit, a
+//! route's injected faults), compiled with the tables and carried across snapshots where
+//! their policy is unchanged. The pipeline's plan and admit steps read these.
 
 pub mod balance;
+pub mod breaker;
+pub mod fault;
+pub mod limit;
 pub mod policy;
