@@ -451,7 +451,9 @@ async fn an_outbound_rate_limit_refuses_with_retry_after_and_shadow_lets_through
     }
     let text = p.policy.metrics.encode();
     assert!(
-        text.contains(r#"ferrule_rate_limited_total{direction="outbound",service="echo",kind="shadow"} 2"#),
+        text.contains(
+            r#"ferrule_rate_limited_total{direction="outbound",service="echo",kind="shadow"} 2"#
+        ),
         "{text}"
     );
     // An inbound-side limit is not the caller's to enforce.
@@ -497,7 +499,9 @@ async fn the_breaker_queues_then_fails_fast_and_its_state_survives_a_snapshot() 
     next.version += 1;
     pol.apply(Arc::new(next), "control-plane");
     let d2 = p.plan(&ctx(), &get("/x", "echo")).unwrap();
-    let Dest::Balanced(t2) = &d2.dest else { panic!() };
+    let Dest::Balanced(t2) = &d2.dest else {
+        panic!()
+    };
     assert!(Arc::ptr_eq(&t.breaker, &t2.breaker));
     // One waits for the queue timeout (40 ms) and gets overloaded, which the route's
     // fallback answers; with the queue full, the next fails at once.
@@ -539,7 +543,10 @@ async fn faults_forced_by_header_delay_then_abort_with_the_policy_status() {
     let d = p.plan(&ctx(), &get("/chaos", "echo")).unwrap();
     assert_eq!(d.faults, crate::plan::fault::Injected::default());
     let d = p
-        .plan(&ctx(), &with_header("/chaos", "ferrule-fault", "delay,abort"))
+        .plan(
+            &ctx(),
+            &with_header("/chaos", "ferrule-fault", "delay,abort"),
+        )
         .unwrap();
     let start = tokio::time::Instant::now();
     let mut t = Script::new(vec![]);

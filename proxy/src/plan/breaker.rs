@@ -11,12 +11,11 @@
 //! wait or a waiter exists. An uncontended request costs one load and one compare-and-swap
 //! to enter and one load and one subtraction to leave, no lock, no allocation.
 //!
-//! A freed slot goes to a waiter if there is one (as a semaphore permit, the slot still
-//! counted in `in_flight`), so newcomers never overtake the queue. When a waiter and a release
-//! race, both may act (the waiter takes a slot itself, the release also hands one over); the
-//! extra permit then stands for a slot counted in `in_flight`, and the next request that
-//! finds the counter full takes it at once from the queue, so no slot is ever lost or
-//! doubled. The counters are the Prometheus gauges themselves, so exporting them costs nothing.
+//! A freed slot goes to a waiter if one is still unserved (`waiting` counts the waiters no
+//! slot has been promised to; a release promises one by counting a waiter out and adding a
+//! permit, and the slot stays counted in `in_flight`), so newcomers never overtake the queue.
+//! A release and a request joining the queue at the same moment each look at the other's
+//! counter after changing their own, so at least one of them sees the freed slot. The counters are the Prometheus gauges themselves, so exporting them costs nothing.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
@@ -109,21 +108,44 @@ impl Breaker {
     }
 
     fn release(&self) {
-        if self.waiting.get() > 0 {
+        if self.claim_waiter() {
             // The slot passes to the first waiter, still counted in flight.
             self.queue.add_permits(1);
             return;
         }
         self.in_flight.dec();
-        // A request may have started waiting between the check above and the decrement, after
+        // A request may have joined the queue between the claim and the decrement, after
         // failing to take a slot: take the slot back for it rather than leave it waiting.
+        // (It looks at the counter after joining too: one of the two sees the other.)
         if self.waiting.get() > 0 && self.try_enter() {
-            self.queue.add_permits(1);
+            if self.claim_waiter() {
+                self.queue.add_permits(1);
+            } else {
+                self.in_flight.dec();
+            }
         }
     }
 
-    /// Waits for a slot: at once when one is free, else in the queue until `queueTimeout` or
-    /// `deadline`, whichever comes first.
+    /// Counts one waiter as served (or withdrawn): `waiting` counts waiters that no freed
+    /// slot has been promised to yet.
+    fn claim_waiter(&self) -> bool {
+        self.waiting
+            .inner()
+            .fetch_update(SeqCst, SeqCst, |w| (w > 0).then(|| w - 1))
+            .is_ok()
+    }
+
+    /// Joins the queue if it has room (a bounded queue: a full one fails at once).
+    fn join(&self) -> bool {
+        let max_pending = self.max_pending.load(SeqCst);
+        self.waiting
+            .inner()
+            .fetch_update(SeqCst, SeqCst, |w| (w < max_pending).then_some(w + 1))
+            .is_ok()
+    }
+
+    /// Waits for a slot: at once when one is free and nobody waits, else in the queue until
+    /// `queueTimeout` or `deadline`, whichever comes first.
     pub async fn acquire(
         &self,
         deadline: Option<tokio::time::Instant>,
@@ -131,46 +153,68 @@ impl Breaker {
         if self.waiting.get() == 0 && self.try_enter() {
             return Ok(Slot(self));
         }
-        // Join the queue if it has room (a bounded queue: a full one fails at once).
-        let max_pending = self.max_pending.load(SeqCst);
-        let w = self.waiting.inner();
-        let mut cur = w.load(SeqCst);
-        loop {
-            if cur >= max_pending {
-                return Err(Refused::QueueFull);
-            }
-            match w.compare_exchange_weak(cur, cur + 1, SeqCst, SeqCst) {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
-        }
-        let _leave = Leave(&self.waiting);
-        // A slot freed after our first look and before we were counted as waiting.
-        if self.try_enter() {
-            return Ok(Slot(self));
-        }
         let timeout = Duration::from_nanos(self.queue_timeout_ns.load(SeqCst));
         let mut until = tokio::time::Instant::now() + timeout;
         if let Some(d) = deadline {
             until = until.min(d);
         }
-        match tokio::time::timeout_at(until, self.queue.acquire()).await {
-            Ok(Ok(permit)) => {
+        loop {
+            if !self.join() {
+                return Err(Refused::QueueFull);
+            }
+            // A slot freed after our last look and before we were counted as waiting, by a
+            // release that saw nobody waiting: withdraw and take it. If a release promised us
+            // a slot in the meantime, its permit is on its way instead.
+            if self.in_flight.get() < self.max_requests.load(SeqCst) && self.claim_waiter() {
+                if self.try_enter() {
+                    return Ok(Slot(self));
+                }
+                // Someone else took it: queue again.
+                continue;
+            }
+            let mut waiter = Waiter {
+                breaker: self,
+                done: false,
+            };
+            let got = tokio::time::timeout_at(until, self.queue.acquire()).await;
+            waiter.done = true;
+            if let Ok(Ok(permit)) = got {
                 // The permit stands for a slot already counted in flight.
                 permit.forget();
-                Ok(Slot(self))
+                return Ok(Slot(self));
             }
-            _ => Err(Refused::QueueTimeout),
+            // Timed out: withdraw, unless a slot was promised to a waiter just now and none is
+            // left to withdraw; then its permit is ours, and is about to arrive.
+            if self.claim_waiter() {
+                return Err(Refused::QueueTimeout);
+            }
+            if let Ok(permit) = self.queue.acquire().await {
+                permit.forget();
+            }
+            return Ok(Slot(self));
         }
     }
 }
 
-/// Counts a waiter out of the queue however its wait ends (slot, timeout, request dropped).
-struct Leave<'a>(&'a Gauge);
+/// A request waiting in the queue. If it is dropped while waiting (the client went away), it
+/// withdraws, or passes on the slot promised to it. Only when the promise is still between
+/// its two steps (counted, permit not yet added) does the slot stay parked as a permit, which
+/// the next request to find the counter full takes at once: capacity is never lost, though
+/// the in-flight gauge counts that slot until then.
+struct Waiter<'a> {
+    breaker: &'a Breaker,
+    done: bool,
+}
 
-impl Drop for Leave<'_> {
+impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        if self.done || self.breaker.claim_waiter() {
+            return;
+        }
+        if let Ok(permit) = self.breaker.queue.try_acquire() {
+            permit.forget();
+            self.breaker.release();
+        }
     }
 }
 
@@ -253,6 +297,43 @@ mod tests {
         assert_eq!((b.in_flight(), b.waiting()), (2, 0));
         drop((s2, s3));
         assert_eq!(b.in_flight(), 0);
+    }
+
+    /// Regression: slots freed together, before the waiters ran, were each handed to "a
+    /// waiter" while the waiters still counted themselves in the queue, so two more permits
+    /// than waiters were parked and the breaker stayed at 2 in flight with nothing running
+    /// (found by the overload integration test).
+    #[tokio::test(start_paused = true)]
+    async fn slots_freed_together_are_promised_once_each() {
+        let b = breaker(4, 2, 10_000);
+        let held: Vec<_> = [(); 4]
+            .iter()
+            .map(|_| b.acquire(None).now_or_never().unwrap().unwrap())
+            .collect();
+        let mut w1 = Box::pin(b.acquire(None));
+        let mut w2 = Box::pin(b.acquire(None));
+        assert!(pending(&mut w1) && pending(&mut w2));
+        drop(held);
+        let (s1, s2) = (w1.await.unwrap(), w2.await.unwrap());
+        assert_eq!((b.in_flight(), b.waiting()), (2, 0));
+        drop((s1, s2));
+        assert_eq!((b.in_flight(), b.waiting()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_dropped_after_its_slot_was_promised_passes_it_on() {
+        let b = breaker(1, 2, 10_000);
+        let held = b.acquire(None).await.unwrap();
+        let mut gone = Box::pin(b.acquire(None));
+        let mut next = Box::pin(b.acquire(None));
+        assert!(pending(&mut gone) && pending(&mut next));
+        // The slot is promised to the first waiter, which goes away before it runs.
+        drop(held);
+        drop(gone);
+        let s = next.await.unwrap();
+        assert_eq!((b.in_flight(), b.waiting()), (1, 0));
+        drop(s);
+        assert_eq!((b.in_flight(), b.waiting()), (0, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
