@@ -8,12 +8,14 @@
 //! - [`procs`]: child processes (control plane, sidecars) that are killed when dropped.
 //! - [`apps`]: in-process echo apps (HTTP/1.1 and h2c).
 //! - [`client`]: hyper clients and small request helpers.
+//! - [`stall`]: an app that holds each request for a set time and reports its peak concurrency.
 //! - [`eventually`]: polling with a deadline instead of sleeping.
 
 pub mod apps;
 pub mod bins;
 pub mod client;
 pub mod procs;
+pub mod stall;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
