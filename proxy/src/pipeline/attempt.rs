@@ -66,7 +66,10 @@ pub async fn run<T: Transport>(
 ) -> Result<T::Output, Failure> {
     let deadline = d.timeout.map(|t| (tokio::time::Instant::now() + t, t));
     // Injected faults and the destination's breaker slot, held until the loop returns.
-    let _slot = p.admit(d, deadline).await.map_err(Failure::Respond)?;
+    let _slot = match p.admit_now(d) {
+        Some(slot) => slot,
+        None => p.admit(d, deadline).await.map_err(Failure::Respond)?,
+    };
     // Indices tried, on the stack: a request tries at most MAX_CONNECT_ATTEMPTS endpoints.
     let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
     let mut n_tried = 0;

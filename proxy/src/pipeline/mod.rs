@@ -327,6 +327,22 @@ impl Pipeline {
         ))
     }
 
+    /// The common case of [`Pipeline::admit`] without an await: nothing injected and a free
+    /// slot (or no breaker: the inbound app). `None` means the caller must take the slow path.
+    /// Measured with callgrind (client sidecar, HTTP/1.1, instructions per request): awaiting
+    /// the async `admit` for every request cost about 300 more (12,803 against 12,507 before
+    /// the resilience steps), setting up its nested futures; with this, 12,456.
+    #[inline]
+    pub fn admit_now<'d>(&self, d: &'d Decision) -> Option<Option<Slot<'d>>> {
+        if d.faults != Injected::default() {
+            return None;
+        }
+        match &d.dest {
+            Dest::Fixed(_) => Some(None),
+            Dest::Balanced(t) => t.breaker.try_acquire().map(Some),
+        }
+    }
+
     /// The steps between the plan and the first attempt, on every codec: the injected delay
     /// (inside the route's deadline), the injected abort, and a slot of the destination's
     /// circuit breaker, which the caller holds until its attempts are over. An uncontended

@@ -144,6 +144,13 @@ impl Breaker {
             .is_ok()
     }
 
+    /// A slot if one is free and nobody waits, without waiting.
+    #[inline]
+    pub fn try_acquire(&self) -> Option<Slot<'_>> {
+        // `then`, not `then_some`: a `Slot` made and dropped would free a slot never taken.
+        (self.waiting.get() == 0 && self.try_enter()).then(|| Slot(self))
+    }
+
     /// Waits for a slot: at once when one is free and nobody waits, else in the queue until
     /// `queueTimeout` or `deadline`, whichever comes first.
     pub async fn acquire(
