@@ -268,6 +268,19 @@ mod tests {
         assert_eq!(b.in_flight(), 0);
     }
 
+    /// Regression: `try_acquire` built its `Slot` before knowing it had one, and dropping it
+    /// freed a slot another request held.
+    #[test]
+    fn a_failed_try_acquire_frees_nothing() {
+        let b = breaker(1, 1, 100);
+        let held = b.try_acquire().unwrap();
+        assert!(b.try_acquire().is_none());
+        assert_eq!(b.in_flight(), 1);
+        assert!(b.try_acquire().is_none());
+        drop(held);
+        assert_eq!(b.in_flight(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_request_deadline_shortens_the_wait() {
         let b = breaker(1, 1, 1000);
