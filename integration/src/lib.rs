@@ -10,6 +10,7 @@
 //! - [`fleet`]: upstream instances that answer a fixed status or stop and restart on command.
 //! - [`client`]: hyper clients and small request helpers.
 //! - [`misbehave`]: an upstream that fails, stalls or answers on command (resilience tests).
+//! - [`stall`]: an app that holds each request for a set time and reports its peak concurrency.
 //! - [`eventually`]: polling with a deadline instead of sleeping.
 
 pub mod apps;
@@ -18,6 +19,7 @@ pub mod client;
 pub mod fleet;
 pub mod misbehave;
 pub mod procs;
+pub mod stall;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};

@@ -32,6 +32,16 @@ pub enum Reason {
     Draining,
     /// The service's authorization policy denies the caller.
     Unauthorized,
+    /// The destination's concurrency limit and its queue are full, or the request waited in
+    /// the queue longer than the queue timeout (circuit breaker).
+    Overloaded,
+    /// The route's rate limit refused the request (`Retry-After` says when to come back).
+    RateLimited,
+    /// The route's fault injection aborted the request (status chosen by the policy).
+    FaultInjected,
+    /// The route's fallback response, served because no endpoint could take the request
+    /// (status, headers and body chosen by the policy).
+    Fallback,
 }
 
 /// One row of the table.
@@ -52,7 +62,7 @@ const PERMISSION_DENIED: &str = "7";
 
 impl Reason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 16] = [
         Reason::NoConfig,
         Reason::UnknownService,
         Reason::NoRoute,
@@ -65,6 +75,10 @@ impl Reason {
         Reason::AppUnavailable,
         Reason::Draining,
         Reason::Unauthorized,
+        Reason::Overloaded,
+        Reason::RateLimited,
+        Reason::FaultInjected,
+        Reason::Fallback,
     ];
 
     const fn row(self) -> Row {
@@ -86,6 +100,16 @@ impl Reason {
             Reason::AppUnavailable => ("app-unavailable", S::BAD_GATEWAY, UNAVAILABLE),
             Reason::Draining => ("draining", S::SERVICE_UNAVAILABLE, UNAVAILABLE),
             Reason::Unauthorized => ("unauthorized", S::FORBIDDEN, PERMISSION_DENIED),
+            // UNAVAILABLE rather than RESOURCE_EXHAUSTED: the breaker protects a destination
+            // from this one sidecar, a transient condition the caller should retry with
+            // backoff (gRPC clients retry UNAVAILABLE by default, and gRPC's own HTTP mapping
+            // turns 503 into it); RESOURCE_EXHAUSTED is the caller's own quota (rate limit).
+            Reason::Overloaded => ("overloaded", S::SERVICE_UNAVAILABLE, UNAVAILABLE),
+            Reason::RateLimited => ("rate-limited", S::TOO_MANY_REQUESTS, RESOURCE_EXHAUSTED),
+            // The next two are defaults only: the policy's status replaces them
+            // (`codec::render::Custom`).
+            Reason::FaultInjected => ("fault-injected", S::SERVICE_UNAVAILABLE, UNAVAILABLE),
+            Reason::Fallback => ("fallback", S::SERVICE_UNAVAILABLE, UNAVAILABLE),
         };
         Row { code, status, grpc }
     }

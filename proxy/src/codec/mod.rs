@@ -37,14 +37,14 @@ pub trait HeadView {
     fn path(&self) -> &str;
     /// Whether some value of header `name` equals `value`.
     fn has_header(&self, name: &HeaderName, value: &HeaderValue) -> bool;
+    /// The first value of header `name` (lower case), if any.
+    fn header(&self, name: &str) -> Option<&[u8]>;
     /// The authority: an absolute-form target's or HTTP/2's `:authority`, else `Host`.
     fn authority(&self) -> Option<&str>;
     /// Whether the request is gRPC.
     fn is_grpc(&self) -> bool;
     /// Whether it arrived over HTTP/2.
     fn is_http2(&self) -> bool;
-    /// The first value of header `name` (lower case), as bytes.
-    fn header(&self, name: &str) -> Option<&[u8]>;
 
     /// The value of cookie `name` in the first `Cookie` header, if it is there. (HTTP/2 may
     /// split cookies over several `cookie` fields; a key in a later one is not seen, and the
@@ -73,6 +73,10 @@ impl<B> HeadView for Request<B> {
             .any(|have| have == value)
     }
 
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers().get(name).map(HeaderValue::as_bytes)
+    }
+
     fn authority(&self) -> Option<&str> {
         headers::authority(self)
     }
@@ -83,10 +87,6 @@ impl<B> HeadView for Request<B> {
 
     fn is_http2(&self) -> bool {
         self.version() == Version::HTTP_2
-    }
-
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers().get(name).map(HeaderValue::as_bytes)
     }
 }
 

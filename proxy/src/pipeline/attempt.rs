@@ -201,6 +201,11 @@ pub async fn run<T: Transport>(
     let started = Instant::now();
     let deadline = d.timeout.map(|t| (started + t, t));
     let caller_at = d.caller_deadline.map(|t| started + t);
+    // Injected faults and the destination's breaker slot, held until the loop returns.
+    let _slot = match p.admit_now(d) {
+        Some(slot) => slot,
+        None => p.admit(d, deadline).await.map_err(Failure::Respond)?,
+    };
     // Inbound requests go to the one local app once: the caller's sidecar does the retrying,
     // so that two hops never multiply each other's attempts.
     let (policy, target) = match (&d.dest, &d.route) {

@@ -250,7 +250,7 @@ where
             let close = !pump.done() || req.close || stopping;
             let _ = client.write_all(&e.to_http1(close, req.is_head)).await;
             return Some(Outcome {
-                status: e.reason.status().as_u16(),
+                status: e.status().as_u16(),
                 reason: Some(e.reason),
                 latency,
                 close,

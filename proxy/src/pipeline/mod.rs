@@ -6,7 +6,9 @@
 //!    decided here (no config, unknown service, no route, no endpoints) are [`PlanError`]s.
 //! 2. **attempts** ([`attempt::run`]): one loop over a [`attempt::Transport`] picks endpoints,
 //!    moves an untouched request to another endpoint when a connect is refused, and holds the
-//!    route's deadline. Transports: the fast path's raw HTTP/1.1 (`fast`), and hyper's HTTP/1.1
+//!    route's deadline. Before the first attempt, [`Pipeline::admit`] applies what the plan
+//!    decided to inject (a delay, an abort) and takes a slot of the destination's circuit
+//!    breaker, held until the loop returns. Transports: the fast path's raw HTTP/1.1 (`fast`), and hyper's HTTP/1.1
 //!    client or the h2 client (`general`).
 //! 3. **finish** ([`finish`]): metrics with one definition of latency (time to the response
 //!    head) and the reason code of a proxy-made response, recorded once per request.
@@ -30,12 +32,18 @@ use std::time::{Duration, Instant};
 use ferrule_config::resilience::HashKey;
 use ferrule_config::{authz, LoadBalancer, Protocol};
 
+use ferrule_config::resilience::{RateKey, Side as LimitSide};
+use http::HeaderValue;
+
 use crate::base::{ConnCtx, Listener, Reason};
 use crate::codec::headers::{host_of, Wire};
-use crate::codec::render::ProxyError;
+use crate::codec::render::{Custom, ProxyError};
 use crate::codec::HeadView;
 use crate::forward::upstream::Upstream;
 use crate::plan::balance::hash_key;
+use crate::plan::breaker::{Refused, Slot};
+use crate::plan::fault::{Injected, FAULT_HEADER};
+use crate::plan::limit::{retry_after_secs, RouteLimit};
 use crate::plan::policy::{Policy, RouteTable, ServiceTable, Target};
 use crate::telemetry::metrics::{Codec, Direction, ServiceMetrics};
 
@@ -95,6 +103,8 @@ pub struct Decision {
     pub hash: Option<u64>,
     /// The client speaks HTTP/2 or gRPC (so a peer sidecar is spoken to in HTTP/2).
     pub wants_h2: bool,
+    /// The faults the route's policy injects into this request (drawn once, here).
+    pub faults: Injected,
     /// When the request's head was read: the start of its latency. With this decision and
     /// the connection's `ConnCtx`, it is the request's context for the finish step (and for
     /// the access log and span, when they come).
@@ -166,6 +176,21 @@ impl Pipeline {
             if let Some(authz) = tables.local.as_ref().and_then(|s| s.authz.as_ref()) {
                 self.authorize(authz, ctx, head, start)?;
             }
+            // Inbound rate limits: this service's own route that matches, if its limit is
+            // enforced by the callee's sidecars. A request no route matches is not refused
+            // here (routing is the caller's business); it is just not limited.
+            if let Some(svc) = &tables.local {
+                if let Some(limit) = svc.route(head).ok().and_then(|r| r.limit.as_ref()) {
+                    if limit.cfg.side == LimitSide::Inbound {
+                        self.rate_limit(limit, &svc.name, ctx, head)
+                            .map_err(|error| PlanError {
+                                error,
+                                service: None,
+                                start,
+                            })?;
+                    }
+                }
+            }
             // The app, in its service's protocol (`auto` before any snapshot).
             let protocol = tables
                 .local
@@ -183,6 +208,7 @@ impl Pipeline {
                 protocol,
                 hash: None,
                 wants_h2,
+                faults: Injected::default(),
                 start,
             });
         }
@@ -226,6 +252,12 @@ impl Pipeline {
             start,
         };
         let route = svc.route(head).map_err(refuse)?;
+        if let Some(limit) = &route.limit {
+            if limit.cfg.side == LimitSide::Outbound {
+                self.rate_limit(limit, &svc.name, ctx, head)
+                    .map_err(refuse)?;
+            }
+        }
         let Some(target) = route.pick_backend() else {
             return Err(refuse(ProxyError::new(
                 Reason::NoEndpoints,
@@ -236,15 +268,23 @@ impl Pipeline {
             )));
         };
         if target.balancer.members().is_empty() {
-            return Err(refuse(ProxyError::new(
-                Reason::NoEndpoints,
-                format!(
-                    "service {} has no endpoints in the selected subset",
-                    target.service
+            return Err(refuse(fallback_or(
+                Some(route),
+                ProxyError::new(
+                    Reason::NoEndpoints,
+                    format!(
+                        "service {} has no endpoints in the selected subset",
+                        target.service
+                    ),
                 ),
             )));
         }
         let caller_deadline = incoming_deadline(head);
+        let faults = route
+            .faults
+            .as_ref()
+            .map(|f| f.draw(head.header(FAULT_HEADER)))
+            .unwrap_or_default();
         Ok(Decision {
             dest: Dest::Balanced(target.clone()),
             service: Some(svc.clone()),
@@ -258,6 +298,7 @@ impl Pipeline {
             protocol: target.protocol,
             hash: request_key(target, ctx, head),
             wants_h2,
+            faults,
             start,
         })
     }
@@ -267,6 +308,122 @@ impl Pipeline {
     pub fn observe(&self, d: &Decision, index: usize, ok: bool, rtt: Duration) {
         if let Dest::Balanced(t) = &d.dest {
             t.balancer.observe(index, ok, rtt);
+        }
+    }
+
+    /// Takes a token of a route's rate limit for this request, keyed as the limit says. Over
+    /// the limit: 429 with `Retry-After`, or in shadow mode a count and (once a second) a log
+    /// line, and the request goes on.
+    fn rate_limit<H: HeadView + ?Sized>(
+        &self,
+        limit: &RouteLimit,
+        service: &str,
+        ctx: &ConnCtx,
+        head: &H,
+    ) -> Result<(), ProxyError> {
+        let key = match &limit.cfg.key {
+            None => None,
+            Some(RateKey::Header(name)) => head.header(name),
+            Some(RateKey::ClientIdentity(_)) => ctx.peer_identity.as_deref().map(str::as_bytes),
+        };
+        let Err(wait) = limit.limiter.check(key) else {
+            return Ok(());
+        };
+        let rate = limit.cfg.requests_per_second;
+        if limit.cfg.shadow {
+            limit.shadowed.inc();
+            if limit.should_log() {
+                tracing::info!(
+                    service,
+                    method = head.method(),
+                    path = head.path(),
+                    "rate limit in shadow mode: would refuse ({rate}/s, burst {})",
+                    limit.cfg.burst
+                );
+            }
+            return Ok(());
+        }
+        limit.enforced.inc();
+        let secs = retry_after_secs(wait);
+        Err(ProxyError::custom(
+            Reason::RateLimited,
+            format!(
+                "over the rate limit of {service}'s route ({rate}/s, burst {}); retry in {secs}s",
+                limit.cfg.burst
+            ),
+            Arc::new(Custom {
+                headers: vec![(http::header::RETRY_AFTER, HeaderValue::from(secs))],
+                ..Custom::default()
+            }),
+        ))
+    }
+
+    /// The common case of [`Pipeline::admit`] without an await: nothing injected and a free
+    /// slot (or no breaker: the inbound app). `None` means the caller must take the slow path.
+    /// Measured with callgrind (client sidecar, HTTP/1.1, instructions per request): awaiting
+    /// the async `admit` for every request cost about 300 more (12,803 against 12,507 before
+    /// the resilience steps), setting up its nested futures; with this, 12,456.
+    #[inline]
+    pub fn admit_now<'d>(&self, d: &'d Decision) -> Option<Option<Slot<'d>>> {
+        if d.faults != Injected::default() {
+            return None;
+        }
+        match &d.dest {
+            Dest::Fixed(_) => Some(None),
+            Dest::Balanced(t) => t.breaker.try_acquire().map(Some),
+        }
+    }
+
+    /// The steps between the plan and the first attempt, on every codec: the injected delay
+    /// (inside the route's deadline), the injected abort, and a slot of the destination's
+    /// circuit breaker, which the caller holds until its attempts are over. An uncontended
+    /// slot costs a few atomics and no await.
+    pub async fn admit<'d>(
+        &self,
+        d: &'d Decision,
+        deadline: Option<(tokio::time::Instant, Duration)>,
+    ) -> Result<Option<Slot<'d>>, ProxyError> {
+        if let Some(delay) = d.faults.delay {
+            let until = tokio::time::Instant::now() + delay;
+            match deadline {
+                Some((at, t)) if at <= until => {
+                    tokio::time::sleep_until(at).await;
+                    return Err(self.timeout(d, t));
+                }
+                _ => tokio::time::sleep_until(until).await,
+            }
+        }
+        if d.faults.abort {
+            if let Some(f) = d.route.as_ref().and_then(|r| r.faults.as_ref()) {
+                return Err(ProxyError::custom(
+                    Reason::FaultInjected,
+                    "aborted by the route's fault injection policy",
+                    f.abort.clone(),
+                ));
+            }
+        }
+        let Dest::Balanced(t) = &d.dest else {
+            return Ok(None);
+        };
+        match t.breaker.acquire(deadline.map(|(at, _)| at)).await {
+            Ok(slot) => Ok(Some(slot)),
+            Err(why) => {
+                let limits = &t.policy.circuit_breaker;
+                let detail = match why {
+                    Refused::QueueFull => format!(
+                        "{} has {} requests in flight from this sidecar and {} waiting, its circuit breaker's limits (maxRequests, maxPending)",
+                        t.service, limits.max_requests, limits.max_pending
+                    ),
+                    Refused::QueueTimeout => format!(
+                        "no slot of {}'s circuit breaker ({} in flight) freed up within its queue timeout ({:?}) or the route's deadline",
+                        t.service, limits.max_requests, limits.queue_timeout
+                    ),
+                };
+                Err(fallback_or(
+                    d.route.as_deref(),
+                    ProxyError::new(Reason::Overloaded, detail),
+                ))
+            }
         }
     }
 
@@ -361,11 +518,14 @@ impl Pipeline {
     /// The error for a request none of whose endpoints accepted a connection.
     fn connect_failure(&self, d: &Decision, tried: usize, last: &str) -> ProxyError {
         match (&self.side, &d.dest) {
-            (Side::Outbound { .. }, Dest::Balanced(t)) => ProxyError::new(
-                Reason::ConnectFailed,
-                format!(
-                    "could not connect to any of {tried} endpoint(s) of {} tried; last error: {last}",
-                    t.service
+            (Side::Outbound { .. }, Dest::Balanced(t)) => fallback_or(
+                d.route.as_deref(),
+                ProxyError::new(
+                    Reason::ConnectFailed,
+                    format!(
+                        "could not connect to any of {tried} endpoint(s) of {} tried; last error: {last}",
+                        t.service
+                    ),
                 ),
             ),
             _ => ProxyError::new(
@@ -472,6 +632,20 @@ fn request_key<H: HeadView + ?Sized>(target: &Target, ctx: &ConnCtx, head: &H) -
             std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
             std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
         }),
+    }
+}
+
+/// The route's fallback response in place of `e`, if the route has one: served when no
+/// endpoint could take the request (none, none accepting a connection, the breaker full). It
+/// carries `ferrule-error: fallback`, so it is never taken for the app's own answer.
+fn fallback_or(route: Option<&RouteTable>, e: ProxyError) -> ProxyError {
+    match route.and_then(|r| r.fallback.as_ref()) {
+        Some(fb) => ProxyError::custom(
+            Reason::Fallback,
+            format!("the route's fallback response, instead of {e}"),
+            fb.clone(),
+        ),
+        None => e,
     }
 }
 

@@ -763,3 +763,232 @@ fn plan_hashes_the_ring_key_from_a_header_a_cookie_or_the_source_ip() {
         Some(hash_key(b"alice"))
     );
 }
+
+/// Resilience policy on every step: a breaker of one slot and one waiter, a rate limit, an
+/// abort forced by header, a fallback on a subset without endpoints.
+const GUARDED: &str = "\
+kind: Service
+name: echo
+trafficPolicy:
+  circuitBreaker: {maxRequests: 1, maxPending: 1, queueTimeout: 40ms}
+routes:
+  - name: limited
+    match: {pathPrefix: /limited}
+    rateLimit: {requestsPerSecond: 1, burst: 2, side: outbound}
+  - name: shadow
+    match: {pathPrefix: /shadow}
+    rateLimit: {requestsPerSecond: 1, burst: 1, side: outbound, shadow: true}
+  - name: inbound-only
+    match: {pathPrefix: /in}
+    rateLimit: {requestsPerSecond: 1, burst: 1, key: {header: x-user}}
+  - name: chaos
+    match: {pathPrefix: /chaos}
+    faults:
+      abort: {httpStatus: 418, grpcStatus: 9, percent: 0}
+      delay: {fixed: 30ms, percent: 0}
+      allowHeader: true
+  - name: chaos-late
+    match: {pathPrefix: /late}
+    timeout: 10ms
+    faults: {delay: {fixed: 30ms, percent: 100}}
+  - name: empty
+    match: {pathPrefix: /empty}
+    backends: [{subset: {version: none}, weight: 100}]
+    fallback: {status: 200, headers: {x-fallback: 'yes'}, body: cached}
+  - name: all
+    match: {pathPrefix: /}
+    fallback: {status: 503, body: sorry}
+---
+kind: Endpoint
+name: a
+service: echo
+address: 127.0.0.1:1001
+";
+
+fn with_header(uri: &str, name: &str, value: &str) -> Request<()> {
+    Request::builder()
+        .uri(uri)
+        .header("host", "echo")
+        .header(name, value)
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outbound_rate_limit_refuses_with_retry_after_and_shadow_lets_through() {
+    let p = Pipeline::outbound(policy(Some(GUARDED)));
+    let req = get("/limited", "echo");
+    assert!(p.plan(&ctx(), &req).is_ok());
+    assert!(p.plan(&ctx(), &req).is_ok());
+    let e = p.plan(&ctx(), &req).unwrap_err();
+    assert_eq!(e.error.reason, Reason::RateLimited);
+    assert_eq!(e.service.as_ref().map(|s| &*s.name), Some("echo"));
+    let resp = e.error.into_response(false);
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["ferrule-error"], "rate-limited");
+    // Shadow mode: over the limit, still planned, and counted.
+    for _ in 0..3 {
+        assert!(p.plan(&ctx(), &get("/shadow", "echo")).is_ok());
+    }
+    let text = p.policy.metrics.encode();
+    assert!(
+        text.contains(
+            r#"ferrule_rate_limited_total{direction="outbound",service="echo",kind="shadow"} 2"#
+        ),
+        "{text}"
+    );
+    // An inbound-side limit is not the caller's to enforce.
+    for _ in 0..3 {
+        assert!(p.plan(&ctx(), &get("/in", "echo")).is_ok());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inbound_rate_limit_is_keyed_and_survives_a_snapshot_of_the_same_policy() {
+    let pol = policy(Some(GUARDED));
+    let inbound = Pipeline::inbound(pol.clone(), "echo", "127.0.0.1:9".parse().unwrap());
+    let alice = with_header("/in", "x-user", "alice");
+    assert!(inbound.plan(&ctx(), &alice).is_ok());
+    let e = inbound.plan(&ctx(), &alice).unwrap_err();
+    assert_eq!(e.error.reason, Reason::RateLimited);
+    assert!(inbound
+        .plan(&ctx(), &with_header("/in", "x-user", "bob"))
+        .is_ok());
+    // Other routes of the service are not limited inbound.
+    assert!(inbound.plan(&ctx(), &get("/x", "echo")).is_ok());
+    // The same policy again (a new version): alice's bucket is still empty.
+    let snap = pol.load().snapshot.clone().unwrap();
+    let mut next = (*snap).clone();
+    next.version += 1;
+    pol.apply(Arc::new(next), "control-plane");
+    assert_eq!(
+        reason(&inbound.plan(&ctx(), &alice)),
+        Some(Reason::RateLimited)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_queues_then_fails_fast_and_its_state_survives_a_snapshot() {
+    let pol = policy(Some(GUARDED));
+    let p = Pipeline::outbound(pol.clone());
+    let d = p.plan(&ctx(), &get("/x", "echo")).unwrap();
+    let Dest::Balanced(t) = &d.dest else { panic!() };
+    let held = t.breaker.acquire(None).await.unwrap();
+    // The same destination after a snapshot swap shares the breaker, and its slot is taken.
+    let snap = pol.load().snapshot.clone().unwrap();
+    let mut next = (*snap).clone();
+    next.version += 1;
+    pol.apply(Arc::new(next), "control-plane");
+    let d2 = p.plan(&ctx(), &get("/x", "echo")).unwrap();
+    let Dest::Balanced(t2) = &d2.dest else {
+        panic!()
+    };
+    assert!(Arc::ptr_eq(&t.breaker, &t2.breaker));
+    // One waits for the queue timeout (40 ms) and gets overloaded, which the route's
+    // fallback answers; with the queue full, the next fails at once.
+    let start = tokio::time::Instant::now();
+    let waiter = async {
+        let mut t = Script::new(vec![]);
+        attempt::run(&p, &d2, &mut t).await
+    };
+    let second = async {
+        tokio::task::yield_now().await;
+        let mut t = Script::new(vec![]);
+        let r = attempt::run(&p, &d2, &mut t).await;
+        (r, start.elapsed())
+    };
+    let (first, (second, fast)) = tokio::join!(waiter, second);
+    let Err(Failure::Respond(first)) = first else {
+        panic!()
+    };
+    assert_eq!(first.reason, Reason::Fallback);
+    assert!(first.detail.contains("overloaded"), "{}", first.detail);
+    assert_eq!(start.elapsed(), Duration::from_millis(40));
+    let Err(Failure::Respond(second)) = second else {
+        panic!()
+    };
+    assert_eq!(second.reason, Reason::Fallback);
+    assert_eq!(fast, Duration::ZERO);
+    assert_eq!(second.status(), 503);
+    drop(held);
+    // With the slot back, the request goes through.
+    let mut t = Script::new(vec![Ok("head")]);
+    assert_eq!(attempt::run(&p, &d2, &mut t).await.unwrap(), "head");
+    assert_eq!(t2.breaker.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn faults_forced_by_header_delay_then_abort_with_the_policy_status() {
+    let p = Pipeline::outbound(policy(Some(GUARDED)));
+    // No header, 0%: nothing injected.
+    let d = p.plan(&ctx(), &get("/chaos", "echo")).unwrap();
+    assert_eq!(d.faults, crate::plan::fault::Injected::default());
+    let d = p
+        .plan(
+            &ctx(),
+            &with_header("/chaos", "ferrule-fault", "delay,abort"),
+        )
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut t = Script::new(vec![]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(start.elapsed(), Duration::from_millis(30));
+    assert!(t.seen.is_empty(), "an aborted request reached a transport");
+    assert_eq!(e.reason, Reason::FaultInjected);
+    let bytes = String::from_utf8(e.to_http1(false, false)).unwrap();
+    assert!(bytes.starts_with("HTTP/1.1 418 "), "{bytes}");
+    assert!(bytes.contains("\r\nferrule-error: fault-injected\r\n"));
+    let grpc = e.into_response(true);
+    assert_eq!(grpc.headers()["grpc-status"], "9");
+    // A delay alone goes on to the endpoint after waiting.
+    let d = p
+        .plan(&ctx(), &with_header("/chaos", "ferrule-fault", "delay"))
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut t = Script::new(vec![Ok("head")]);
+    assert_eq!(attempt::run(&p, &d, &mut t).await.unwrap(), "head");
+    assert_eq!(start.elapsed(), Duration::from_millis(30));
+    // The delay is inside the route's deadline: a delay longer than it times out at it.
+    let d = p.plan(&ctx(), &get("/late", "echo")).unwrap();
+    let start = tokio::time::Instant::now();
+    let mut t = Script::new(vec![Ok("head")]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.reason, Reason::Timeout);
+    assert_eq!(start.elapsed(), Duration::from_millis(10));
+}
+
+#[tokio::test]
+async fn the_fallback_answers_when_no_endpoint_can_take_the_request() {
+    let p = Pipeline::outbound(policy(Some(GUARDED)));
+    // A subset without endpoints: at planning.
+    let e = p.plan(&ctx(), &get("/empty", "echo")).unwrap_err().error;
+    assert_eq!(e.reason, Reason::Fallback);
+    let bytes = String::from_utf8(e.to_http1(false, false)).unwrap();
+    assert!(bytes.starts_with("HTTP/1.1 200 OK\r\n"), "{bytes}");
+    assert!(bytes.contains("\r\nx-fallback: yes\r\n"));
+    assert!(bytes.contains("\r\nferrule-error: fallback\r\n"));
+    assert!(bytes.ends_with("\r\n\r\ncached"), "{bytes}");
+    // Every endpoint refusing connections: after the attempts.
+    let d = p.plan(&ctx(), &get("/x", "echo")).unwrap();
+    let mut t = Script::new(vec![refused()]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.reason, Reason::Fallback);
+    assert!(e.detail.contains("connect-failed"), "{}", e.detail);
+    let resp = e.into_response(false);
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["ferrule-error"], "fallback");
+    // A gRPC caller gets UNAVAILABLE, not an HTTP body it cannot read.
+    let d = p.plan(&ctx(), &get("/x", "echo")).unwrap();
+    let mut t = Script::new(vec![refused()]);
+    let Err(Failure::Respond(e)) = attempt::run(&p, &d, &mut t).await else {
+        panic!()
+    };
+    assert_eq!(e.into_response(true).headers()["grpc-status"], "14");
+}

@@ -3,8 +3,9 @@
 //! A snapshot is validated whole and compiled here, off the request path; requests load the
 //! current [`Tables`] once and keep that `Arc` until they finish, so a swap never changes the
 //! policy under a request in flight. Compiling reuses the previous tables' per-endpoint
-//! [`Upstream`]s (pooled connections, load) and round-robin cursors wherever the endpoint or
-//! backend is unchanged.
+//! [`Upstream`]s (pooled connections, load), round-robin cursors and circuit breakers wherever
+//! the endpoint or backend is unchanged, and a route's rate limiter (its buckets) wherever the
+//! route's limit is unchanged.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -14,20 +15,23 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ferrule_config::authz;
-use ferrule_config::resilience::{Destination, RouteResilience};
+use ferrule_config::resilience::{Destination, RouteResilience, Side};
 use ferrule_config::{MtlsMode, Protocol, Snapshot};
 #[cfg(test)]
 use http::Request;
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use rand::Rng;
 
 use crate::base::{Identity, Reason};
-use crate::codec::render::ProxyError;
+use crate::codec::render::{Custom, ProxyError};
 use crate::codec::HeadView;
 use crate::forward::conn::TlsTarget;
 use crate::forward::upstream::Upstream;
 use crate::plan::balance::{Balancer, Member};
+use crate::plan::breaker::Breaker;
 use crate::plan::budget::Budget;
+use crate::plan::fault::RouteFaults;
+use crate::plan::limit::RouteLimit;
 use crate::telemetry::metrics::{Direction, Metrics, ServiceMetrics};
 
 /// One backend destination: a service's endpoints, narrowed to a label subset.
@@ -44,6 +48,8 @@ pub struct Target {
     pub policy: Destination,
     /// The destination service's retry budget (shared by its targets, kept across snapshots).
     pub budget: Arc<Budget>,
+    /// Its concurrency limit and queue (kept across snapshots).
+    pub breaker: Arc<Breaker>,
 }
 
 #[derive(Debug)]
@@ -92,6 +98,12 @@ pub struct RouteTable {
     pub timeout: Option<Duration>,
     /// Retries, idle timeout, fallback, faults, rate limit, mirroring.
     pub resilience: RouteResilience,
+    /// The rate limit, compiled (kept across snapshots while the policy is unchanged).
+    pub limit: Option<Arc<RouteLimit>>,
+    /// The injected faults, compiled.
+    pub faults: Option<Arc<RouteFaults>>,
+    /// The fallback response, compiled.
+    pub fallback: Option<Arc<Custom>>,
 }
 
 impl RouteTable {
@@ -180,6 +192,9 @@ pub struct Tables {
     pub targets: BTreeMap<(String, BTreeMap<String, String>), Arc<Target>>,
     /// This sidecar's zone (locality prefers endpoints in it).
     pub zone: Option<Arc<str>>,
+    breakers: HashMap<(String, BTreeMap<String, String>), Arc<Breaker>>,
+    /// Per (service, route name or position).
+    limits: HashMap<(String, String), Arc<RouteLimit>>,
     /// Metric handles for requests to hosts that name no service.
     pub unknown_metrics: ServiceMetrics,
 }
@@ -197,6 +212,8 @@ impl Tables {
             budgets: HashMap::new(),
             targets: BTreeMap::new(),
             zone: None,
+            breakers: HashMap::new(),
+            limits: HashMap::new(),
             unknown_metrics: metrics.service(Direction::Outbound, "unknown"),
         }
     }
@@ -238,6 +255,8 @@ impl Tables {
                 (s.name.clone(), b)
             })
             .collect();
+        let mut breakers = HashMap::new();
+        let mut limits = HashMap::new();
         let protocols: HashMap<&str, Protocol> = snap
             .services
             .iter()
@@ -325,9 +344,28 @@ impl Tables {
                 cursor,
             )
             .with_policy(&policy, zone.cloned(), metrics.lb(service));
+            // The breaker outlives snapshots (its slots are held by requests in flight); a new
+            // snapshot only changes its limits.
+            let breaker = match prev.breakers.get(&key) {
+                Some(b) => {
+                    b.set_limits(&policy.circuit_breaker);
+                    b.clone()
+                }
+                None => {
+                    let subset = subset
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let (in_flight, waiting) = metrics.breaker_gauges(service, subset);
+                    Arc::new(Breaker::new(&policy.circuit_breaker, in_flight, waiting))
+                }
+            };
+            breakers.insert(key.clone(), breaker.clone());
             let t = Arc::new(Target {
                 policy,
                 budget: budgets.get(service).cloned().unwrap_or_default(),
+                breaker,
                 service: service.into(),
                 protocol: protocols.get(service).copied().unwrap_or_default(),
                 balancer,
@@ -341,7 +379,55 @@ impl Tables {
             let routes = svc
                 .routes
                 .iter()
-                .map(|r| {
+                .enumerate()
+                .map(|(i, r)| {
+                    let id = r.name.clone().unwrap_or_else(|| format!("#{i}"));
+                    let limit = r.resilience.rate_limit.as_ref().map(|cfg| {
+                        let key = (svc.name.clone(), id.clone());
+                        let l = match prev.limits.get(&key) {
+                            Some(l) if l.cfg == *cfg => l.clone(),
+                            _ => {
+                                let dir = match cfg.side {
+                                    Side::Inbound => Direction::Inbound,
+                                    Side::Outbound => Direction::Outbound,
+                                };
+                                Arc::new(RouteLimit::new(
+                                    cfg.clone(),
+                                    metrics.rate_limited(dir, &svc.name, "enforced"),
+                                    metrics.rate_limited(dir, &svc.name, "shadow"),
+                                ))
+                            }
+                        };
+                        limits.insert(key, l.clone());
+                        l
+                    });
+                    let faults = r.resilience.faults.map(|f| {
+                        Arc::new(RouteFaults::new(
+                            f,
+                            metrics.fault(Direction::Outbound, &svc.name, "delay"),
+                            metrics.fault(Direction::Outbound, &svc.name, "abort"),
+                        ))
+                    });
+                    let fallback = r.resilience.fallback.as_ref().map(|f| {
+                        Arc::new(Custom {
+                            status: StatusCode::from_u16(f.status).ok(),
+                            // A gRPC caller cannot read an HTTP body as a message: it gets
+                            // UNAVAILABLE with the fallback's headers.
+                            grpc_status: Some(14),
+                            // Validated by the config crate: names and values parse.
+                            headers: f
+                                .headers
+                                .iter()
+                                .filter_map(|(k, v)| {
+                                    Some((
+                                        HeaderName::from_bytes(k.as_bytes()).ok()?,
+                                        HeaderValue::from_str(v).ok()?,
+                                    ))
+                                })
+                                .collect(),
+                            body: Some(bytes::Bytes::from(f.body.clone())),
+                        })
+                    });
                     let mut backends = Vec::new();
                     let mut total = 0;
                     if r.backends.is_empty() {
@@ -380,6 +466,9 @@ impl Tables {
                         total,
                         timeout: r.timeout,
                         resilience: r.resilience.clone(),
+                        limit,
+                        faults,
+                        fallback,
                     })
                 })
                 .collect();
@@ -395,6 +484,9 @@ impl Tables {
                 total: 1,
                 timeout: None,
                 resilience: RouteResilience::default(),
+                limit: None,
+                faults: None,
+                fallback: None,
             });
             services.insert(
                 svc.name.clone(),
@@ -420,6 +512,8 @@ impl Tables {
             budgets,
             targets: targets.into_iter().collect(),
             zone: zone.cloned(),
+            breakers,
+            limits,
             unknown_metrics: prev.unknown_metrics.clone(),
         }
     }

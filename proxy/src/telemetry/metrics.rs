@@ -127,6 +127,20 @@ pub struct LbMetrics {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    service: String,
+    /// The label subset, `k=v,k=v` (empty for the whole service).
+    subset: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    direction: Direction,
+    service: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
 }
@@ -173,6 +187,10 @@ pub struct Metrics {
     retries: Family<RetryLabels, Counter>,
     retries_refused: Family<RetryLabels, Counter>,
     authz: Family<DecisionLabels, Counter>,
+    breaker_in_flight: Family<TargetLabels, Gauge>,
+    breaker_waiting: Family<TargetLabels, Gauge>,
+    rate_limited: Family<KindLabels, Counter>,
+    faults: Family<KindLabels, Counter>,
     /// When the workload certificate expires (Unix seconds; 0 without one).
     pub cert_expiry: Gauge,
     /// Certificates obtained from the control plane (the first and every renewal).
@@ -233,6 +251,30 @@ impl Metrics {
         let cert_expiry = Gauge::default();
         let cert_issued = Counter::default();
         let cert_failures = Counter::default();
+        let breaker_in_flight = Family::<TargetLabels, Gauge>::default();
+        let breaker_waiting = Family::<TargetLabels, Gauge>::default();
+        let rate_limited = Family::<KindLabels, Counter>::default();
+        let faults = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "breaker_in_flight",
+            "Requests holding a slot of a destination's circuit breaker (service and subset)",
+            breaker_in_flight.clone(),
+        );
+        registry.register(
+            "breaker_queued",
+            "Requests waiting for a slot of a destination's circuit breaker",
+            breaker_waiting.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests over a route's rate limit, by mode: enforced (answered 429) or shadow (let through)",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "faults_injected",
+            "Faults injected by a route's policy, by kind: delay or abort",
+            faults.clone(),
+        );
         let ejections = Family::<EjectionLabels, Counter>::default();
         let ejected = Family::<DestinationLabels, Gauge>::default();
         let lb_panic = Family::<DestinationLabels, Counter>::default();
@@ -334,7 +376,46 @@ impl Metrics {
             ejections,
             ejected,
             lb_panic,
+            breaker_in_flight,
+            breaker_waiting,
+            rate_limited,
+            faults,
         }
+    }
+
+    /// The gauges a destination's circuit breaker counts in (in flight, waiting): the
+    /// breaker's counters are these gauges' atomics.
+    pub fn breaker_gauges(&self, service: &str, subset: String) -> (Gauge, Gauge) {
+        let labels = TargetLabels {
+            service: service.to_owned(),
+            subset,
+        };
+        (
+            self.breaker_in_flight.get_or_create(&labels).clone(),
+            self.breaker_waiting.get_or_create(&labels).clone(),
+        )
+    }
+
+    /// The counter of requests over a route's rate limit (`mode`: `enforced` or `shadow`).
+    pub fn rate_limited(&self, direction: Direction, service: &str, mode: &'static str) -> Counter {
+        self.rate_limited
+            .get_or_create(&KindLabels {
+                direction,
+                service: service.to_owned(),
+                kind: mode,
+            })
+            .clone()
+    }
+
+    /// The counter of faults injected on a service's routes (`kind`: `delay` or `abort`).
+    pub fn fault(&self, direction: Direction, service: &str, kind: &'static str) -> Counter {
+        self.faults
+            .get_or_create(&KindLabels {
+                direction,
+                service: service.to_owned(),
+                kind,
+            })
+            .clone()
     }
 
     /// Resolves the balancer metric handles of destination `service`.
