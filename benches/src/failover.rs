@@ -11,7 +11,8 @@
 //!
 //! - `ferrule`: a control plane, a sidecar in front of each instance (service `upstream`, three
 //!   endpoints) and a client sidecar; Ferrule's defaults only (retries of gateway errors,
-//!   resets and connect failures for idempotent requests, within the retry budget). What is
+//!   resets and connect failures for idempotent requests, within the retry budget; outlier
+//!   ejection after 5 failures in a row, peak-EWMA balancing). What is
 //!   killed is the instance's *app* process: its sidecar stays up and answers 502/503 for it,
 //!   which the client sidecar retries elsewhere.
 //! - `ferrule-sidecar`: the same mesh, but the instance's sidecar is killed with its app (the
@@ -89,7 +90,8 @@ impl FailoverTarget {
         match self {
             FailoverTarget::Ferrule => {
                 "client sidecar → sidecar per instance; defaults only (retries of gateway \
-                 errors/resets/connect failures for idempotent requests, retry budget); the \
+                 errors/resets/connect failures for idempotent requests, retry budget, outlier \
+                 ejection, peak-EWMA); the \
                  killed instance's sidecar stays up and answers 502/503 for it"
             }
             FailoverTarget::FerruleSidecar => {
