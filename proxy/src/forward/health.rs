@@ -10,10 +10,10 @@
 //! to another endpoint by the attempt loop, unseen by the client) eject it within a few
 //! requests, and from then on it is visible as ejected and costs one probe per ejection.
 //!
-//! Owned by [`crate::forward::upstream::Upstream`], so it is shared across snapshots like the
-//! endpoint's pools: a reload does not forgive an ejected endpoint. What is read on every pick
-//! (ejected until, the probe slot, the latency estimate) is in atomics; what changes on an
-//! outcome is under one short lock, taken once per attempt.
+//! Owned by the endpoint's `Upstream` (in `forward/upstream.rs`), so it is shared across
+//! snapshots like the endpoint's pools: a reload does not forgive an ejected endpoint. What is
+//! read on every pick (ejected until, the probe slot, the latency estimate) is in atomics; what
+//! changes on an outcome is under one short lock, taken once per attempt.
 //!
 //! The health state knows nothing of balancers: whether one more ejection is allowed (the
 //! `maxEjectedPercent` cap) is a question of the balancer's other endpoints, so the caller
