@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
-use crate::failover::FailoverTarget;
 use crate::protocol::Protocol;
 use crate::target::TargetKey;
 
@@ -259,6 +259,62 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     Duration::try_from_secs_f64(seconds)
         .map_err(|_| format!("`{text}` is not a non-negative, finite duration"))
+}
+
+/// A target of the scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FailoverTarget {
+    /// A client sidecar and a sidecar in front of each instance; the app is killed.
+    Ferrule,
+    /// The same mesh; the app and its sidecar are killed together, and both restarted.
+    FerruleSidecar,
+    /// One nginx in front of the three instances.
+    Nginx,
+    /// One HAProxy in front of the three instances.
+    Haproxy,
+}
+
+impl FailoverTarget {
+    pub(crate) const ALL: [FailoverTarget; 4] = [
+        FailoverTarget::Ferrule,
+        FailoverTarget::FerruleSidecar,
+        FailoverTarget::Nginx,
+        FailoverTarget::Haproxy,
+    ];
+
+    pub(crate) fn key(self) -> &'static str {
+        match self {
+            FailoverTarget::Ferrule => "ferrule",
+            FailoverTarget::FerruleSidecar => "ferrule-sidecar",
+            FailoverTarget::Nginx => "nginx",
+            FailoverTarget::Haproxy => "haproxy",
+        }
+    }
+
+    /// What the target does about a failed instance, for the report.
+    pub(crate) fn config(self) -> &'static str {
+        match self {
+            FailoverTarget::Ferrule => {
+                "client sidecar → sidecar per instance; defaults only (retries of gateway \
+                 errors/resets/connect failures for idempotent requests, retry budget, outlier \
+                 ejection, peak-EWMA); the \
+                 killed instance's sidecar stays up and answers 502/503 for it"
+            }
+            FailoverTarget::FerruleSidecar => {
+                "as ferrule, but the instance's sidecar dies with it (the client sidecar sees \
+                 connect failures and resets) and both come back on the same ports"
+            }
+            FailoverTarget::Nginx => {
+                "max_fails=1 fail_timeout=10s; proxy_next_upstream error timeout http_502 \
+                 http_503; proxy_next_upstream_tries 3; keepalive pool"
+            }
+            FailoverTarget::Haproxy => {
+                "httpchk GET / inter 1s fall 2 rise 2; retries 3; option redispatch 1; \
+                 retry-on conn-failure empty-response response-timeout 502 503; http-reuse always"
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -28,11 +28,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::cli::FailoverArgs;
+use crate::cli::{FailoverArgs, FailoverTarget};
 use crate::client::{once, Endpoint};
 use crate::harness::{command_line, default_out_dir};
 use crate::load::{self, LoadReport, LoadSpec, Mode, Sample, SampleOutcome};
@@ -53,62 +52,6 @@ const SERVICE: &str = "upstream";
 const VICTIM: usize = 1;
 /// How many upstream instances.
 const INSTANCES: usize = 3;
-
-/// A target of the scenario.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum FailoverTarget {
-    /// A client sidecar and a sidecar in front of each instance; the app is killed.
-    Ferrule,
-    /// The same mesh; the app and its sidecar are killed together, and both restarted.
-    FerruleSidecar,
-    /// One nginx in front of the three instances.
-    Nginx,
-    /// One HAProxy in front of the three instances.
-    Haproxy,
-}
-
-impl FailoverTarget {
-    const ALL: [FailoverTarget; 4] = [
-        FailoverTarget::Ferrule,
-        FailoverTarget::FerruleSidecar,
-        FailoverTarget::Nginx,
-        FailoverTarget::Haproxy,
-    ];
-
-    fn key(self) -> &'static str {
-        match self {
-            FailoverTarget::Ferrule => "ferrule",
-            FailoverTarget::FerruleSidecar => "ferrule-sidecar",
-            FailoverTarget::Nginx => "nginx",
-            FailoverTarget::Haproxy => "haproxy",
-        }
-    }
-
-    /// What the target does about a failed instance, for the report.
-    fn config(self) -> &'static str {
-        match self {
-            FailoverTarget::Ferrule => {
-                "client sidecar → sidecar per instance; defaults only (retries of gateway \
-                 errors/resets/connect failures for idempotent requests, retry budget, outlier \
-                 ejection, peak-EWMA); the \
-                 killed instance's sidecar stays up and answers 502/503 for it"
-            }
-            FailoverTarget::FerruleSidecar => {
-                "as ferrule, but the instance's sidecar dies with it (the client sidecar sees \
-                 connect failures and resets) and both come back on the same ports"
-            }
-            FailoverTarget::Nginx => {
-                "max_fails=1 fail_timeout=10s; proxy_next_upstream error timeout http_502 \
-                 http_503; proxy_next_upstream_tries 3; keepalive pool"
-            }
-            FailoverTarget::Haproxy => {
-                "httpchk GET / inter 1s fall 2 rise 2; retries 3; option redispatch 1; \
-                 retry-on conn-failure empty-response response-timeout 502 503; http-reuse always"
-            }
-        }
-    }
-}
 
 /// The scenario's parameters, as run.
 #[derive(Clone, Debug, Serialize)]

@@ -1,5 +1,5 @@
 //! The one rule for names (services, endpoints, proxy ids, namespaces): they are used as hosts
-//! and in SPIFFE IDs, so they are DNS-style.
+//! and in SPIFFE IDs, so they are DNS-style; and the rule for header names in policy.
 
 /// Checks a DNS-style name: lower-case letters, digits, `-` and `.`, 1..=253 chars,
 /// starting and ending with a letter or digit. Service names are used as hosts.
@@ -15,4 +15,27 @@ pub fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Header names in policy must be lower-case tokens (HTTP/2 forbids upper case on the wire).
+pub(crate) fn check_header_name(k: &str) -> bool {
+    let tchar =
+        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !k.is_empty() && k.bytes().all(tchar)
+}
+
+/// Headers that describe the connection or the framing, which the proxy sets itself.
+pub(crate) fn is_connection_header(k: &str) -> bool {
+    matches!(
+        k,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "content-length"
+            | "host"
+    )
 }

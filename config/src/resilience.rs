@@ -412,7 +412,7 @@ pub(crate) fn decode_destination(o: &mut Obj<'_>) -> Option<Destination> {
             let source_ip = k.bool("sourceIp");
             let key = match (header, cookie, source_ip) {
                 (Some((h, p)), None, None) => {
-                    if crate::resource::check_header_name(&h) {
+                    if crate::names::check_header_name(&h) {
                         Some(HashKey::Header(h))
                     } else {
                         d.err(&p, "is not a valid lower-case header name");
@@ -818,10 +818,10 @@ fn decode_fallback(d: &Diag, path: String, v: &Value) -> Option<Fallback> {
     let headers = o.str_map("headers").unwrap_or_default();
     let hpath = join(&o.path, "headers");
     for (k, v) in &headers {
-        if !crate::resource::check_header_name(k) {
+        if !crate::names::check_header_name(k) {
             d.err(&join(&hpath, k), "is not a valid lower-case header name");
             ok = false;
-        } else if crate::resource::is_connection_header(k) {
+        } else if crate::names::is_connection_header(k) {
             d.err(&join(&hpath, k), "is set by the proxy and cannot be given");
             ok = false;
         }
@@ -923,7 +923,7 @@ fn decode_rate_limit(d: &Diag, path: String, v: &Value) -> Option<RateLimit> {
             let ident = k.bool("clientIdentity");
             let key = match (header, ident) {
                 (Some((h, p)), None) => {
-                    if crate::resource::check_header_name(&h) {
+                    if crate::names::check_header_name(&h) {
                         Some(RateKey::Header(h))
                     } else {
                         d.err(&p, "is not a valid lower-case header name");

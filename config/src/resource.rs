@@ -666,7 +666,7 @@ fn decode_match(d: &Diag, path: String, v: &Value) -> Option<RouteMatch> {
     let headers = o.str_map("headers").unwrap_or_default();
     let hpath = crate::decode::join(&o.path, "headers");
     for (k, v) in &headers {
-        if !check_header_name(k) {
+        if !crate::names::check_header_name(k) {
             d.err(
                 &crate::decode::join(&hpath, k),
                 "is not a valid lower-case header name",
@@ -688,29 +688,6 @@ fn decode_match(d: &Diag, path: String, v: &Value) -> Option<RouteMatch> {
         method,
         headers,
     })
-}
-
-/// Header names in policy must be lower-case tokens (HTTP/2 forbids upper case on the wire).
-pub(crate) fn check_header_name(k: &str) -> bool {
-    let tchar =
-        |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b);
-    !k.is_empty() && k.bytes().all(tchar)
-}
-
-/// Headers that describe the connection or the framing, which the proxy sets itself.
-pub(crate) fn is_connection_header(k: &str) -> bool {
-    matches!(
-        k,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "upgrade"
-            | "te"
-            | "trailer"
-            | "content-length"
-            | "host"
-    )
 }
 
 fn decode_backend(d: &Diag, path: String, v: &Value) -> Option<Backend> {
