@@ -272,12 +272,20 @@ pub async fn run<T: Transport>(
             // an attempt that timed out and a 5xx are failures; a response head is a success,
             // timed to its arrival. A client that broke the exchange says nothing about the
             // endpoint.
+            // The head is read once per attempt (on the general path it is header lookups).
             let rtt = now.elapsed();
-            match &outcome {
-                Some(Ok(out)) => p.observe(d, index, T::head(out).status < 500, rtt),
-                Some(Err(AttemptError::Abort)) => {}
-                None | Some(Err(_)) => p.observe(d, index, false, rtt),
-            }
+            let head = match &outcome {
+                Some(Ok(out)) => {
+                    let head = T::head(out);
+                    p.observe(d, index, head.status < 500, rtt);
+                    head
+                }
+                Some(Err(AttemptError::Abort)) => HeadInfo::default(),
+                None | Some(Err(_)) => {
+                    p.observe(d, index, false, rtt);
+                    HeadInfo::default()
+                }
+            };
             match outcome {
                 None => match deadline {
                     Some((at, t)) if Instant::now() >= at => {
@@ -295,7 +303,6 @@ pub async fn run<T: Transport>(
                     let Some(policy) = policy else {
                         return Ok(out);
                     };
-                    let head = T::head(&out);
                     match retryable_head(policy, &head) {
                         None => return Ok(out),
                         Some(r) => Ended::Response(out, r, head),

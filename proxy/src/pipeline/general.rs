@@ -196,10 +196,18 @@ fn head_info(status: u16, headers: &HeaderMap) -> HeadInfo {
     };
     HeadInfo {
         status,
-        grpc_status: number("grpc-status"),
-        retry_after: number("retry-after")
-            .filter(|_| status == 503 || status == 429)
-            .map(|s| Duration::from_secs(u64::from(s))),
+        // Only a trailers-only gRPC response (HTTP 200) carries it in its head.
+        grpc_status: if status == 200 {
+            number("grpc-status")
+        } else {
+            None
+        },
+        // Only these two statuses give it a meaning of "wait before trying again".
+        retry_after: if status == 503 || status == 429 {
+            number("retry-after").map(|s| Duration::from_secs(u64::from(s)))
+        } else {
+            None
+        },
     }
 }
 
