@@ -10,7 +10,7 @@
 
 use http::{HeaderName, HeaderValue};
 
-use crate::codec::headers::{is_hop_by_hop, listed_in_connection};
+use crate::codec::headers::{is_hop_by_hop, listed_in_connection, DEADLINE};
 use crate::codec::HeadView;
 
 /// Most headers a request head may have on the fast path; more go to the general path.
@@ -79,17 +79,6 @@ pub struct RequestHead<'a> {
     connection: ConnectionLines<'a>,
     /// Whether the request is gRPC (`content-type: application/grpc...`).
     grpc: bool,
-}
-
-impl RequestHead<'_> {
-    /// Whether a request can be sent again after a connection failed before any response
-    /// byte arrived (RFC 9110 §9.2.2).
-    pub fn idempotent(&self) -> bool {
-        matches!(
-            self.method,
-            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-        )
-    }
 }
 
 impl HeadView for RequestHead<'_> {
@@ -421,7 +410,7 @@ pub fn write_request_head(
     let connection = head.connection.as_slice();
     for h in head.headers {
         let replaced = h.name.eq_ignore_ascii_case("host")
-            || (deadline && h.name.eq_ignore_ascii_case("ferrule-deadline"));
+            || (deadline && h.name.eq_ignore_ascii_case(DEADLINE.as_str()));
         if !replaced && !skip_header(h.name, connection) {
             push_header(out, h);
         }

@@ -198,6 +198,14 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Methods a retry or a resend cannot do twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
+}
+
 /// Sets the request's remaining time for the next hop: `ferrule-deadline` in milliseconds and,
 /// for gRPC, `grpc-timeout`, replacing what the caller sent (the time has moved on since).
 pub fn set_deadline(headers: &mut HeaderMap, left: std::time::Duration, grpc: bool) {

@@ -122,7 +122,7 @@ where
                         let req = Request {
                             framing: head.framing,
                             close: head.close,
-                            idempotent: head.idempotent(),
+                            idempotent: decision.idempotent,
                             is_head: head.method == "HEAD",
                         };
                         Some((decision, req, head.len))

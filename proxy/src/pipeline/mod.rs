@@ -36,7 +36,7 @@ use ferrule_config::resilience::{RateKey, Side as LimitSide};
 use http::HeaderValue;
 
 use crate::base::{ConnCtx, Listener, Reason};
-use crate::codec::headers::{host_of, Wire};
+use crate::codec::headers::{self as h, host_of, Wire};
 use crate::codec::render::{Custom, ProxyError};
 use crate::codec::HeadView;
 use crate::forward::upstream::Upstream;
@@ -204,7 +204,7 @@ impl Pipeline {
                 route: None,
                 timeout: caller_deadline,
                 caller_deadline,
-                idempotent: is_idempotent(head.method()),
+                idempotent: h::is_idempotent(head.method()),
                 protocol,
                 hash: None,
                 wants_h2,
@@ -294,7 +294,7 @@ impl Pipeline {
                 (a, b) => a.or(b),
             },
             caller_deadline,
-            idempotent: is_idempotent(head.method()),
+            idempotent: h::is_idempotent(head.method()),
             protocol: target.protocol,
             hash: request_key(target, ctx, head),
             wants_h2,
@@ -565,18 +565,10 @@ impl Pipeline {
     }
 }
 
-/// Methods a retry cannot do twice (RFC 9110 §9.2.2).
-fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
-}
-
 /// The caller's deadline: `ferrule-deadline` (milliseconds left, set by the caller's sidecar
 /// or by the app) or, for gRPC, `grpc-timeout`; the sooner of the two.
 fn incoming_deadline<H: HeadView + ?Sized>(head: &H) -> Option<Duration> {
-    let ours = head.header(DEADLINE_HEADER).and_then(parse_millis);
+    let ours = head.header(h::DEADLINE.as_str()).and_then(parse_millis);
     let grpc = if head.is_grpc() {
         head.header("grpc-timeout").and_then(parse_grpc_timeout)
     } else {
@@ -587,10 +579,6 @@ fn incoming_deadline<H: HeadView + ?Sized>(head: &H) -> Option<Duration> {
         (a, b) => a.or(b),
     }
 }
-
-/// The header that carries a request's remaining time, in milliseconds, between sidecars and
-/// to apps.
-pub const DEADLINE_HEADER: &str = "ferrule-deadline";
 
 fn parse_millis(v: &[u8]) -> Option<Duration> {
     if v.is_empty() || v.len() > 12 || !v.iter().all(u8::is_ascii_digit) {

@@ -414,17 +414,7 @@ impl Tables {
                             // A gRPC caller cannot read an HTTP body as a message: it gets
                             // UNAVAILABLE with the fallback's headers.
                             grpc_status: Some(14),
-                            // Validated by the config crate: names and values parse.
-                            headers: f
-                                .headers
-                                .iter()
-                                .filter_map(|(k, v)| {
-                                    Some((
-                                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                                        HeaderValue::from_str(v).ok()?,
-                                    ))
-                                })
-                                .collect(),
+                            headers: header_list(&f.headers),
                             body: Some(bytes::Bytes::from(f.body.clone())),
                         })
                     });
@@ -449,18 +439,7 @@ impl Tables {
                                 .method
                                 .as_deref()
                                 .and_then(|m| Method::from_bytes(m.as_bytes()).ok()),
-                            // Validated by the config crate: names and values parse.
-                            headers: r
-                                .match_
-                                .headers
-                                .iter()
-                                .filter_map(|(k, v)| {
-                                    Some((
-                                        HeaderName::from_bytes(k.as_bytes()).ok()?,
-                                        HeaderValue::from_str(v).ok()?,
-                                    ))
-                                })
-                                .collect(),
+                            headers: header_list(&r.match_.headers),
                         },
                         backends,
                         total,
@@ -517,6 +496,20 @@ impl Tables {
             unknown_metrics: prev.unknown_metrics.clone(),
         }
     }
+}
+
+/// Header names and values of a policy document as `http` types. The config crate validated
+/// them, so none is dropped here in practice.
+fn header_list(headers: &BTreeMap<String, String>) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// What the admin endpoint shows about policy besides the tables.
