@@ -230,8 +230,8 @@ struct Outcome {
     app: String,
 }
 
-/// A load loop: ~200 requests a second, one at a time, for at most 20 s or 4,000 requests,
-/// until `stop` is set; each outcome is logged.
+/// A load loop: a request every 5 ms (200 a second) for at most 20 s or 4,000 requests, until
+/// `stop` is set; each outcome is logged.
 struct Load {
     log: Arc<Mutex<Vec<Outcome>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -239,7 +239,18 @@ struct Load {
 }
 
 impl Load {
+    /// Closed loop: one request at a time, so none is in flight when a failure starts.
     fn start(sidecar: Arc<Sidecar>) -> Load {
+        Load::run(sidecar, false)
+    }
+
+    /// Open loop: each request is sent on its tick whether or not the earlier ones have been
+    /// answered, as real callers do, so a kill finds some of them in flight.
+    fn start_open(sidecar: Arc<Sidecar>) -> Load {
+        Load::run(sidecar, true)
+    }
+
+    fn run(sidecar: Arc<Sidecar>, open: bool) -> Load {
         let log: Arc<Mutex<Vec<Outcome>>> = Default::default();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let task = {
@@ -247,16 +258,32 @@ impl Load {
             tokio::spawn(async move {
                 let c = client();
                 let mut tick = tokio::time::interval(Duration::from_millis(5));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.set_missed_tick_behavior(if open {
+                    tokio::time::MissedTickBehavior::Burst
+                } else {
+                    tokio::time::MissedTickBehavior::Delay
+                });
                 let end = Instant::now() + Duration::from_secs(20);
+                let mut sent = tokio::task::JoinSet::new();
                 for _ in 0..4000 {
                     if stop.load(std::sync::atomic::Ordering::SeqCst) || Instant::now() > end {
                         break;
                     }
                     tick.tick().await;
-                    let (status, app) = call(&c, &sidecar, &[]).await;
-                    log.lock().unwrap().push(Outcome { status, app });
+                    let (c, sidecar, log) = (c.clone(), sidecar.clone(), log.clone());
+                    let one = async move {
+                        let (status, app) = call(&c, &sidecar, &[]).await;
+                        log.lock().unwrap().push(Outcome { status, app });
+                    };
+                    if open {
+                        sent.spawn(one);
+                        // Reap what has finished so the set stays small.
+                        while sent.try_join_next().is_some() {}
+                    } else {
+                        one.await;
+                    }
                 }
+                while sent.join_next().await.is_some() {}
             })
         };
         Load { log, stop, task }
@@ -407,7 +434,7 @@ async fn a_killed_endpoint_is_ejected_within_a_second_and_readmitted_when_back()
     .await;
     let sidecar = Arc::new(sidecar);
     let insts = Arc::new(insts);
-    let load = Load::start(sidecar.clone());
+    let load = Load::start_open(sidecar.clone());
     eventually(Duration::from_secs(5), "every instance serving", || {
         let insts = insts.clone();
         async move { insts.iter().all(|i| i.served() > 5) }
@@ -443,18 +470,22 @@ async fn a_killed_endpoint_is_ejected_within_a_second_and_readmitted_when_back()
         async move { insts[2].served() > served + 10 }
     })
     .await;
+    // Enough requests that 99.9% means at most one failure (5 s of load at 200 a second).
+    let log = load.log.clone();
+    eventually(Duration::from_secs(10), "1,000 requests answered", || {
+        let log = log.clone();
+        async move { log.lock().unwrap().len() >= 1000 }
+    })
+    .await;
     let log = load.finish().await;
-    // A refused connect never reaches the client: the request moves to another endpoint.
-    // Only a request in flight on echo-3 at the instant it was killed can fail (its
-    // connection dies under it), so at most one of the whole run.
+    // A refused connect never reaches the client: the request moves to another endpoint. A
+    // request in flight on echo-3 when it was killed sees its connection reset, and a GET is
+    // retried on another endpoint. The issue asks for at least 99.9% success.
     let failed: Vec<&Outcome> = log.iter().filter(|o| o.status != 200).collect();
     assert!(
-        failed.len() <= 1,
-        "{} of {}: {failed:?}",
+        failed.len() * 1000 <= log.len(),
+        "{} of {} failed: {failed:?}",
         failed.len(),
         log.len()
     );
-    // Enough traffic for the kill to matter (requests go one at a time; on a busy two-core
-    // machine a few hundred).
-    assert!(log.len() > 100, "only {} requests", log.len());
 }

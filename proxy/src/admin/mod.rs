@@ -1,4 +1,5 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/identity`, `/endpoints`.
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/identity`, `/endpoints` (with each
+//! destination's balancer, breaker and endpoint health).
 //! Loopback by default; read-only in this version (mutations, when they come, are POST-only).
 
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use crate::base::Lifecycle;
 use crate::codec::headers::{ProxyBody, RequestBody};
 use crate::forward::health::State;
 use crate::plan::balance::Member;
+use crate::plan::breaker::Breaker;
 use crate::plan::policy::Policy;
 
 /// Serves admin requests.
@@ -146,6 +148,7 @@ impl Admin {
                     "subset": subset,
                     "loadBalancer": b.kind().as_str(),
                     "panic": b.panicking(),
+                    "breaker": breaker_json(&t.breaker),
                     "endpoints": endpoints,
                 })
             })
@@ -178,6 +181,20 @@ impl Admin {
         text.push(b'\n');
         reply(StatusCode::OK, "application/json", text)
     }
+}
+
+/// A destination's circuit breaker in `/endpoints`: "closed" while a slot is free, "open" when
+/// every slot is taken (new requests queue, then are refused as overloaded).
+fn breaker_json(b: &Breaker) -> serde_json::Value {
+    let (max_requests, max_pending, queue_timeout) = b.limits();
+    serde_json::json!({
+        "state": if b.saturated() { "open" } else { "closed" },
+        "inFlight": b.in_flight(),
+        "queued": b.waiting(),
+        "maxRequests": max_requests,
+        "maxPending": max_pending,
+        "queueTimeoutMs": queue_timeout.as_secs_f64() * 1000.0,
+    })
 }
 
 /// One endpoint in `/endpoints`.

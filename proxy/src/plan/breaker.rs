@@ -93,6 +93,20 @@ impl Breaker {
         self.waiting.get()
     }
 
+    /// The limits in force: (max requests, max pending, queue timeout).
+    pub fn limits(&self) -> (i64, i64, Duration) {
+        (
+            self.max_requests.load(SeqCst),
+            self.max_pending.load(SeqCst),
+            Duration::from_nanos(self.queue_timeout_ns.load(SeqCst)),
+        )
+    }
+
+    /// Whether new requests wait or are refused now: every slot is taken.
+    pub fn saturated(&self) -> bool {
+        self.in_flight() >= self.max_requests.load(SeqCst)
+    }
+
     /// Takes a slot if one is free and nobody waits (the uncontended path: no lock).
     fn try_enter(&self) -> bool {
         let max = self.max_requests.load(SeqCst);
