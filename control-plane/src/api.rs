@@ -41,7 +41,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{self, Peer};
 use crate::body::{self, Body};
-use crate::error::{ApiError, TokenError};
+use crate::error::{cut, ApiError, TokenError};
 use crate::push;
 use crate::state::State;
 use crate::store::{Action, Applied, StoreError};
@@ -49,6 +49,11 @@ use crate::time::rfc3339;
 
 /// The largest request body the API reads (a large `apply` is well under this).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The most documents one `apply` takes. A mesh of a thousand services applies in a few
+/// calls; the cap is checked while the body is parsed, so a body of half a million tiny
+/// documents never becomes half a million JSON values in memory.
+pub const MAX_APPLY_DOCS: usize = 1000;
 
 /// The API's routes, resolved from the path.
 enum Route {
@@ -124,6 +129,9 @@ async fn dispatch(
     let path = req.uri().path().to_owned();
     let route = route(&path).ok_or_else(|| ApiError::no_route(&path))?;
     let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        same_origin(req.headers())?;
+    }
     let not_allowed = |allow| Err(ApiError::method_not_allowed(&method, &path, allow));
     let st = &state;
     match (route, &method) {
@@ -210,7 +218,9 @@ async fn dispatch(
         (Route::TrustBundle, _) => not_allowed("GET"),
         (Route::Apply, &Method::POST) => {
             authorize(st, &req)?;
-            apply(st, read_json(req).await?).await
+            json_body(req.headers())?;
+            let docs = parse_apply(&read_body(req).await?)?;
+            apply(st, docs).await
         }
         (Route::Apply, _) => not_allowed("POST"),
         (Route::Collection(kind), &Method::GET) => {
@@ -264,7 +274,65 @@ async fn dispatch(
 }
 
 fn not_found(kind: Kind, name: &str) -> ApiError {
-    StoreError::NotFound(format!("{kind}/{name}")).into()
+    StoreError::NotFound(format!("{kind}/{}", cut(name))).into()
+}
+
+/// Refuses a write sent by a web page of another origin. A browser sends a cross-site
+/// `POST` with a `text/plain` body without asking first (no CORS preflight), so without this a
+/// page a developer opens could change a mesh whose control plane has no token. Browsers
+/// mark such requests with `Origin` (and `Sec-Fetch-Site`); the CLI and sidecars send neither.
+fn same_origin(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let refuse = |why: String| {
+        Err(ApiError::forbidden(format!(
+            "cross-origin writes are refused ({why}); use ferrulectl or a client without a \
+             browser's Origin header"
+        )))
+    };
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return refuse(format!(
+                "Sec-Fetch-Site: {}",
+                cut(&String::from_utf8_lossy(site.as_bytes()))
+            ));
+        }
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = String::from_utf8_lossy(origin.as_bytes());
+    // Same origin: the Origin's host[:port] is the Host the request was sent to.
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+    if host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return refuse(format!("Origin: {}", cut(&origin)));
+    }
+    Ok(())
+}
+
+/// Writes take JSON: `Content-Type: application/json` (or a `+json` type). Refusing other
+/// types also keeps out the form and `text/plain` bodies a web page can send cross-site.
+fn json_body(headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let json = essence.eq_ignore_ascii_case("application/json")
+        || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case("+json");
+    if json {
+        return Ok(());
+    }
+    Err(ApiError::unsupported_media_type(format!(
+        "writes take Content-Type: application/json, found {}",
+        if ct.is_empty() {
+            "none".into()
+        } else {
+            cut(ct)
+        }
+    )))
 }
 
 fn authorize(st: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
@@ -284,13 +352,9 @@ async fn caller_identity(
     let Some(value) = req.headers().get(AUTHORIZATION) else {
         return Err(TokenError::Missing.into());
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-        })?;
+    let token = auth::bearer(value).ok_or_else(|| {
+        ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+    })?;
     Ok(st.tokens.verify(token).await?)
 }
 
@@ -364,21 +428,70 @@ fn sign(st: &State, identity: SpiffeId, body: Value) -> Result<Response<Body>, A
     ))
 }
 
-/// Reads the whole body (bounded) and parses it as JSON.
+/// Reads the whole body of a JSON write (bounded) and parses it.
 async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
-    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(MAX_BODY));
-        }
-        Err(e) => {
-            return Err(ApiError::bad_request(format!(
-                "cannot read request body: {e}"
-            )))
-        }
-    };
+    json_body(req.headers())?;
+    let bytes = read_body(req).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))
+}
+
+/// Reads the whole body, at most [`MAX_BODY`].
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(MAX_BODY)),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "cannot read request body: {e}"
+        ))),
+    }
+}
+
+/// An `apply` body: a JSON list of documents, or one document. The list is parsed element by
+/// element and refused as soon as it holds more than [`MAX_APPLY_DOCS`].
+fn parse_apply(bytes: &[u8]) -> Result<Vec<Value>, ApiError> {
+    use serde::de::{Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use serde::Deserialize;
+
+    struct Docs;
+    impl<'de> Visitor<'de> for Docs {
+        type Value = Vec<Value>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON list of resources, or one resource")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+            let mut docs = Vec::new();
+            while let Some(doc) = seq.next_element::<Value>()? {
+                if docs.len() == MAX_APPLY_DOCS {
+                    return Err(A::Error::custom(format!(
+                        "more than {MAX_APPLY_DOCS} documents in one apply; split it"
+                    )));
+                }
+                docs.push(doc);
+            }
+            Ok(docs)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<Value>, A::Error> {
+            let doc = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            Ok(vec![doc])
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let docs = de
+        .deserialize_any(Docs)
+        .and_then(|docs| de.end().map(|()| docs))
+        .map_err(|e| {
+            if e.is_data() {
+                ApiError::bad_request(format!("apply takes {}", e))
+            } else {
+                ApiError::bad_request(format!("request body is not valid JSON: {e}"))
+            }
+        })?;
+    Ok(docs)
 }
 
 /// Validates one resource of `kind`; for a PUT, its name must be the one in the URL.
@@ -392,7 +505,7 @@ fn decode(kind: Kind, v: &Value, url_name: Option<&str>) -> Result<Resource, Api
             vec![FieldError {
                 resource: r.label(),
                 path: "name".into(),
-                message: format!("must equal the name in the URL ({url_name:?})"),
+                message: format!("must equal the name in the URL ({:?})", cut(url_name)),
             }],
         ));
     }
@@ -426,22 +539,7 @@ fn revision_param(query: Option<&str>) -> Result<Option<u64>, ApiError> {
 }
 
 /// `POST /v1/apply`: validates every document first, then writes them all in one transaction.
-async fn apply(st: &State, body: Value) -> Result<Response<Body>, ApiError> {
-    let docs = match body {
-        Value::Array(items) => items,
-        obj @ Value::Object(_) => vec![obj],
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "apply takes a JSON list of resources, found {}",
-                match other {
-                    Value::Null => "null",
-                    Value::Bool(_) => "a boolean",
-                    Value::Number(_) => "a number",
-                    _ => "a string",
-                }
-            )))
-        }
-    };
+async fn apply(st: &State, docs: Vec<Value>) -> Result<Response<Body>, ApiError> {
     let mut resources = Vec::with_capacity(docs.len());
     let mut errs = Vec::new();
     for (i, doc) in docs.iter().enumerate() {

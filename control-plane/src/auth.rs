@@ -71,11 +71,7 @@ pub fn check_bearer(expected: Option<&str>, headers: &HeaderMap) -> Result<(), A
              <token>` (ferrulectl: --token-file or FERRULE_TOKEN_FILE)",
         ));
     };
-    let presented = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = bearer(value);
     match presented {
         Some(p) if constant_time_eq(p.as_bytes(), expected.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::unauthorized(
@@ -85,6 +81,17 @@ pub fn check_bearer(expected: Option<&str>, headers: &HeaderMap) -> Result<(), A
             "the Authorization header must be `Bearer <token>`",
         )),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1), so `bearer` and `BEARER` are accepted too.
+pub(crate) fn bearer(value: &http::HeaderValue) -> Option<&str> {
+    let v = value.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Compares in time that depends only on the length of `presented`, so that response timing
@@ -113,6 +120,10 @@ mod tests {
             ("Bearer s3cre", false),
             ("Bearer s3cret0", false),
             ("Bearer ", false),
+            ("bearer s3cret", true),
+            ("BEARER s3cret", true),
+            ("Basic s3cret", false),
+            ("Bearers3cret", false),
             ("Basic s3cret", false),
         ] {
             h.insert(AUTHORIZATION, HeaderValue::from_static(v));

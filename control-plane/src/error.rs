@@ -22,9 +22,37 @@ use crate::store::StoreError;
 pub struct ErrorBody {
     /// One-line summary of what went wrong and, where it helps, what to do.
     pub error: String,
-    /// Every bad field, with its resource and path.
+    /// Every bad field, with its resource and path (the first [`MAX_DETAILS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<FieldError>,
+    /// How many more bad fields were found than `details` lists.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub omitted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The most bad fields one error response lists: enough to fix a document by, and a bound on
+/// what a hostile request of many tiny invalid documents can make the server build and send
+/// (an unbounded list once turned 4 MiB of input into an 84 MB answer).
+pub const MAX_DETAILS: usize = 100;
+
+/// The most characters of a client's value (a name, a path) echoed back in an error.
+const MAX_ECHO: usize = 128;
+
+/// `value` as echoed in an error: whole when short, else its start and its length, so that a
+/// 1 MiB name is not sent back.
+pub fn cut(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= MAX_ECHO {
+        return value.into();
+    }
+    let mut end = MAX_ECHO;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &value[..end], value.len()).into()
 }
 
 /// A failed request: a status and an [`ErrorBody`].
@@ -43,16 +71,24 @@ impl ApiError {
             body: ErrorBody {
                 error: msg.into(),
                 details: Vec::new(),
+                omitted: 0,
             },
             allow: None,
         }
     }
 
-    /// 400 with every bad field.
-    pub fn invalid(msg: impl Into<String>, details: Vec<FieldError>) -> Self {
+    /// 400 with the bad fields: the first [`MAX_DETAILS`] listed, the rest counted.
+    pub fn invalid(msg: impl Into<String>, mut details: Vec<FieldError>) -> Self {
         let mut e = Self::new(StatusCode::BAD_REQUEST, msg);
+        e.body.omitted = details.len().saturating_sub(MAX_DETAILS);
+        details.truncate(MAX_DETAILS);
         e.body.details = details;
         e
+    }
+
+    /// 415: a write whose body is not JSON.
+    pub fn unsupported_media_type(msg: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, msg)
     }
 
     /// 400 without field details (e.g. a malformed query string).
@@ -102,14 +138,20 @@ impl ApiError {
 
     /// 404 for a path the API does not have.
     pub fn no_route(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("no such API path: {path}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("no such API path: {}", cut(path)),
+        )
     }
 
     /// 405, listing the methods the path takes.
     pub fn method_not_allowed(method: &http::Method, path: &str, allow: &'static str) -> Self {
         let mut e = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path} (allowed: {allow})"),
+            format!(
+                "{method} is not allowed on {} (allowed: {allow})",
+                cut(path)
+            ),
         );
         e.allow = Some(allow);
         e

@@ -57,13 +57,19 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Loads the leases recorded in the store, each with a fresh deadline of now + `ttl`.
-    pub fn load(store: Arc<Store>, ttl: Duration, now: Instant) -> Result<Leases, StoreError> {
+    /// Loads the leases recorded in the store, each with a fresh deadline of now + `ttl`, or
+    /// now + `grace` when that is longer (the time sidecars need to reconnect after a restart).
+    pub fn load(
+        store: Arc<Store>,
+        ttl: Duration,
+        now: Instant,
+        grace: Duration,
+    ) -> Result<Leases, StoreError> {
         let table = store
             .leases()?
             .into_iter()
             .map(|(name, owner)| {
-                let deadline = now + ttl;
+                let deadline = now + ttl.max(grace);
                 (name, Lease { owner, deadline })
             })
             .collect();
@@ -264,7 +270,7 @@ mod tests {
         let dir = TempDir::new("leases");
         let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
         let t0 = Instant::now();
-        let leases = Arc::new(Leases::load(store.clone(), TTL, t0).unwrap());
+        let leases = Arc::new(Leases::load(store.clone(), TTL, t0, Duration::ZERO).unwrap());
         let before = store.revision();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
@@ -297,7 +303,7 @@ mod tests {
         let dir = TempDir::new("leases");
         let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
         let t0 = Instant::now();
-        let leases = Leases::load(store.clone(), TTL, t0).unwrap();
+        let leases = Leases::load(store.clone(), TTL, t0, Duration::ZERO).unwrap();
         assert_eq!(leases.heartbeat_interval(), Duration::from_secs(5));
         leases.register("p1", ep("a"), t0).await.unwrap();
         leases.register("p2", ep("b"), t0).await.unwrap();
@@ -332,7 +338,7 @@ mod tests {
         let dir = TempDir::new("leases");
         let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
         let t0 = Instant::now();
-        let leases = Leases::load(store.clone(), TTL, t0).unwrap();
+        let leases = Leases::load(store.clone(), TTL, t0, Duration::ZERO).unwrap();
         leases.register("p1", ep("a"), t0).await.unwrap();
         // p2 takes the endpoint over (e.g. the instance was rescheduled under a new proxy id).
         leases.register("p2", ep("a"), t0).await.unwrap();
@@ -352,13 +358,13 @@ mod tests {
         let t0 = Instant::now();
         {
             let store = Arc::new(Store::open(&path).unwrap());
-            let leases = Leases::load(store, TTL, t0).unwrap();
+            let leases = Leases::load(store, TTL, t0, Duration::ZERO).unwrap();
             leases.register("p1", ep("a"), t0).await.unwrap();
         }
         // The control plane comes back much later than the old deadline.
         let t1 = t0 + Duration::from_secs(60);
         let store = Arc::new(Store::open(&path).unwrap());
-        let leases = Leases::load(store.clone(), TTL, t1).unwrap();
+        let leases = Leases::load(store.clone(), TTL, t1, Duration::ZERO).unwrap();
         assert_eq!(leases.len(), 1);
         assert!(leases
             .expire(t1 + TTL - Duration::from_millis(1))
@@ -376,5 +382,25 @@ mod tests {
                 .unwrap(),
             ["a"]
         );
+    }
+
+    /// A TTL shorter than the sidecars' reconnect backoff: after a restart the stored leases
+    /// last the grace, not the TTL, and expire after it when nobody comes back.
+    #[tokio::test]
+    async fn after_a_restart_stored_leases_last_the_grace_when_it_is_longer() {
+        let dir = TempDir::new("leases");
+        let path = dir.path().join("db");
+        let (ttl, grace) = (Duration::from_secs(3), Duration::from_secs(12));
+        let t0 = Instant::now();
+        {
+            let store = Arc::new(Store::open(&path).unwrap());
+            let leases = Leases::load(store, ttl, t0, grace).unwrap();
+            leases.register("p1", ep("a"), t0).await.unwrap();
+        }
+        let t1 = t0 + Duration::from_secs(60);
+        let leases = Leases::load(Arc::new(Store::open(&path).unwrap()), ttl, t1, grace).unwrap();
+        let before = t1 + grace - Duration::from_millis(1);
+        assert!(leases.expire(before).await.unwrap().is_empty());
+        assert_eq!(leases.expire(t1 + grace).await.unwrap(), ["a"]);
     }
 }

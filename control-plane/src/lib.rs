@@ -52,6 +52,7 @@ pub mod error;
 pub mod leases;
 pub mod proxies;
 pub mod push;
+pub mod ratelog;
 pub mod server;
 mod shutdown;
 pub mod snapshot;

@@ -55,6 +55,10 @@ use crate::store::StoreError;
 /// bytes, so this only stops a broken peer from growing the buffer without bound.
 const MAX_LINE: usize = 256 * 1024;
 
+/// Lines that are not JSON a stream may send before it is closed: a peer that sends garbage
+/// is broken or hostile, and each line would otherwise cost a parse (and once, a log line).
+const MAX_BAD_LINES: usize = 3;
+
 /// Answers a push-stream request: once the stream is admitted (see the module docs), 200 with
 /// a streaming body, served by a task that lives as long as the stream.
 pub(crate) async fn stream(
@@ -136,11 +140,7 @@ async fn authenticate(
         return Ok(Some(id.clone()));
     }
     if let Some(value) = headers.get(AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(TokenError::Unknown)?;
+        let token = crate::auth::bearer(value).ok_or(TokenError::Unknown)?;
         return state.tokens.verify(token).await.map(Some);
     }
     if state.push.allow_anonymous {
@@ -362,11 +362,20 @@ impl Session {
         }
     }
 
-    /// Reads messages after the hello until the request body ends; an error ends the stream.
+    /// Reads messages after the hello until the request body ends; an error ends the stream,
+    /// and so do [`MAX_BAD_LINES`] lines that are not JSON.
     async fn read(&mut self, mut body: Incoming, mut buf: Vec<u8>) -> Result<(), String> {
+        let mut bad = 0;
         loop {
             for line in take_lines(&mut buf) {
-                self.handle(&line).await;
+                if !self.handle(&line).await {
+                    bad += 1;
+                    if bad == MAX_BAD_LINES {
+                        return Err(format!(
+                            "{MAX_BAD_LINES} lines that are not JSON messages; closing the stream"
+                        ));
+                    }
+                }
             }
             if buf.len() > MAX_LINE {
                 return Err(format!("a message line is longer than {MAX_LINE} bytes"));
@@ -381,21 +390,26 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, line: &[u8]) {
+    /// Handles one message line; `false` when the line is not JSON at all.
+    async fn handle(&mut self, line: &[u8]) -> bool {
         let id = self.proxy.clone();
         let msg: ProxyMessage = match serde_json::from_slice(line) {
             Ok(m) => m,
-            Err(e) => {
+            Err(e) if e.is_data() => {
                 // A newer proxy may send messages we do not know; skipping them keeps old
                 // control planes and new proxies compatible.
-                tracing::warn!(proxy = %id, error = %e, "ignoring unreadable message");
-                return;
+                crate::warn_throttled!(proxy = %id, error = %e, "ignoring an unknown message");
+                return true;
+            }
+            Err(e) => {
+                crate::warn_throttled!(proxy = %id, error = %e, "ignoring unreadable message");
+                return false;
             }
         };
         let st = Arc::clone(&self.state);
         match msg {
             ProxyMessage::Hello { .. } => {
-                tracing::warn!(proxy = %id, "ignoring a second hello on the same stream");
+                crate::warn_throttled!(proxy = %id, "ignoring a second hello on the same stream");
             }
             ProxyMessage::Ack { version, nonce } => {
                 tracing::debug!(proxy = %id, version, %nonce, "snapshot acknowledged");
@@ -406,7 +420,7 @@ impl Session {
                 nonce,
                 error,
             } => {
-                tracing::warn!(proxy = %id, version, %nonce, %error, "proxy rejected snapshot");
+                crate::warn_throttled!(proxy = %id, version, %nonce, %error, "proxy rejected snapshot");
                 st.proxies.nack(&id, self.conn, version, &error);
             }
             ProxyMessage::Heartbeat => {
@@ -438,5 +452,6 @@ impl Session {
                 }
             }
         }
+        true
     }
 }

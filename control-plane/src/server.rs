@@ -67,6 +67,9 @@ pub struct Config {
     pub max_registrations: usize,
     /// How long a push stream may take to send its hello.
     pub hello_timeout: Duration,
+    /// After a restart, how long every stored lease lasts at least before its sidecar must
+    /// have reconnected (see [`RESTART_GRACE`]).
+    pub restart_grace: Duration,
 }
 
 /// Default of `--max-streams`.
@@ -75,6 +78,15 @@ pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 pub const DEFAULT_MAX_REGISTRATIONS: usize = 10_000;
 /// How long a push stream may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest `--lease-ttl`: a sidecar heartbeats three times per TTL, and below a second
+/// that is load on every stream for no benefit, while a late heartbeat on a busy machine would
+/// already drop a live endpoint.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(1);
+/// After a restart, stored leases last at least this long: the longest wait between a
+/// sidecar's reconnect attempts (10 s, `BACKOFF_MAX` in the proxy's `sync` module) plus a
+/// margin for the hello. With a TTL shorter than that backoff, a sidecar that kept retrying
+/// through an outage would otherwise lose its endpoint until its next attempt.
+pub const RESTART_GRACE: Duration = Duration::from_secs(12);
 
 impl Config {
     /// The defaults, listening on `listen` with the store in `data_dir`: TLS, a generated CA
@@ -96,6 +108,7 @@ impl Config {
             max_streams: DEFAULT_MAX_STREAMS,
             max_registrations: DEFAULT_MAX_REGISTRATIONS,
             hello_timeout: HELLO_TIMEOUT,
+            restart_grace: RESTART_GRACE,
         }
     }
 }
@@ -113,7 +126,7 @@ pub enum StartError {
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     /// The lease TTL is too short to be useful.
-    #[error("lease TTL {0:?} is too short (minimum 30ms)")]
+    #[error("lease TTL {0:?} is too short (minimum {MIN_LEASE_TTL:?})")]
     LeaseTtl(Duration),
     /// The CA could not be loaded or made.
     #[error("certificate authority: {0}")]
@@ -144,7 +157,7 @@ pub struct Server {
 impl Server {
     /// Opens the store, loads the leases and the first snapshot, and binds the listener.
     pub async fn bind(config: Config) -> Result<Server, StartError> {
-        if config.lease_ttl < Duration::from_millis(30) {
+        if config.lease_ttl < MIN_LEASE_TTL {
             return Err(StartError::LeaseTtl(config.lease_ttl));
         }
         if !config.listen.ip().is_loopback() && config.admin_token.is_none() {
@@ -171,10 +184,15 @@ impl Server {
                 .map_err(StartError::Ca)?
         };
         let ca = Arc::new(ca);
-        // Every stored lease gets a fresh deadline: sidecars reconnect within the TTL, so a
-        // control-plane restart does not make their endpoints flap.
-        let leases = Leases::load(Arc::clone(&store), config.lease_ttl, Instant::now())
-            .map_err(store_err)?;
+        // Every stored lease gets a fresh deadline, long enough for sidecars that were backing
+        // off through the outage to reconnect, so a restart does not make their endpoints flap.
+        let leases = Leases::load(
+            Arc::clone(&store),
+            config.lease_ttl,
+            Instant::now(),
+            config.restart_grace,
+        )
+        .map_err(store_err)?;
         let heartbeat = leases.heartbeat_interval();
         let first = store
             .run(move |s| Published::build(s, heartbeat))

@@ -263,6 +263,12 @@ fn start_refusals_and_plaintext() {
     // --cert-ttl below a minute: refused.
     let err = refused(&dir.path().join("ttl"), &["--cert-ttl", "30s"]);
     assert!(err.contains("--cert-ttl"), "{err}");
+    // --lease-ttl below a second: refused, with the floor.
+    let err = refused(&dir.path().join("lease"), &["--lease-ttl", "30ms"]);
+    assert!(
+        err.contains("lease TTL 30ms is too short (minimum 1s)"),
+        "{err}"
+    );
 
     // --plaintext says http:// and serves plain HTTP.
     let cp = start(&dir.path().join("plain"), &["--plaintext"]);

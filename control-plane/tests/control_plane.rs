@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use ferrule_config::push::ProxyMessage;
+use ferrule_control::Config;
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -338,7 +339,7 @@ async fn push_stream_snapshots_acks_and_nacks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_expire_without_heartbeats_and_survive_restarts() {
-    let ttl = Duration::from_millis(600);
+    let ttl = Duration::from_secs(1);
     let dir = TempDir::new("lease");
     let cp = ControlPlane::start(dir.path(), None, ttl).await;
     let (status, _) = cp
@@ -359,7 +360,7 @@ async fn leases_expire_without_heartbeats_and_survive_restarts() {
             p.has_endpoint("a-1") && p.has_endpoint("b-1")
         })
         .await;
-    assert_eq!(p.heartbeat_ms, 200);
+    assert_eq!(p.heartbeat_ms, 333);
     let beat = tokio::spawn({
         let interval = Duration::from_millis(p.heartbeat_ms);
         async move {
@@ -393,11 +394,21 @@ async fn leases_expire_without_heartbeats_and_survive_restarts() {
     tokio::time::sleep(ttl * 2).await;
     assert_eq!(cp.get("/v1/endpoints/a-1").await.0, StatusCode::OK);
 
-    // Restart: the stored lease gets a fresh deadline (no flap), then expires since A is gone.
+    // Restart: the stored lease gets a fresh deadline (no flap) as long as the restart grace,
+    // which is longer than the TTL (sidecars back off up to 10 s between reconnects), then
+    // expires since A is gone.
     beat.abort();
     cp.stop().await;
+    let grace = Duration::from_secs(3);
     let restarted = Instant::now();
-    let cp = ControlPlane::start(dir.path(), None, ttl).await;
+    let cp = ControlPlane::start_with(Config {
+        lease_ttl: ttl,
+        restart_grace: grace,
+        plaintext: true,
+        allow_anonymous_proxies: true,
+        ..Config::new("127.0.0.1:0".parse().unwrap(), dir.path().to_owned())
+    })
+    .await;
     assert_eq!(
         cp.get("/v1/endpoints/a-1").await.0,
         StatusCode::OK,
@@ -405,13 +416,14 @@ async fn leases_expire_without_heartbeats_and_survive_restarts() {
     );
     eventually(
         "a-1 to expire after the restart",
-        ttl + Duration::from_secs(2),
+        grace + Duration::from_secs(2),
         || async { (cp.get("/v1/endpoints/a-1").await.0 == StatusCode::NOT_FOUND).then_some(()) },
     )
     .await;
     assert!(
-        restarted.elapsed() >= ttl,
-        "expired before its fresh deadline"
+        restarted.elapsed() >= grace,
+        "expired after {:?}, before the restart grace",
+        restarted.elapsed()
     );
     assert_eq!(cp.get("/v1/endpoints/static-1").await.0, StatusCode::OK);
     cp.stop().await;
@@ -447,5 +459,158 @@ async fn a_write_reaches_a_thousand_streams() {
     // The goal is well under 1 s; the bound is loose because debug builds on a loaded CI
     // machine are slow, and a regression to per-stream work would blow far past it anyway.
     assert!(took < Duration::from_secs(5), "took {took:?}");
+    cp.stop().await;
+}
+
+/// Issue 15, defects 11, 13 and 16: hostile API requests are refused, with bounded answers,
+/// and nothing they carry is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_api_requests_are_refused_with_bounded_answers() {
+    let dir = TempDir::new("hostile-api");
+    let cp = ControlPlane::start(dir.path(), None, Duration::from_secs(15)).await;
+    let svc = |name: &str| format!(r#"{{"kind":"Service","name":"{name}"}}"#).into_bytes();
+    let host = ("host", "control-plane".to_owned());
+    let json_ct = ("content-type", "application/json".to_owned());
+
+    // A web page's cross-site write: a text/plain body (no CORS preflight), a foreign Origin.
+    let (status, body) = support::raw_request(
+        cp.addr,
+        Method::POST,
+        "/v1/apply",
+        &[host.clone(), ("content-type", "text/plain".to_owned())],
+        svc("from-a-form"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    assert_eq!(
+        body["error"],
+        "writes take Content-Type: application/json, found text/plain"
+    );
+    let (status, body) = support::raw_request(
+        cp.addr,
+        Method::POST,
+        "/v1/apply",
+        std::slice::from_ref(&host),
+        svc("no-type"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
+    for foreign in [
+        ("origin", "https://evil.example".to_owned()),
+        ("sec-fetch-site", "cross-site".to_owned()),
+    ] {
+        let (status, body) = support::raw_request(
+            cp.addr,
+            Method::POST,
+            "/v1/apply",
+            &[host.clone(), json_ct.clone(), foreign.clone()],
+            svc("cross-site"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{foreign:?}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("cross-origin writes are refused"),
+            "{body}"
+        );
+    }
+    // A delete without a body is a write too.
+    let (status, _) = support::raw_request(
+        cp.addr,
+        Method::DELETE,
+        "/v1/services/web",
+        &[host.clone(), ("origin", "https://evil.example".to_owned())],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for name in ["from-a-form", "no-type", "cross-site"] {
+        assert_eq!(
+            cp.get(&format!("/v1/services/{name}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+    // The same origin (a page served by the control plane itself) and `+json` types write.
+    let (status, body) = support::raw_request(
+        cp.addr,
+        Method::POST,
+        "/v1/apply",
+        &[
+            host.clone(),
+            (
+                "content-type",
+                "application/merge-patch+json; charset=utf-8".to_owned(),
+            ),
+            ("origin", "http://control-plane".to_owned()),
+            ("sec-fetch-site", "same-origin".to_owned()),
+        ],
+        svc("same-origin"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Many tiny invalid documents: the first 100 problems listed, the rest counted.
+    let docs = vec![json!({"kind": "Service"}); 700];
+    let (status, body) = cp.call(Method::POST, "/v1/apply", Some(json!(docs))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error"],
+        "nothing applied: 700 problems in 700 documents"
+    );
+    assert_eq!(body["details"].as_array().unwrap().len(), 100);
+    assert_eq!(body["omitted"], 600);
+    // More documents than one apply takes: refused while parsing, before any is validated.
+    let docs = vec![json!({}); 1001];
+    let (status, body) = cp.call(Method::POST, "/v1/apply", Some(json!(docs))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("more than 1000 documents in one apply; split it"),
+        "{error}"
+    );
+    assert!(body.get("details").is_none(), "{body}");
+    let docs: Vec<Value> = (0..1000)
+        .map(|i| json!({"kind": "Service", "name": format!("s{i}")}))
+        .collect();
+    let (status, body) = cp.call(Method::POST, "/v1/apply", Some(json!(docs))).await;
+    assert_eq!(status, StatusCode::OK, "exactly the cap: {body}");
+
+    // A long name in the URL is cut, not echoed whole.
+    let long = "x".repeat(10_000);
+    let (status, body) = cp.get(&format!("/v1/services/{long}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.len() < 200, "{} bytes echoed", error.len());
+    assert!(error.ends_with("… (10000 bytes) not found"), "{error}");
+    cp.stop().await;
+}
+
+/// Issue 15, defect 14: a push stream that sends lines that are not JSON is closed after the
+/// third, while one that sends an unknown message kind (a newer proxy) stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_stream_of_garbage_is_closed() {
+    let dir = TempDir::new("garbage-stream");
+    let cp = ControlPlane::start(dir.path(), None, Duration::from_secs(15)).await;
+    let mut newer = Sidecar::connect(cp.addr, &hello("newer", "web", None)).await;
+    for _ in 0..10 {
+        newer.send_raw(b"{\"type\":\"from-the-future\"}\n").await;
+    }
+    let mut garbage = Sidecar::connect(cp.addr, &hello("garbage", "web", None)).await;
+    garbage.send_raw(b"not json\n\x00\x1b[2J\n").await;
+    assert!(
+        !garbage.ends_within(Duration::from_millis(300)).await,
+        "closed after two bad lines"
+    );
+    garbage.send_raw(b"{{{\n").await;
+    assert!(
+        garbage.ends_within(Duration::from_secs(5)).await,
+        "still open after three bad lines"
+    );
+    assert!(
+        !newer.ends_within(Duration::from_millis(300)).await,
+        "a stream of unknown message kinds was closed"
+    );
     cp.stop().await;
 }

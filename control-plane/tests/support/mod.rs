@@ -258,6 +258,27 @@ impl Sidecar {
         })
     }
 
+    /// Sends `bytes` as they are (a line or garbage).
+    pub async fn send_raw(&self, bytes: &'static [u8]) {
+        self.tx
+            .send(Bytes::from_static(bytes))
+            .await
+            .expect("stream open");
+    }
+
+    /// Whether the control plane ends the stream within `within` (pushes before the end are
+    /// skipped).
+    pub async fn ends_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.pushes.recv()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     pub async fn send(&self, msg: &ProxyMessage) {
         self.tx
             .send(Bytes::from(to_line(msg)))
@@ -299,7 +320,8 @@ pub fn hello(proxy: &str, service: &str, endpoint: Option<(&str, u16)>) -> Proxy
     }
 }
 
-/// Sends one HTTP/1.1 request on `io`; answers as [`request`] does.
+/// Sends one HTTP/1.1 request on `io`, a JSON body as `application/json`; answers as
+/// [`request`] does.
 pub async fn request_on<I>(
     io: I,
     method: Method,
@@ -310,22 +332,54 @@ pub async fn request_on<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let mut headers = vec![("host", "control-plane".to_owned())];
+    if let Some(t) = token {
+        headers.push(("authorization", format!("Bearer {t}")));
+    }
+    let bytes = match body {
+        Some(b) => {
+            headers.push(("content-type", "application/json".to_owned()));
+            serde_json::to_vec(&b).unwrap()
+        }
+        None => Vec::new(),
+    };
+    raw_request_on(io, method, path, &headers, bytes).await
+}
+
+/// Sends one HTTP/1.1 request to `addr` with exactly `headers` and `body`.
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let io = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the control plane");
+    raw_request_on(io, method, path, headers, body).await
+}
+
+async fn raw_request_on<I>(
+    io: I,
+    method: Method,
+    path: &str,
+    headers: &[(&str, String)],
+    bytes: Vec<u8>,
+) -> (StatusCode, Value)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "control-plane");
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+    let mut req = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
-    let bytes = body
-        .map(|b| serde_json::to_vec(&b).unwrap())
-        .unwrap_or_default();
     let resp = sender
         .send_request(req.body(Full::new(Bytes::from(bytes))).unwrap())
         .await
