@@ -129,7 +129,7 @@ async fn traffic_survives_a_dead_control_plane_and_restarts() {
     let mut cp = ControlPlane::start(&cp_dir, &[]);
     cp.apply(POLICY);
     let app = echo_app("echo").await;
-    let _server = start_sidecar(&cp.url, "echo", app.addr, &dir.sub("echo"));
+    let server = start_sidecar(&cp.url, "echo", app.addr, &dir.sub("echo"));
     let client_dir = dir.sub("client");
     let mut client = start_sidecar(
         &cp.url,
@@ -159,6 +159,52 @@ async fn traffic_survives_a_dead_control_plane_and_restarts() {
     assert_eq!(cfg["source"], "disk", "{cfg}");
     assert_eq!(cfg["version"].as_u64(), Some(version));
     assert_echo_works(&client).await;
+    // Ready, but it says the policy may be stale (issue 15, defect 10), in /ready and metrics.
+    let ready = |client: &Sidecar| {
+        let url = format!("http://{}/ready", client.admin);
+        async move {
+            let (status, _, body) = ferrule_integration::client::get(&url, None).await;
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, text) = ready(&client).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.starts_with(&format!(
+            "ready (policy version {version}); degraded: serving the persisted snapshot since "
+        )),
+        "{text}"
+    );
+    assert_eq!(client.metric("ferrule_snapshot_from_disk", &[]).await, 1.0);
+
+    // A persisted snapshot edited while everything is down (an endpoint pointed elsewhere)
+    // fails its checksum and is not served: the sidecar waits for the control plane instead.
+    client.proc.kill9();
+    let file = client_dir.join("snapshot.json");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let edited = text.replacen(&server.inbound.to_string(), "127.0.0.1:1", 1);
+    assert_ne!(edited, text, "the endpoint's address is in the file");
+    std::fs::write(&file, edited).unwrap();
+    client = start_sidecar(
+        &cp.url,
+        "client",
+        "127.0.0.1:9".parse().unwrap(),
+        &client_dir,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the restarted sidecar's admin",
+        || async { ready(&client).await.0 != 0 },
+    )
+    .await;
+    let (status, text) = ready(&client).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            503,
+            "not ready: no policy snapshot yet (control plane unreachable and none persisted?)\n"
+        )
+    );
 
     // The control plane restarted from its data dir still has every resource, and the
     // sidecars reconnect to it.
@@ -179,7 +225,12 @@ async fn traffic_survives_a_dead_control_plane_and_restarts() {
             || client.config().await["controlPlaneConnected"] == true
     })
     .await;
+    client.wait_ready().await;
     assert_echo_works(&client).await;
+    let (status, text) = ready(&client).await;
+    assert_eq!(status, 200);
+    assert!(!text.contains("degraded"), "{text}");
+    assert_eq!(client.metric("ferrule_snapshot_from_disk", &[]).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,10 +84,21 @@ impl Admin {
         let cert = identity.tls().map(|t| t.cert.not_after);
         let certified = !identity.is_enabled() || cert.is_some_and(|t| t > SystemTime::now());
         if version > 0 && listening && !draining && certified {
+            // Still ready (traffic must not stop because the control plane is away), but say
+            // that the policy may be stale.
+            let status = self.policy.status();
+            let degraded = match (status.source, status.since) {
+                (Some("disk"), Some(since)) => format!(
+                    "; degraded: serving the persisted snapshot since {} (the control plane has \
+                     not answered since start)",
+                    rfc3339(since)
+                ),
+                _ => String::new(),
+            };
             return reply(
                 StatusCode::OK,
                 "text/plain",
-                format!("ready (policy version {version})\n"),
+                format!("ready (policy version {version}){degraded}\n"),
             );
         }
         let why = if draining {

@@ -521,6 +521,9 @@ pub struct PolicyStatus {
     pub last_nack_version: Option<u64>,
     /// Where the applied snapshot came from: `control-plane` or `disk`.
     pub source: Option<&'static str>,
+    /// When the applied snapshot was applied.
+    #[serde(skip)]
+    pub since: Option<std::time::SystemTime>,
 }
 
 /// The swappable current policy.
@@ -605,8 +608,12 @@ impl Policy {
         self.current.store(Arc::new(tables));
         self.metrics.snapshot_version.set(version);
         self.metrics.snapshot_applies.inc();
+        self.metrics
+            .snapshot_from_disk
+            .set(i64::from(source == "disk"));
         let mut st = self.status.lock().expect("status lock poisoned");
         st.source = Some(source);
+        st.since = Some(std::time::SystemTime::now());
         st.last_nack = None;
         st.last_nack_version = None;
     }

@@ -47,7 +47,15 @@ pub struct Registration {
     pub token: Option<String>,
 }
 
+/// The first line of the persisted snapshot: a format tag and the SHA-256 of the JSON after it.
+const PERSISTED_TAG: &str = "ferrule-snapshot v1 sha256=";
+
 /// Loads the persisted snapshot, if any, into `policy`. Returns whether one was applied.
+///
+/// The file must carry the checksum it was written with: a snapshot edited on disk (an
+/// endpoint's address pointed elsewhere while the control plane is down) or cut short is not
+/// served. A checksum stops edits by hand and corruption; it does not stop someone who can
+/// write the data dir and recompute it (a signature by the control plane would).
 pub fn load_persisted(policy: &Policy, data_dir: &Path) -> bool {
     let path = data_dir.join(SNAPSHOT_FILE);
     let bytes = match std::fs::read(&path) {
@@ -58,7 +66,14 @@ pub fn load_persisted(policy: &Policy, data_dir: &Path) -> bool {
             return false;
         }
     };
-    match Snapshot::from_json(&bytes) {
+    let json = match verified(&bytes) {
+        Ok(json) => json,
+        Err(why) => {
+            tracing::warn!(path = %path.display(), "not serving the persisted snapshot: {why}");
+            return false;
+        }
+    };
+    match Snapshot::from_json(json) {
         Ok(snap) => {
             tracing::info!(
                 version = snap.version,
@@ -74,12 +89,43 @@ pub fn load_persisted(policy: &Policy, data_dir: &Path) -> bool {
     }
 }
 
-/// Writes the snapshot atomically (temp file, fsync, rename) so a crash never leaves half a file.
+/// The JSON of a persisted file whose checksum matches.
+fn verified(file: &[u8]) -> Result<&[u8], &'static str> {
+    let nl = file
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("no checksum line (written by an older version, or not ours)")?;
+    let (head, json) = (&file[..nl], &file[nl + 1..]);
+    let sum = head
+        .strip_prefix(PERSISTED_TAG.as_bytes())
+        .ok_or("no checksum line (written by an older version, or not ours)")?;
+    if sum != hex_sha256(json).as_bytes() {
+        return Err("its checksum does not match (edited or corrupted on disk)");
+    }
+    Ok(json)
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Writes the snapshot atomically (temp file, fsync, rename) so a crash never leaves half a
+/// file, under a checksum line that [`load_persisted`] verifies.
 fn persist(data_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = data_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let json = snap.to_json();
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&snap.to_json())?;
+    writeln!(f, "{PERSISTED_TAG}{}", hex_sha256(&json))?;
+    f.write_all(&json)?;
     f.sync_all()?;
     std::fs::rename(&tmp, data_dir.join(SNAPSHOT_FILE))?;
     Ok(())
@@ -398,5 +444,37 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_persisted_snapshot_is_read_back_only_with_its_checksum() {
+        let dir = std::env::temp_dir().join(format!("ferrule-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let snap = Snapshot {
+            version: 7,
+            ..Snapshot::default()
+        };
+        persist(&dir, &snap).unwrap();
+        let file = std::fs::read(dir.join(SNAPSHOT_FILE)).unwrap();
+        let json = verified(&file).expect("as written");
+        assert_eq!(Snapshot::from_json(json).unwrap().version, 7);
+
+        // One byte of the JSON changed: refused.
+        let mut edited = file.clone();
+        let at = edited.len() - 2;
+        edited[at] ^= 1;
+        assert_eq!(
+            verified(&edited),
+            Err("its checksum does not match (edited or corrupted on disk)")
+        );
+        // Cut short, or without the checksum line (an older file): refused.
+        assert!(verified(&file[..file.len() - 1]).is_err());
+        assert!(verified(&snap.to_json()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

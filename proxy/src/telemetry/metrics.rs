@@ -183,6 +183,8 @@ pub struct Metrics {
     pub snapshot_applies: Counter,
     /// 1 while the push stream to the control plane is up.
     pub control_plane_connected: Gauge,
+    /// 1 while the applied snapshot is the one persisted on disk (no control plane yet).
+    pub snapshot_from_disk: Gauge,
     tls_handshakes: Family<HandshakeLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     retries_refused: Family<RetryLabels, Counter>,
@@ -356,6 +358,12 @@ impl Metrics {
             "1 while the push stream to the control plane is up",
             control_plane_connected.clone(),
         );
+        let snapshot_from_disk = Gauge::default();
+        registry.register(
+            "snapshot_from_disk",
+            "1 while the applied snapshot is the one persisted on disk: the control plane has not answered since start",
+            snapshot_from_disk.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -366,6 +374,7 @@ impl Metrics {
             snapshot_nacks,
             snapshot_applies,
             control_plane_connected,
+            snapshot_from_disk,
             tls_handshakes,
             retries,
             retries_refused,
