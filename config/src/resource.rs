@@ -192,6 +192,11 @@ pub struct Service {
     /// Who may call this service; everyone when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Virtual addresses (`IP:port`) that mean this service to an intercepting sidecar: an
+    /// app that connects to one of them (a cluster IP its DNS gave it) reaches the service,
+    /// whatever its `Host` says. Addresses are unique across the mesh's services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<SocketAddr>,
 }
 
 /// One route of a service: which requests it takes and where they go.
@@ -496,6 +501,23 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
         Some((v, path)) => crate::authz::decode(d, path, v).map(Some),
         None => Some(None),
     };
+    let addresses: Vec<Option<SocketAddr>> = o
+        .list("addresses")
+        .into_iter()
+        .map(|(v, path)| decode_virtual_address(d, &path, v))
+        .collect();
+    let addresses = addresses.into_iter().collect::<Option<Vec<_>>>();
+    if let Some(list) = &addresses {
+        for (i, a) in list.iter().enumerate() {
+            if let Some(first) = list[..i].iter().position(|b| b == a) {
+                let path = crate::decode::join(&o.path, "addresses");
+                d.err(
+                    &format!("{path}[{i}]"),
+                    format!("repeats addresses[{first}]"),
+                );
+            }
+        }
+    }
     Some(Service {
         name: name?,
         revision,
@@ -504,7 +526,40 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
         traffic_policy: traffic_policy?,
         mtls: mtls?,
         authorization: authorization?,
+        addresses: addresses?,
     })
+}
+
+/// One of a service's virtual addresses: an IP and a port an app may connect to, so neither
+/// the unspecified address nor port 0.
+fn decode_virtual_address(d: &Diag, path: &str, v: &Value) -> Option<SocketAddr> {
+    let Some(s) = v.as_str() else {
+        d.err(
+            path,
+            format!(
+                "must be a string (IP:port), found {}",
+                crate::decode::type_name(v)
+            ),
+        );
+        return None;
+    };
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 && !a.ip().is_unspecified() => Some(a),
+        Ok(_) => {
+            d.err(
+                path,
+                format!("{s:?} must name an IP and a port other than 0"),
+            );
+            None
+        }
+        Err(_) => {
+            d.err(
+                path,
+                format!("{s:?} is not an IP:port address (e.g. 10.96.0.10:8080)"),
+            );
+            None
+        }
+    }
 }
 
 fn decode_mtls(d: &Diag, path: String, v: &Value) -> Option<MtlsMode> {

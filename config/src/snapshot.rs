@@ -83,7 +83,7 @@ impl Snapshot {
     }
 
     /// Checks what only the whole set can tell: every route backend names a service that is
-    /// in the snapshot. The control plane accepts resources in any order (a route may be applied
+    /// in the snapshot, and no virtual address belongs to two services. The control plane accepts resources in any order (a route may be applied
     /// before the service it splits to), so this is checked where the set is used: a proxy
     /// refuses such a snapshot whole and keeps serving its last good one, as Envoy refuses a
     /// route table that names an unknown cluster.
@@ -91,6 +91,21 @@ impl Snapshot {
         let names: std::collections::HashSet<&str> =
             self.services.iter().map(|s| s.name.as_str()).collect();
         let mut errs = Vec::new();
+        // A virtual address must mean one service, or an intercepting sidecar could not tell
+        // where a connection to it goes.
+        let mut claimed: std::collections::HashMap<std::net::SocketAddr, &str> =
+            std::collections::HashMap::new();
+        for svc in &self.services {
+            for (i, addr) in svc.addresses.iter().enumerate() {
+                if let Some(other) = claimed.insert(*addr, &svc.name) {
+                    errs.push(crate::FieldError {
+                        resource: format!("Service/{}", svc.name),
+                        path: format!("addresses[{i}]"),
+                        message: format!("{addr} is also an address of Service/{other}"),
+                    });
+                }
+            }
+        }
         for svc in &self.services {
             for (i, route) in svc.routes.iter().enumerate() {
                 if let Some(m) = &route.resilience.mirror {

@@ -405,3 +405,77 @@ fn ring_hash_needs_a_hash_key_and_only_it_takes_one() {
         "Service/pay: trafficPolicy.loadBalancer: unknown load balancer \"maglev\"",
     );
 }
+
+#[test]
+fn virtual_addresses_decode_round_trip_and_report_bad_entries() {
+    let doc = "kind: Service\nname: pay\naddresses: [\"10.96.0.10:8080\", \"[fd00::a]:80\"]\n";
+    let rs = parse_documents(doc, "pay.yaml").unwrap();
+    let Resource::Service(s) = &rs[0] else {
+        panic!("not a service")
+    };
+    let want: Vec<std::net::SocketAddr> = vec![
+        "10.96.0.10:8080".parse().unwrap(),
+        "[fd00::a]:80".parse().unwrap(),
+    ];
+    assert_eq!(s.addresses, want);
+    let json = serde_json::to_string(&rs).unwrap();
+    assert!(
+        json.contains("\"addresses\":[\"10.96.0.10:8080\",\"[fd00::a]:80\"]"),
+        "{json}"
+    );
+    assert_eq!(parse_documents(&json, "pay.json").unwrap(), rs);
+    // No addresses: nothing printed, as before the field existed.
+    let rs = parse_documents("kind: Service\nname: pay\n", "pay.yaml").unwrap();
+    assert!(!serde_json::to_string(&rs).unwrap().contains("addresses"));
+
+    // Every bad entry is reported with its index.
+    let bad = "kind: Service\nname: pay\naddresses: [\"10.96.0.10\", \"0.0.0.0:80\", \"10.96.0.10:0\", 7, \"10.96.0.11:80\", \"10.96.0.11:80\"]\n";
+    let errs = parse_documents(bad, "pay.yaml").unwrap_err();
+    let text: Vec<String> = errs.0.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        text,
+        [
+            "Service/pay: addresses[0]: \"10.96.0.10\" is not an IP:port address (e.g. 10.96.0.10:8080)",
+            "Service/pay: addresses[1]: \"0.0.0.0:80\" must name an IP and a port other than 0",
+            "Service/pay: addresses[2]: \"10.96.0.10:0\" must name an IP and a port other than 0",
+            "Service/pay: addresses[3]: must be a string (IP:port), found a number",
+        ],
+        "{text:#?}"
+    );
+    // Repeats within one service, once the entries themselves are good.
+    let errs = parse_documents(
+        "kind: Service\nname: pay\naddresses: [\"10.96.0.11:80\", \"10.96.0.12:80\", \"10.96.0.11:80\"]\n",
+        "pay.yaml",
+    )
+    .unwrap_err();
+    assert_eq!(
+        errs.to_string(),
+        "Service/pay: addresses[2]: repeats addresses[0]"
+    );
+    let errs =
+        parse_documents("kind: Service\nname: pay\naddresses: 10.0.0.1:80\n", "p").unwrap_err();
+    assert!(
+        errs.to_string()
+            .contains("Service/pay: addresses: must be a list"),
+        "{errs}"
+    );
+}
+
+#[test]
+fn a_virtual_address_belongs_to_one_service_of_a_snapshot() {
+    let doc = "kind: Service\nname: a\naddresses: [\"10.96.0.10:80\"]\n---\nkind: Service\nname: b\naddresses: [\"10.96.0.11:80\", \"10.96.0.10:80\"]\n";
+    let mut snap = Snapshot::default();
+    for r in parse_documents(doc, "f").unwrap() {
+        if let Resource::Service(s) = r {
+            snap.services.push(s);
+        }
+    }
+    let errs = snap.check_references().unwrap_err().to_string();
+    assert_eq!(
+        errs,
+        "Service/b: addresses[1]: 10.96.0.10:80 is also an address of Service/a"
+    );
+    // The same port on another IP is another address.
+    snap.services[1].addresses[1] = "10.96.0.12:80".parse().unwrap();
+    snap.check_references().unwrap();
+}

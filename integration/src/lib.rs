@@ -9,6 +9,7 @@
 //! - [`apps`]: in-process echo apps (HTTP/1.1 and h2c).
 //! - [`fleet`]: upstream instances that answer a fixed status or stop and restart on command.
 //! - [`client`]: hyper clients and small request helpers.
+//! - [`pods`]: pods as network namespaces on a bridge, with iptables interception.
 //! - [`misbehave`]: an upstream that fails, stalls or answers on command (resilience tests).
 //! - [`stall`]: an app that holds each request for a set time and reports its peak concurrency.
 //! - [`eventually`]: polling with a deadline instead of sleeping.
@@ -18,6 +19,7 @@ pub mod bins;
 pub mod client;
 pub mod fleet;
 pub mod misbehave;
+pub mod pods;
 pub mod procs;
 pub mod stall;
 

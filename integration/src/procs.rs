@@ -21,7 +21,7 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd`, waits (up to 20 s) for its first stdout line, and returns both.
-    fn spawn(mut cmd: Command, name: &str, log: PathBuf) -> (Proc, String) {
+    pub fn spawn(mut cmd: Command, name: &str, log: PathBuf) -> (Proc, String) {
         let err = std::fs::File::create(&log).expect("creating a log file");
         cmd.stdout(Stdio::piped()).stderr(err).stdin(Stdio::null());
         let mut child = cmd
@@ -109,6 +109,8 @@ pub struct ControlPlane {
     pub addr: SocketAddr,
     /// Its data dir.
     pub data_dir: PathBuf,
+    /// The admin token file `ctl` sends, when the control plane has one.
+    pub admin_token: Option<PathBuf>,
 }
 
 impl ControlPlane {
@@ -135,7 +137,8 @@ impl ControlPlane {
         Self::launch("127.0.0.1:0", data_dir, &[], extra)
     }
 
-    fn launch(listen: &str, data_dir: &Path, mode: &[&str], extra: &[&str]) -> Self {
+    /// Starts a control plane on `listen` with `mode` flags (`--plaintext`, ...) and `extra`.
+    pub fn launch(listen: &str, data_dir: &Path, mode: &[&str], extra: &[&str]) -> Self {
         let mut cmd = Command::new(bin("ferrule-control"));
         cmd.args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -159,6 +162,7 @@ impl ControlPlane {
             url,
             addr,
             data_dir: data_dir.to_owned(),
+            admin_token: None,
         }
     }
 
@@ -167,15 +171,19 @@ impl ControlPlane {
         self.data_dir.join("ca").join("trust-bundle.pem")
     }
 
-    /// Runs `ferrulectl --server <url> args...` (with `--ca-file` over https).
+    /// Runs `ferrulectl --server <url> args...` (with `--ca-file` over https, and
+    /// `--token-file` with an admin token).
     pub fn ctl(&self, args: &[&str]) -> Output {
+        let bundle = self.trust_bundle();
+        let mut all = Vec::new();
         if self.url.starts_with("https://") {
-            let bundle = self.trust_bundle();
-            let mut all = vec!["--ca-file", bundle.to_str().expect("utf-8 path")];
-            all.extend_from_slice(args);
-            return ferrulectl(&self.url, &all);
+            all.extend(["--ca-file", bundle.to_str().expect("utf-8 path")]);
         }
-        ferrulectl(&self.url, args)
+        if let Some(token) = &self.admin_token {
+            all.extend(["--token-file", token.to_str().expect("utf-8 path")]);
+        }
+        all.extend_from_slice(args);
+        ferrulectl(&self.url, &all)
     }
 
     /// Applies a YAML document with `ferrulectl apply -f`; panics with its output if refused.
@@ -288,6 +296,11 @@ impl Sidecar {
         }
         let log = o.data_dir.with_extension("log");
         let (proc, line) = Proc::spawn(cmd, "ferrule-proxy", log);
+        Self::started(proc, &line, o.data_dir)
+    }
+
+    /// A sidecar process that printed `line` first (its bound listeners), with `data_dir`.
+    pub fn started(proc: Proc, line: &str, data_dir: &Path) -> Self {
         let field = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
@@ -299,7 +312,7 @@ impl Sidecar {
             outbound: field("outbound="),
             admin: field("admin="),
             proc,
-            data_dir: o.data_dir.to_owned(),
+            data_dir: data_dir.to_owned(),
         }
     }
 

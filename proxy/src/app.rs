@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::base::{Identity, Lifecycle, Limits, Listener};
 use crate::listen;
+use crate::pipeline::intercept::UnknownDestination;
 use crate::pipeline::Pipeline;
 use crate::plan::policy::Policy;
 use crate::sync::certs::{self, CertSource};
@@ -25,7 +26,12 @@ use crate::telemetry::metrics::Metrics;
 
 /// Settings of one sidecar; every flag can also come from a `FERRULE_*` variable.
 #[derive(Debug, Parser)]
-#[command(name = "ferrule-proxy", version, about = "Ferrule sidecar proxy")]
+#[command(
+    name = "ferrule-proxy",
+    version,
+    about = "Ferrule sidecar proxy",
+    after_help = "`ferrule-proxy init --help`: the command that installs a pod's interception rules."
+)]
 pub struct Args {
     /// Control plane URL, e.g. https://ferrule-control:7070 (http:// for local development).
     #[arg(long, env = "FERRULE_CONTROL_PLANE")]
@@ -103,6 +109,12 @@ pub struct Args {
     /// costs a single sidecar CPU (ARCHITECTURE.md, "Waking up on time"), hence off by default.
     #[arg(long, env = "FERRULE_SCHED_SLICE", default_value = "off", value_parser = parse_slice)]
     pub sched_slice: SchedSlice,
+    // --- Transparent interception (ARCHITECTURE.md, "Interception") ---
+    /// What an intercepted connection gets when its original destination is no address of a
+    /// service or endpoint: `passthrough` (sent on unchanged, in plaintext) or `refuse`
+    /// (answered 404 `unknown-service`).
+    #[arg(long, env = "FERRULE_UNKNOWN_DESTINATION", default_value = "passthrough", value_parser = UnknownDestination::parse)]
+    pub unknown_destination: UnknownDestination,
 }
 
 /// The `--sched-slice` setting.
@@ -271,7 +283,9 @@ pub async fn run(args: Args) -> Result<(), String> {
     sync::load_persisted(&policy, &args.data_dir);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let outbound = Arc::new(Pipeline::outbound(policy.clone()));
+    let outbound = Arc::new(
+        Pipeline::outbound(policy.clone()).with_unknown_destination(args.unknown_destination),
+    );
     let inbound = Arc::new(Pipeline::inbound(policy.clone(), &args.service, args.app));
     let admin = Admin::new(policy.clone(), life.clone(), &proxy_id);
     let grace = args.drain_timeout;

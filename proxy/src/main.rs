@@ -1,8 +1,15 @@
-//! `ferrule-proxy`: the sidecar binary. Everything lives in the library; see `app`.
+//! `ferrule-proxy`: the sidecar binary, and `ferrule-proxy init`, which installs a pod's
+//! interception rules. Everything lives in the library; see `app` and `init`.
 
 use clap::Parser;
 
 fn main() {
+    // `ferrule-proxy init ...` installs a pod's interception rules and exits: a different
+    // command line, and no runtime (see `init`).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        let args = ferrule_proxy::init::Args::parse_from(std::env::args_os().skip(1));
+        std::process::exit(ferrule_proxy::init::main(args));
+    }
     let args = ferrule_proxy::app::Args::parse();
     ferrule_proxy::app::init_logging(&args.log_format);
     ferrule_proxy::app::apply_sched_slice(args.sched_slice);

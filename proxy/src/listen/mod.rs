@@ -37,6 +37,7 @@ use crate::pipeline::{Pipeline, Planned};
 use crate::telemetry::metrics::Codec;
 
 mod mtls;
+pub mod original_dst;
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -86,6 +87,9 @@ pub async fn serve<H, Fut>(
                 };
                 let _ = stream.set_nodelay(true);
                 let mut ctx = ConnCtx::new(kind, peer, local.unwrap_or(peer));
+                if kind != Listener::Admin {
+                    intercepted(&mut ctx, &stream);
+                }
                 let handler = handler.clone();
                 let builder = builder.clone();
                 let fast = fast.clone();
@@ -123,6 +127,19 @@ pub async fn serve<H, Fut>(
             tracing::info!("grace period over; closing remaining connections");
         }
     }
+}
+
+/// Transparent interception: records in `ctx` where the client meant to connect when an
+/// iptables rule redirected the connection here (see `original_dst`). On a listener bound to a
+/// wildcard address the socket's own address is asked for first, so that a connection made to
+/// the listener's port directly is not taken for a redirected one.
+fn intercepted(ctx: &mut ConnCtx, stream: &tokio::net::TcpStream) {
+    if ctx.local.ip().is_unspecified() {
+        if let Ok(here) = stream.local_addr() {
+            ctx.local = here;
+        }
+    }
+    ctx.original_dst = original_dst::of(stream, ctx.local);
 }
 
 /// One connection, once its IO is known (plaintext, or TLS from a peer sidecar).

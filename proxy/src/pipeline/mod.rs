@@ -18,6 +18,9 @@
 //! the first request it cannot carry, together with the decision already made for it, so no
 //! request is planned twice.
 //!
+//! Transparent interception changes only where a request goes ([`intercept`]): the service
+//! that owns the connection's original destination when the host names none.
+//!
 //! Where later capabilities plug in is listed in ARCHITECTURE.md ("Where each capability plugs
 //! in").
 
@@ -25,6 +28,7 @@ pub mod attempt;
 pub mod fast;
 pub mod finish;
 pub mod general;
+pub mod intercept;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +48,7 @@ use crate::plan::balance::hash_key;
 use crate::plan::breaker::{Refused, Slot};
 use crate::plan::fault::{Injected, FAULT_HEADER};
 use crate::plan::limit::{retry_after_secs, RouteLimit};
-use crate::plan::policy::{Policy, RouteTable, ServiceTable, Target};
+use crate::plan::policy::{Policy, RouteTable, ServiceTable, Tables, Target};
 use crate::telemetry::metrics::{Codec, Direction, ServiceMetrics};
 
 /// One direction's pipeline: what the outbound or inbound listener runs for each request.
@@ -53,6 +57,9 @@ pub struct Pipeline {
     /// The policy it plans with (the inbound listener's mTLS step reads the mode from it).
     pub policy: Arc<Policy>,
     side: Side,
+    /// Transparent interception: the unknown-destination setting, upstreams of addresses
+    /// outside the snapshot, counters.
+    intercept: intercept::Intercept,
 }
 
 #[derive(Debug)]
@@ -141,21 +148,32 @@ impl Pipeline {
     /// The outbound pipeline over `policy`.
     pub fn outbound(policy: Arc<Policy>) -> Self {
         let unknown = policy.metrics.service(Direction::Outbound, "unknown");
+        let intercept = intercept::Intercept::new(&policy.metrics, Direction::Outbound);
         Pipeline {
             policy,
             side: Side::Outbound { unknown },
+            intercept,
         }
+    }
+
+    /// What an intercepted request whose original destination no service owns gets
+    /// (outbound; passed through unless set otherwise).
+    pub fn with_unknown_destination(mut self, setting: intercept::UnknownDestination) -> Self {
+        self.intercept.unknown = setting;
+        self
     }
 
     /// The inbound pipeline of service `service`, whose app listens at `app`.
     pub fn inbound(policy: Arc<Policy>, service: &str, app: std::net::SocketAddr) -> Self {
         let metrics = policy.metrics.service(Direction::Inbound, service);
+        let intercept = intercept::Intercept::new(&policy.metrics, Direction::Inbound);
         Pipeline {
             policy,
             side: Side::Inbound {
                 app: Upstream::new(app),
                 metrics,
             },
+            intercept,
         }
     }
 
@@ -198,8 +216,13 @@ impl Pipeline {
                 .map(|s| s.protocol)
                 .unwrap_or_default();
             let caller_deadline = incoming_deadline(head);
+            // Intercepted: the app at the port the peer connected to.
+            let app = match ctx.original_dst {
+                Some(original) => self.intercept.app_port(app, original),
+                None => app.clone(),
+            };
             return Ok(Decision {
-                dest: Dest::Fixed(app.clone()),
+                dest: Dest::Fixed(app),
                 service: None,
                 route: None,
                 timeout: caller_deadline,
@@ -234,16 +257,27 @@ impl Pipeline {
             ));
         };
         let host = host_of(authority);
-        let Some(svc) = tables.service(&host) else {
-            return Err(PlanError::new(
-                Reason::UnknownService,
-                format!(
-                    "no service named {host:?} in policy version {} (known: {})",
-                    tables.version,
-                    tables.service_names().join(", ")
-                ),
-                start,
-            ));
+        let svc = match (tables.service(&host), ctx.original_dst) {
+            (Some(svc), _) => svc,
+            // Intercepted, and the host names no service: the original destination decides.
+            (None, Some(original)) => match tables.service_at(original) {
+                Some(svc) => {
+                    self.intercept.to_service.inc();
+                    svc
+                }
+                None => return self.unknown_destination(original, &tables, head, start),
+            },
+            (None, None) => {
+                return Err(PlanError::new(
+                    Reason::UnknownService,
+                    format!(
+                        "no service named {host:?} in policy version {} (known: {})",
+                        tables.version,
+                        tables.service_names().join(", ")
+                    ),
+                    start,
+                ))
+            }
         };
         // Refusals from here on are counted under the service the host named.
         let refuse = |error: ProxyError| PlanError {
@@ -299,6 +333,44 @@ impl Pipeline {
             hash: request_key(target, ctx, head),
             wants_h2,
             faults,
+            start,
+        })
+    }
+
+    /// An intercepted outbound request whose original destination no service owns: passed
+    /// through to it unchanged (one attempt, plaintext, the client's protocol), or refused,
+    /// as the unknown-destination setting says.
+    fn unknown_destination<H: HeadView + ?Sized>(
+        &self,
+        original: std::net::SocketAddr,
+        tables: &Tables,
+        head: &H,
+        start: Instant,
+    ) -> Planned {
+        if self.intercept.unknown == intercept::UnknownDestination::Refuse {
+            self.intercept.refused.inc();
+            return Err(PlanError::new(
+                Reason::UnknownService,
+                format!(
+                    "the original destination {original} is no address of a service or endpoint in policy version {}, and this sidecar refuses unknown destinations (--unknown-destination refuse)",
+                    tables.version
+                ),
+                start,
+            ));
+        }
+        self.intercept.passed.inc();
+        let caller_deadline = incoming_deadline(head);
+        Ok(Decision {
+            dest: Dest::Fixed(self.intercept.direct(original)),
+            service: None,
+            route: None,
+            timeout: caller_deadline,
+            caller_deadline,
+            idempotent: h::is_idempotent(head.method()),
+            protocol: Protocol::Auto,
+            hash: None,
+            wants_h2: head.is_http2() || head.is_grpc(),
+            faults: Injected::default(),
             start,
         })
     }
@@ -529,6 +601,13 @@ impl Pipeline {
                     ),
                 ),
             ),
+            (Side::Outbound { .. }, Dest::Fixed(u)) => ProxyError::new(
+                Reason::ConnectFailed,
+                format!(
+                    "could not connect to the original destination {}: {last}",
+                    u.addr()
+                ),
+            ),
             _ => ProxyError::new(
                 Reason::AppUnavailable,
                 format!("the local app is not accepting connections: {last}"),
@@ -557,7 +636,11 @@ impl Pipeline {
 
     /// The error for a request whose route deadline passed before its response head.
     fn timeout(&self, d: &Decision, t: Duration) -> ProxyError {
-        let name = d.service.as_ref().map_or("the app", |s| &s.name);
+        let name = match (&d.service, &self.side) {
+            (Some(s), _) => &*s.name,
+            (None, Side::Outbound { .. }) => "the original destination",
+            (None, Side::Inbound { .. }) => "the app",
+        };
         ProxyError::new(
             Reason::Timeout,
             format!("no response from {name} within the route's {t:?} timeout"),

@@ -197,6 +197,10 @@ pub struct Tables {
     limits: HashMap<(String, String), Arc<RouteLimit>>,
     /// Metric handles for requests to hosts that name no service.
     pub unknown_metrics: ServiceMetrics,
+    /// The service each known address means to an intercepting sidecar: a service's virtual
+    /// addresses, and every endpoint's address (its service). A virtual address wins over an
+    /// endpoint that has the same address.
+    by_address: HashMap<SocketAddr, Arc<ServiceTable>>,
 }
 
 impl Tables {
@@ -215,12 +219,19 @@ impl Tables {
             breakers: HashMap::new(),
             limits: HashMap::new(),
             unknown_metrics: metrics.service(Direction::Outbound, "unknown"),
+            by_address: HashMap::new(),
         }
     }
 
     /// Finds the destination service named by a request's host.
     pub fn service(&self, host: &str) -> Option<&Arc<ServiceTable>> {
         self.services.get(host)
+    }
+
+    /// The service an address belongs to (transparent interception: the connection's
+    /// original destination, when the request's host names no service).
+    pub fn service_at(&self, addr: SocketAddr) -> Option<&Arc<ServiceTable>> {
+        self.by_address.get(&addr)
     }
 
     /// Names of every known service (for error messages).
@@ -480,6 +491,17 @@ impl Tables {
                 }),
             );
         }
+        let mut by_address = HashMap::new();
+        for e in &snap.endpoints {
+            if let Some(svc) = services.get(&e.service) {
+                by_address.entry(e.address).or_insert_with(|| svc.clone());
+            }
+        }
+        for svc in &snap.services {
+            for addr in &svc.addresses {
+                by_address.insert(*addr, services[&svc.name].clone());
+            }
+        }
         let local = services.get(local_service).cloned();
         Tables {
             version: snap.version,
@@ -494,6 +516,7 @@ impl Tables {
             breakers,
             limits,
             unknown_metrics: prev.unknown_metrics.clone(),
+            by_address,
         }
     }
 }

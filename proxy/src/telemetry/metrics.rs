@@ -141,6 +141,12 @@ struct KindLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResolvedLabels {
+    direction: Direction,
+    resolved: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     decision: &'static str,
 }
@@ -202,6 +208,7 @@ pub struct Metrics {
     ejections: Family<EjectionLabels, Counter>,
     ejected: Family<DestinationLabels, Gauge>,
     lb_panic: Family<DestinationLabels, Counter>,
+    original_dst: Family<ResolvedLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -297,6 +304,13 @@ impl Metrics {
             "Picks made in panic mode: more endpoints unavailable than maxEjectedPercent, so every endpoint was used",
             lb_panic.clone(),
         );
+        // Transparent interception (ARCHITECTURE.md, "Interception").
+        let original_dst = Family::<ResolvedLabels, Counter>::default();
+        registry.register(
+            "original_dst_requests",
+            "Requests of intercepted connections planned by their original destination: outbound service (a virtual or endpoint address), passthrough or refused (no service has it); inbound app",
+            original_dst.clone(),
+        );
         registry.register(
             "tls_handshakes",
             "Mutual TLS handshakes by direction and result (ok, or why it failed)",
@@ -385,6 +399,7 @@ impl Metrics {
             ejections,
             ejected,
             lb_panic,
+            original_dst,
             breaker_in_flight,
             breaker_waiting,
             rate_limited,
@@ -461,6 +476,17 @@ impl Metrics {
                 })
                 .set(n);
         }
+    }
+
+    /// The counter of requests planned by their connection's original destination, resolved
+    /// as `resolved` (resolved once, when a pipeline is made).
+    pub fn original_dst(&self, direction: Direction, resolved: &'static str) -> Counter {
+        self.original_dst
+            .get_or_create(&ResolvedLabels {
+                direction,
+                resolved,
+            })
+            .clone()
     }
 
     /// Counts a TLS handshake (or a plaintext connection refused) on `direction`: `result`
