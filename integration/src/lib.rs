@@ -11,6 +11,7 @@
 //! - [`client`]: hyper clients and small request helpers.
 //! - [`misbehave`]: an upstream that fails, stalls or answers on command (resilience tests).
 //! - [`stall`]: an app that holds each request for a set time and reports its peak concurrency.
+//! - [`recorder`]: an app that records every request whole, or stalls (the mirroring tests).
 //! - [`eventually`]: polling with a deadline instead of sleeping.
 
 pub mod apps;
@@ -19,6 +20,7 @@ pub mod client;
 pub mod fleet;
 pub mod misbehave;
 pub mod procs;
+pub mod recorder;
 pub mod stall;
 
 use std::future::Future;
