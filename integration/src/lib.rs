@@ -12,6 +12,7 @@
 //! - [`pods`]: pods as network namespaces on a bridge, with iptables interception.
 //! - [`misbehave`]: an upstream that fails, stalls or answers on command (resilience tests).
 //! - [`stall`]: an app that holds each request for a set time and reports its peak concurrency.
+//! - [`recorder`]: an app that records every request whole, or stalls (the mirroring tests).
 //! - [`eventually`]: polling with a deadline instead of sleeping.
 
 pub mod apps;
@@ -21,6 +22,7 @@ pub mod fleet;
 pub mod misbehave;
 pub mod pods;
 pub mod procs;
+pub mod recorder;
 pub mod stall;
 
 use std::future::Future;

@@ -21,7 +21,7 @@ use crate::codec::idle::{Activity, IdleBody};
 use crate::codec::render::ProxyError;
 use crate::forward::upstream::{SendError, Upstream};
 use crate::pipeline::attempt::{self, AttemptError, Failure, HeadInfo, Transport};
-use crate::pipeline::{Decision, Pipeline, PlanError, Planned};
+use crate::pipeline::{mirror, Decision, Pipeline, PlanError, Planned};
 use crate::telemetry::metrics::Codec;
 
 impl Pipeline {
@@ -60,7 +60,7 @@ impl Pipeline {
                 let reason = e.error.reason;
                 (self.render(e.error, grpc), e.service, Some(reason))
             }
-            Ok(d) => match self.forward(&d, req).await {
+            Ok(d) => match self.forward(ctx, &d, req).await {
                 Ok(resp) => (resp, d.service, None),
                 Err(e) => {
                     let reason = e.reason;
@@ -80,6 +80,7 @@ impl Pipeline {
 
     async fn forward(
         &self,
+        ctx: &ConnCtx,
         d: &Decision,
         mut req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -106,8 +107,11 @@ impl Pipeline {
         }
         // Hop-by-hop headers go before any attempt (an HTTP/2 hop keeps `te: trailers`).
         h::strip_hop_by_hop(req.headers_mut(), true);
+        // A mirrored copy is made from the same copy of the head and recording of the body as
+        // a retry.
+        let mut shadow = mirror::drawn(d);
         let copy = match &d.route {
-            Some(r) if wants_copy(&r.resilience.retries, d.idempotent) => {
+            Some(r) if shadow.is_some() || wants_copy(&r.resilience.retries, d.idempotent) => {
                 let (parts, body) = req.into_parts();
                 let (body, recorder) = body.recorded();
                 let copy = Copy {
@@ -122,13 +126,28 @@ impl Pipeline {
             }
             _ => None,
         };
+        // A body that had ended before the request was sent (none, or HTTP/2 `END_STREAM` with
+        // the head) is in hand: the copy leaves now, beside the first attempt.
+        if let (Some(m), Some(c)) = (shadow, &copy) {
+            if c.recorder.is_none() {
+                mirror::send(m, d, ctx, c.request(), &authority);
+                shadow = None;
+            }
+        }
         let mut transport = General {
             req: Some(req),
             authority,
             grpc,
             copy,
         };
-        match attempt::run(self, d, &mut transport).await {
+        let result = attempt::run(self, d, &mut transport).await;
+        // Any other body is in hand if it ended, within the recording's limit, by the time the
+        // attempts are over (the response head is in, or they failed).
+        if let Some(m) = shadow {
+            let copy = transport.copy.as_ref().and_then(Copy::request);
+            mirror::send(m, d, ctx, copy, &transport.authority);
+        }
+        match result {
             Ok(mut resp) => {
                 h::strip_hop_by_hop(resp.headers_mut(), false);
                 // The client gets its own HTTP version back, whatever the upstream spoke.
@@ -211,7 +230,8 @@ fn head_info(status: u16, headers: &HeaderMap) -> HeadInfo {
     }
 }
 
-/// What a retry needs to send a request again: its head, and the recording of its body.
+/// What a retry or a mirrored copy needs to send a request again: its head, and the recording
+/// of its body.
 struct Copy {
     method: Method,
     uri: Uri,
@@ -219,6 +239,23 @@ struct Copy {
     headers: HeaderMap,
     /// `None` for a request whose body had ended before it was sent (none, or empty).
     recorder: Option<Recorder>,
+}
+
+impl Copy {
+    /// The request again, if its body is in hand: it had none, or it ended within the
+    /// recording's limit.
+    fn request(&self) -> Option<Request<RequestBody>> {
+        let body = match &self.recorder {
+            None => RequestBody::empty(),
+            Some(rec) => rec.replay()?,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        Some(req)
+    }
 }
 
 /// hyper's HTTP/1.1 client or the h2 client, with the request held until an attempt takes it.
@@ -268,25 +305,9 @@ impl Transport for General {
     }
 
     fn rearm(&mut self) -> bool {
-        if self.req.is_some() {
-            return true;
+        if self.req.is_none() {
+            self.req = self.copy.as_ref().and_then(Copy::request);
         }
-        let Some(copy) = &self.copy else {
-            return false;
-        };
-        let body = match &copy.recorder {
-            None => RequestBody::empty(),
-            Some(rec) => match rec.replay() {
-                Some(body) => body,
-                None => return false,
-            },
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = copy.method.clone();
-        *req.uri_mut() = copy.uri.clone();
-        *req.version_mut() = copy.version;
-        *req.headers_mut() = copy.headers.clone();
-        self.req = Some(req);
-        true
+        self.req.is_some()
     }
 }

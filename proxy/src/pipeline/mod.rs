@@ -13,6 +13,9 @@
 //! 3. **finish** ([`finish`]): metrics with one definition of latency (time to the response
 //!    head) and the reason code of a proxy-made response, recorded once per request.
 //!
+//! Beside the three steps, [`mirror`] sends a copy of a share of a route's requests to a shadow
+//! service, on a task of its own, so the primary exchange never waits for it.
+//!
 //! Errors become responses in `codec::render` only. Codecs: [`fast`] serves plain HTTP/1.1 in
 //! place and hands a connection to [`general`] (hyper's HTTP/1.1 server, the HTTP/2 server) at
 //! the first request it cannot carry, together with the decision already made for it, so no
@@ -29,6 +32,7 @@ pub mod fast;
 pub mod finish;
 pub mod general;
 pub mod intercept;
+pub mod mirror;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,6 +116,10 @@ pub struct Decision {
     pub wants_h2: bool,
     /// The faults the route's policy injects into this request (drawn once, here).
     pub faults: Injected,
+    /// The route's mirror drew this request: a copy of it goes to the shadow service
+    /// ([`mirror`]). Drawn once, here, so a request handed from the fast path to the general
+    /// path is not drawn again.
+    pub mirror: bool,
     /// When the request's head was read: the start of its latency. With this decision and
     /// the connection's `ConnCtx`, it is the request's context for the finish step (and for
     /// the access log and span, when they come).
@@ -232,6 +240,9 @@ impl Pipeline {
                 hash: None,
                 wants_h2,
                 faults: Injected::default(),
+                // Mirroring is the caller's sidecar's business, as retries are: a route's
+                // policy is applied where it is planned, so a copy is never made twice.
+                mirror: false,
                 start,
             });
         }
@@ -333,6 +344,10 @@ impl Pipeline {
             hash: request_key(target, ctx, head),
             wants_h2,
             faults,
+            mirror: route
+                .mirror
+                .as_ref()
+                .is_some_and(|m| crate::plan::mirror::drawn(m.percent)),
             start,
         })
     }
@@ -371,6 +386,7 @@ impl Pipeline {
             hash: None,
             wants_h2: head.is_http2() || head.is_grpc(),
             faults: Injected::default(),
+            mirror: false,
             start,
         })
     }
@@ -544,26 +560,16 @@ impl Pipeline {
 
     /// The wire protocol towards one endpoint of a decision.
     pub fn wire(&self, d: &Decision, to_sidecar: bool) -> Wire {
-        // To a peer sidecar the request keeps the client's protocol (HTTP/1.1 stays HTTP/1.1
-        // over a pooled keep-alive connection): see ARCHITECTURE.md, "Between sidecars", for
-        // why HTTP/1.1 is not upgraded to HTTP/2 on that hop. Elsewhere the destination's
-        // protocol decides, and `auto` means the client's.
-        let protocol = if to_sidecar {
-            Protocol::Auto
-        } else {
-            d.protocol
-        };
-        match protocol {
-            Protocol::Http => Wire::Http1,
-            Protocol::Http2 | Protocol::Grpc => Wire::Http2,
-            Protocol::Auto | Protocol::Tcp if d.wants_h2 => Wire::Http2,
-            Protocol::Auto | Protocol::Tcp => Wire::Http1,
-        }
+        wire_to(d.protocol, d.wants_h2, to_sidecar)
     }
 
-    /// Whether the fast path can carry a decision: HTTP/1.1 to every endpoint it may pick.
+    /// Whether the fast path can carry a decision: HTTP/1.1 to every endpoint it may pick, and
+    /// no mirrored copy to make. The copy is the general path's (`mirror`), which takes the
+    /// request with the decision: it has the body recording to copy from and both protocols
+    /// towards the shadow service. A route without a mirror never draws, so this costs the
+    /// fast path one test of a flag.
     pub fn fast_can_carry(&self, d: &Decision) -> bool {
-        !d.wants_h2 && !matches!(d.protocol, Protocol::Http2 | Protocol::Grpc)
+        !d.wants_h2 && !d.mirror && !matches!(d.protocol, Protocol::Http2 | Protocol::Grpc)
     }
 
     /// The metric handles a request is recorded under.
@@ -645,6 +651,22 @@ impl Pipeline {
             Reason::Timeout,
             format!("no response from {name} within the route's {t:?} timeout"),
         )
+    }
+}
+
+/// The wire protocol towards an endpoint of a destination whose protocol is `protocol`, for a
+/// client that speaks HTTP/2 or gRPC when `wants_h2`.
+fn wire_to(protocol: Protocol, wants_h2: bool, to_sidecar: bool) -> Wire {
+    // To a peer sidecar the request keeps the client's protocol (HTTP/1.1 stays HTTP/1.1 over
+    // a pooled keep-alive connection): see ARCHITECTURE.md, "Between sidecars", for why
+    // HTTP/1.1 is not upgraded to HTTP/2 on that hop. Elsewhere the destination's protocol
+    // decides, and `auto` means the client's.
+    let protocol = if to_sidecar { Protocol::Auto } else { protocol };
+    match protocol {
+        Protocol::Http => Wire::Http1,
+        Protocol::Http2 | Protocol::Grpc => Wire::Http2,
+        Protocol::Auto | Protocol::Tcp if wants_h2 => Wire::Http2,
+        Protocol::Auto | Protocol::Tcp => Wire::Http1,
     }
 }
 

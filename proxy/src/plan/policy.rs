@@ -32,6 +32,7 @@ use crate::plan::breaker::Breaker;
 use crate::plan::budget::Budget;
 use crate::plan::fault::RouteFaults;
 use crate::plan::limit::RouteLimit;
+use crate::plan::mirror::{Gate, MAX_IN_FLIGHT};
 use crate::telemetry::metrics::{Direction, Metrics, ServiceMetrics};
 
 /// One backend destination: a service's endpoints, narrowed to a label subset.
@@ -104,6 +105,20 @@ pub struct RouteTable {
     pub faults: Option<Arc<RouteFaults>>,
     /// The fallback response, compiled.
     pub fallback: Option<Arc<Custom>>,
+    /// Traffic mirroring, compiled.
+    pub mirror: Option<RouteMirror>,
+}
+
+/// A route's mirror, compiled: the shadow service (all its endpoints, its own balancer), the
+/// share of requests copied, and the shadow service's bound on copies in flight (`plan::mirror`).
+#[derive(Debug)]
+pub struct RouteMirror {
+    /// The shadow destination.
+    pub target: Arc<Target>,
+    /// Share of requests copied, in percent.
+    pub percent: u32,
+    /// Copies in flight towards the shadow service, and its counters.
+    pub gate: Arc<Gate>,
 }
 
 impl RouteTable {
@@ -195,6 +210,8 @@ pub struct Tables {
     breakers: HashMap<(String, BTreeMap<String, String>), Arc<Breaker>>,
     /// Per (service, route name or position).
     limits: HashMap<(String, String), Arc<RouteLimit>>,
+    /// Per shadow service: its bound on mirrored copies in flight (kept across snapshots).
+    mirrors: HashMap<String, Arc<Gate>>,
     /// Metric handles for requests to hosts that name no service.
     pub unknown_metrics: ServiceMetrics,
     /// The service each known address means to an intercepting sidecar: a service's virtual
@@ -218,6 +235,7 @@ impl Tables {
             zone: None,
             breakers: HashMap::new(),
             limits: HashMap::new(),
+            mirrors: HashMap::new(),
             unknown_metrics: metrics.service(Direction::Outbound, "unknown"),
             by_address: HashMap::new(),
         }
@@ -268,6 +286,7 @@ impl Tables {
             .collect();
         let mut breakers = HashMap::new();
         let mut limits = HashMap::new();
+        let mut mirrors: HashMap<String, Arc<Gate>> = HashMap::new();
         let protocols: HashMap<&str, Protocol> = snap
             .services
             .iter()
@@ -440,6 +459,18 @@ impl Tables {
                         let svc_name = b.service.as_deref().unwrap_or(&svc.name);
                         backends.push((total, target(svc_name, &b.subset)));
                     }
+                    let mirror = r.resilience.mirror.as_ref().map(|m| {
+                        let gate = mirrors.entry(m.service.clone()).or_insert_with(|| {
+                            prev.mirrors.get(&m.service).cloned().unwrap_or_else(|| {
+                                Arc::new(Gate::new(MAX_IN_FLIGHT, metrics.mirror(&m.service)))
+                            })
+                        });
+                        RouteMirror {
+                            gate: gate.clone(),
+                            target: target(&m.service, &BTreeMap::new()),
+                            percent: m.percent,
+                        }
+                    });
                     Arc::new(RouteTable {
                         name: r.name.as_deref().map(Arc::from),
                         matcher: CompiledMatch {
@@ -459,6 +490,7 @@ impl Tables {
                         limit,
                         faults,
                         fallback,
+                        mirror,
                     })
                 })
                 .collect();
@@ -477,6 +509,7 @@ impl Tables {
                 limit: None,
                 faults: None,
                 fallback: None,
+                mirror: None,
             });
             services.insert(
                 svc.name.clone(),
@@ -515,6 +548,7 @@ impl Tables {
             zone: zone.cloned(),
             breakers,
             limits,
+            mirrors,
             unknown_metrics: prev.unknown_metrics.clone(),
             by_address,
         }

@@ -140,6 +140,29 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Handles of one shadow service's mirroring counters (resolved at snapshot compile time; the
+/// default handles are registered nowhere, for unit tests).
+#[derive(Debug, Clone, Default)]
+pub struct MirrorMetrics {
+    /// Copies handed to an endpoint of the shadow service.
+    pub sent: Counter,
+    /// Copies answered below 500, their response body read to its end.
+    pub succeeded: Counter,
+    /// Copies that got no such answer: no endpoint, connect failure, error, 5xx, timeout.
+    pub failed: Counter,
+    /// Copies not made because the shadow service had its cap of copies in flight.
+    pub dropped_busy: Counter,
+    /// Copies not made because the request's body was not in hand (larger than the recording
+    /// limit, or still arriving when the response head came).
+    pub skipped_body: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    service: String,
+    outcome: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResolvedLabels {
     direction: Direction,
@@ -209,6 +232,7 @@ pub struct Metrics {
     ejected: Family<DestinationLabels, Gauge>,
     lb_panic: Family<DestinationLabels, Counter>,
     original_dst: Family<ResolvedLabels, Counter>,
+    mirror: Family<OutcomeLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -311,6 +335,12 @@ impl Metrics {
             "Requests of intercepted connections planned by their original destination: outbound service (a virtual or endpoint address), passthrough or refused (no service has it); inbound app",
             original_dst.clone(),
         );
+        let mirror = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "mirror_requests",
+            "Mirrored copies of requests by shadow service and outcome: sent, succeeded, failed, dropped_busy (too many in flight), skipped_body (body not in hand)",
+            mirror.clone(),
+        );
         registry.register(
             "tls_handshakes",
             "Mutual TLS handshakes by direction and result (ok, or why it failed)",
@@ -404,6 +434,26 @@ impl Metrics {
             breaker_waiting,
             rate_limited,
             faults,
+            mirror,
+        }
+    }
+
+    /// Resolves the mirroring counters of shadow service `service`.
+    pub fn mirror(&self, service: &str) -> MirrorMetrics {
+        let outcome = |outcome| {
+            self.mirror
+                .get_or_create(&OutcomeLabels {
+                    service: service.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        MirrorMetrics {
+            sent: outcome("sent"),
+            succeeded: outcome("succeeded"),
+            failed: outcome("failed"),
+            dropped_busy: outcome("dropped_busy"),
+            skipped_body: outcome("skipped_body"),
         }
     }
 
