@@ -33,3 +33,4 @@ pub mod plan;
 pub mod sched;
 pub mod sync;
 pub mod telemetry;
+pub mod wait;

@@ -1,5 +1,6 @@
-//! `ferrule-proxy`: the sidecar binary, and `ferrule-proxy init`, which installs a pod's
-//! interception rules. Everything lives in the library; see `app` and `init`.
+//! `ferrule-proxy`: the sidecar binary; `ferrule-proxy init`, which installs a pod's
+//! interception rules; and `ferrule-proxy wait-ready`, which an app's entrypoint runs first.
+//! Everything lives in the library; see `app`, `init` and `wait`.
 
 use clap::Parser;
 
@@ -9,6 +10,10 @@ fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
         let args = ferrule_proxy::init::Args::parse_from(std::env::args_os().skip(1));
         std::process::exit(ferrule_proxy::init::main(args));
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "wait-ready") {
+        let args = ferrule_proxy::wait::Args::parse_from(std::env::args_os().skip(1));
+        std::process::exit(ferrule_proxy::wait::main(args));
     }
     let args = ferrule_proxy::app::Args::parse();
     ferrule_proxy::app::init_logging(&args.log_format);

@@ -992,3 +992,63 @@ async fn the_fallback_answers_when_no_endpoint_can_take_the_request() {
     };
     assert_eq!(e.into_response(true).headers()["grpc-status"], "14");
 }
+
+const MIRRORED: &str = "\
+kind: Service
+name: echo
+routes:
+  - name: always
+    match: {pathPrefix: /always}
+    mirror: {service: shadow, percent: 100}
+  - name: never
+    match: {pathPrefix: /never}
+    mirror: {service: shadow, percent: 0}
+  - name: plain
+    match: {pathPrefix: /}
+---
+{kind: Service, name: shadow}
+---
+{kind: Endpoint, name: a, service: echo, address: '127.0.0.1:1001'}
+---
+{kind: Endpoint, name: s, service: shadow, address: '127.0.0.1:1002'}
+";
+
+#[test]
+fn the_plan_draws_a_mirrored_copy_and_the_fast_path_hands_it_over() {
+    let policy = policy(Some(MIRRORED));
+    let p = Pipeline::outbound(policy.clone());
+    let d = p.plan(&ctx(), &get("/always", "echo")).unwrap();
+    let m = mirror::drawn(&d).expect("a 100% mirror draws every request");
+    assert_eq!(&*m.target.service, "shadow");
+    assert_eq!(m.target.balancer.members().len(), 1);
+    assert!(!p.fast_can_carry(&d), "a drawn copy is the general path's");
+    for path in ["/never", "/plain"] {
+        let d = p.plan(&ctx(), &get(path, "echo")).unwrap();
+        assert!(!d.mirror && mirror::drawn(&d).is_none(), "{path}");
+        assert!(p.fast_can_carry(&d), "{path} stays on the fast path");
+    }
+    // Both routes share the shadow's bound on copies in flight, and a reload keeps it.
+    let gate = |path: &str| {
+        let d = p.plan(&ctx(), &get(path, "echo")).unwrap();
+        d.route
+            .as_ref()
+            .unwrap()
+            .mirror
+            .as_ref()
+            .unwrap()
+            .gate
+            .clone()
+    };
+    let before = gate("/always");
+    assert!(Arc::ptr_eq(&before, &gate("/never")));
+    let snap = policy.load().snapshot.clone().unwrap();
+    policy.apply(
+        Arc::new(Snapshot {
+            version: snap.version + 1,
+            ..(*snap).clone()
+        }),
+        "control-plane",
+    );
+    assert_eq!(policy.version(), snap.version + 1);
+    assert!(Arc::ptr_eq(&before, &gate("/always")));
+}
