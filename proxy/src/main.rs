@@ -11,7 +11,10 @@ fn main() {
         let args = ferrule_proxy::init::Args::parse_from(std::env::args_os().skip(1));
         std::process::exit(ferrule_proxy::init::main(args));
     }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "wait-ready") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "wait-ready")
+    {
         let args = ferrule_proxy::wait::Args::parse_from(std::env::args_os().skip(1));
         std::process::exit(ferrule_proxy::wait::main(args));
     }

@@ -45,14 +45,15 @@ pub fn main(args: Args) -> i32 {
                 Ok((status, body)) => last = format!("{status}: {}", body.trim_end()),
                 Err(e) => last = format!("cannot reach {}: {e}", args.admin),
             }
-            if tokio::time::Instant::now() + POLL > deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 eprintln!(
                     "ferrule-proxy wait-ready: the sidecar at {} was not ready within {:?} ({last})",
                     args.admin, args.timeout
                 );
                 return 1;
             }
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(POLL.min(deadline - now)).await;
         }
     })
 }
