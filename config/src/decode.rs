@@ -10,6 +10,26 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+/// The longest string a policy field takes (a name, a zone, a header value, a path prefix),
+/// in bytes. Every string is pushed to every proxy, so size is bounded here, at the door.
+pub const MAX_STRING: usize = 1024;
+/// The most items of a list in a resource (routes of a service, backends of a route, rules).
+pub const MAX_ITEMS: usize = 256;
+/// The most entries of a mapping (labels, subsets, header matches).
+pub const MAX_ENTRIES: usize = 64;
+
+/// Why `s` is not a valid one-line policy string, if it is not: too long, or holding a control
+/// character (NUL, ESC, newlines...), which would corrupt logs and terminals that show it.
+fn bad_string(s: &str, max: usize, multiline: bool) -> Option<String> {
+    if s.len() > max {
+        return Some(format!("is {} bytes long; at most {max}", s.len()));
+    }
+    let allowed = |c: char| multiline && matches!(c, '\n' | '\r' | '\t');
+    s.chars()
+        .find(|&c| c.is_control() && !allowed(c))
+        .map(|c| format!("contains the control character U+{:04X}", u32::from(c)))
+}
+
 /// One problem found in a document: where it is and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FieldError {
@@ -174,10 +194,31 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A one-line string of at most [`MAX_STRING`] bytes.
     pub(crate) fn str(&mut self, key: &'static str) -> Option<(String, String)> {
+        self.string(key, MAX_STRING, false)
+    }
+
+    /// A text of at most `max` bytes that may span lines (a PEM bundle, a response body).
+    pub(crate) fn text(&mut self, key: &'static str, max: usize) -> Option<(String, String)> {
+        self.string(key, max, true)
+    }
+
+    fn string(
+        &mut self,
+        key: &'static str,
+        max: usize,
+        multiline: bool,
+    ) -> Option<(String, String)> {
         let (v, path) = self.field(key)?;
         match v {
-            Value::String(s) => Some((s.clone(), path)),
+            Value::String(s) => match bad_string(s, max, multiline) {
+                None => Some((s.clone(), path)),
+                Some(why) => {
+                    self.d.err(&path, why);
+                    None
+                }
+            },
             other => {
                 self.d.err(
                     &path,
@@ -241,12 +282,26 @@ impl<'a> Obj<'a> {
                 .err(&path, format!("must be a mapping, found {}", type_name(v)));
             return None;
         };
+        if m.len() > MAX_ENTRIES {
+            self.d.err(
+                &path,
+                format!("has {} entries; at most {MAX_ENTRIES}", m.len()),
+            );
+            return None;
+        }
         let mut out = BTreeMap::new();
         for (k, v) in m {
+            if let Some(why) = bad_string(k, MAX_STRING, false) {
+                self.d.err(&join(&path, k), format!("the key {why}"));
+                continue;
+            }
             match v {
-                Value::String(s) => {
-                    out.insert(k.clone(), s.clone());
-                }
+                Value::String(s) => match bad_string(s, MAX_STRING, false) {
+                    None => {
+                        out.insert(k.clone(), s.clone());
+                    }
+                    Some(why) => self.d.err(&join(&path, k), why),
+                },
                 // YAML turns `version: 2` or `canary: true` into scalars; labels are strings,
                 // so take the scalar's text rather than make the operator quote it.
                 Value::Number(n) => {
@@ -264,12 +319,22 @@ impl<'a> Obj<'a> {
         Some(out)
     }
 
-    /// The items of a list, each with its path (`routes[3]`).
+    /// The items of a list of at most [`MAX_ITEMS`], each with its path (`routes[3]`).
     pub(crate) fn list(&mut self, key: &'static str) -> Vec<(&'a Value, String)> {
+        self.items(key, MAX_ITEMS)
+    }
+
+    /// The items of a list of at most `max`, each with its path.
+    pub(crate) fn items(&mut self, key: &'static str, max: usize) -> Vec<(&'a Value, String)> {
         let Some((v, path)) = self.field(key) else {
             return Vec::new();
         };
         match v {
+            Value::Array(items) if items.len() > max => {
+                self.d
+                    .err(&path, format!("has {} items; at most {max}", items.len()));
+                Vec::new()
+            }
             Value::Array(items) => items
                 .iter()
                 .enumerate()

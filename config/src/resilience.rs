@@ -805,6 +805,9 @@ fn decode_retries(d: &Diag, path: String, v: &Value) -> Option<RetryPolicy> {
     ok.then_some(p)
 }
 
+/// The largest fallback response body a route may declare.
+pub const MAX_FALLBACK_BODY: usize = 64 * 1024;
+
 fn decode_fallback(d: &Diag, path: String, v: &Value) -> Option<Fallback> {
     let mut o = Obj::new(d, path, v);
     let mut ok = matches!(v, Value::Object(_));
@@ -830,7 +833,10 @@ fn decode_fallback(d: &Diag, path: String, v: &Value) -> Option<Fallback> {
             ok = false;
         }
     }
-    let body = o.str("body").map(|(b, _)| b).unwrap_or_default();
+    let body = o
+        .text("body", MAX_FALLBACK_BODY)
+        .map(|(b, _)| b)
+        .unwrap_or_default();
     if body.len() > 64 * 1024 {
         d.err(&join(&o.path, "body"), "must be at most 64 KiB");
         ok = false;

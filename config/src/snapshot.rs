@@ -51,11 +51,13 @@ impl Snapshot {
         if version.is_none() && !o.has("version") {
             o.missing("version");
         }
-        let trust_bundle = o.str("trustBundle").map(|(pem, _)| pem);
+        // A bundle holds a few roots during a rotation; 1 MiB is far beyond any.
+        let trust_bundle = o.text("trustBundle", 1 << 20).map(|(pem, _)| pem);
         let mut errs = Vec::new();
         let mut resources = Vec::new();
         for (key, kind) in [("services", Kind::Service), ("endpoints", Kind::Endpoint)] {
-            for (item, path) in o.list(key) {
+            // A snapshot holds the whole mesh: as many resources as the store holds.
+            for (item, path) in o.items(key, usize::MAX) {
                 match Resource::from_value(item, Some(kind), &path) {
                     Ok(r) => resources.push(r),
                     Err(e) => errs.extend(e),

@@ -479,3 +479,89 @@ fn a_virtual_address_belongs_to_one_service_of_a_snapshot() {
     snap.services[1].addresses[1] = "10.96.0.12:80".parse().unwrap();
     snap.check_references().unwrap();
 }
+
+/// Issue 15, defect 12: sizes and counts are bounded, and control characters refused, each
+/// reported at its path; a snapshot (the whole mesh) is not held to the per-resource counts.
+#[test]
+fn sizes_counts_and_control_characters_are_refused_with_their_paths() {
+    use serde_json::json;
+    let problems = |v: serde_json::Value| -> Vec<String> {
+        Resource::from_value(&v, None, "doc")
+            .unwrap_err()
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect()
+    };
+    let routes: Vec<serde_json::Value> = (0..257)
+        .map(|i| json!({"match": {"pathPrefix": format!("/r{i}")}}))
+        .collect();
+    assert_eq!(
+        problems(json!({"kind": "Service", "name": "big", "routes": routes})),
+        ["routes: has 257 items; at most 256"]
+    );
+    let labels: serde_json::Map<String, serde_json::Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let ep = |extra: serde_json::Value| {
+        let mut v =
+            json!({"kind": "Endpoint", "name": "e", "service": "s", "address": "10.0.0.1:80"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    assert_eq!(
+        problems(ep(json!({"labels": labels}))),
+        ["labels: has 65 entries; at most 64"]
+    );
+    assert_eq!(
+        problems(ep(json!({"zone": "z".repeat(2048)}))),
+        ["zone: is 2048 bytes long; at most 1024"]
+    );
+    assert_eq!(
+        problems(ep(
+            json!({"zone": "eu\u{0}west", "labels": {"team": "a\u{1b}[2J", "k\u{7}": "v"}})
+        )),
+        [
+            "zone: contains the control character U+0000",
+            "labels.k\u{7}: the key contains the control character U+0007",
+            "labels.team: contains the control character U+001B",
+        ]
+    );
+    let header = "h".repeat(1 << 20);
+    let p = problems(json!({"kind": "Service", "name": "s", "routes": [
+        {"match": {"pathPrefix": "/", "headers": {"x-user": header}}}
+    ]}));
+    assert_eq!(
+        p,
+        ["routes[0].match.headers.x-user: is 1048576 bytes long; at most 1024"]
+    );
+
+    // At the limits: accepted. A fallback body may span lines.
+    let routes: Vec<serde_json::Value> = (0..256)
+        .map(|i| json!({"match": {"pathPrefix": format!("/r{i}")}}))
+        .collect();
+    assert!(Resource::from_value(
+        &json!({"kind": "Service", "name": "big", "routes": routes}),
+        None,
+        "doc"
+    )
+    .is_ok());
+    let labels: serde_json::Map<String, serde_json::Value> =
+        (0..64).map(|i| (format!("k{i}"), json!("v"))).collect();
+    assert!(Resource::from_value(
+        &ep(json!({"labels": labels, "zone": "z".repeat(1024)})),
+        None,
+        "doc"
+    )
+    .is_ok());
+    let svc = json!({"kind": "Service", "name": "s", "routes": [{"match": {"pathPrefix": "/"},
+        "fallback": {"status": 503, "body": "{\n  \"error\": \"down\"\n}\n"}}]});
+    assert!(Resource::from_value(&svc, None, "doc").is_ok());
+
+    // A snapshot of 300 endpoints is one mesh, not one resource: no item cap.
+    let endpoints: Vec<serde_json::Value> = (0..300)
+        .map(|i| json!({"name": format!("e{i}"), "service": "s", "address": format!("10.0.1.{}:80", i % 250)}))
+        .collect();
+    let snap = json!({"version": 1, "services": [{"name": "s"}], "endpoints": endpoints});
+    assert_eq!(Snapshot::from_value(&snap).unwrap().endpoints.len(), 300);
+}
