@@ -7,9 +7,16 @@
 //! `Content-Length` and `Transfer-Encoding`, a malformed head, too many headers) is *not* handled
 //! here: the parser answers [`Parsed::General`] and the connection goes to the general hyper
 //! path, which has the complete HTTP/1.1 semantics and the error responses for bad input.
+//!
+//! The rules a request head must meet to be proxied at all ([`check_request`]: one valid
+//! `Host`, a target in origin or absolute form, framing headers that say one thing) live here
+//! too, so the general path's guard (`h1guard`) refuses exactly what the fast path declines.
+//! Chunked bodies lose their chunk extensions on the way, on both paths ([`BodyTracker::feed`]).
 
+use bytes::BytesMut;
 use http::{HeaderName, HeaderValue};
 
+use crate::base::MAX_HEADER_BYTES;
 use crate::codec::headers::{is_hop_by_hop, listed_in_connection, DEADLINE};
 use crate::codec::HeadView;
 
@@ -131,6 +138,8 @@ pub enum Parsed<'a> {
 pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>]) -> Parsed<'a> {
     let mut req = httparse::Request::new(headers);
     let len = match req.parse(buf) {
+        // A head over the limit that arrived whole in one read: the general path answers 431.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEADER_BYTES => return Parsed::General,
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::General,
@@ -149,7 +158,8 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
             Some(i) => rest.split_at(i),
             None => (rest, "/"),
         };
-        if authority.is_empty() || !path.starts_with('/') {
+        // Userinfo in the target is refused (RFC 9110 §4.2.4), by the general path.
+        if authority.is_empty() || !path.starts_with('/') || authority.contains('@') {
             return Parsed::General;
         }
         (path, Some(authority))
@@ -168,7 +178,8 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
         // Dispatch on length first: most headers are none of these.
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => {
-                if host.is_some() {
+                // Two, or one that names no authority: the general path answers 400.
+                if host.is_some() || !valid_authority(h.value) {
                     return Parsed::General;
                 }
                 host = Some(h.value);
@@ -220,15 +231,15 @@ pub fn parse_request<'a>(buf: &'a [u8], headers: &'a mut [httparse::Header<'a>])
         (Some(n), false) => Framing::Length(n),
         (None, true) => Framing::Chunked,
     };
-    let host = match host.map(std::str::from_utf8) {
-        Some(Ok(h)) => Some(h),
-        Some(Err(_)) => return Parsed::General,
-        None => None,
+    // Every HTTP/1.1 request names its host, absolute-form ones too (RFC 9112 §3.2); one
+    // without gets 400 from the general path. (A valid authority is ASCII.)
+    let Some(Ok(host)) = host.map(std::str::from_utf8) else {
+        return Parsed::General;
     };
     Parsed::Ready(RequestHead {
         method,
         target,
-        authority: uri_authority.or(host),
+        authority: Some(uri_authority.unwrap_or(host)),
         headers,
         framing,
         close,
@@ -378,6 +389,130 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// Whether a `Host` value (or an absolute-form target's authority) is an authority: `host`
+/// or `host:port`, where host is a registered name, an IPv4 address or a bracketed IP literal
+/// (RFC 3986 §3.2.2). Checked byte by byte for the characters those may contain; no
+/// userinfo (`@`), path, space or control byte. An empty `Host` names nothing to route to.
+pub fn valid_authority(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter().all(|&b| {
+            matches!(b,
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+                | b'-' | b'.' | b'_' | b'~' | b'%'
+                | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+                | b':' | b'[' | b']')
+        })
+}
+
+/// What [`check_request`] learned of a valid request head's framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeadFacts {
+    /// Its `Content-Length`, if it has one.
+    pub length: Option<u64>,
+    /// Its body is chunked.
+    pub chunked: bool,
+    /// It asks for an upgrade, or it is a CONNECT: what follows may not be HTTP/1.1.
+    pub tunnel: bool,
+}
+
+impl HeadFacts {
+    /// Both framing headers: the request-smuggling shape. It is left to the guard to answer
+    /// (see `h1guard`), which refuses the request it starts and closes the connection.
+    pub fn framed_twice(&self) -> bool {
+        self.length.is_some() && self.chunked
+    }
+}
+
+/// The rules of RFC 9112 a request head must meet before any path proxies it; `Err` says
+/// which one it breaks (the guard answers 400 with that, and closes the connection):
+///
+/// - exactly one `Host`, a valid authority; HTTP/1.1 requires it (§3.2);
+/// - a target in origin form or absolute form (an authority without userinfo); asterisk form
+///   (`OPTIONS *`, `GET *`) is about the proxy, not the app, and is refused, as is authority
+///   form other than for CONNECT (§3.2);
+/// - every `Content-Length` a number, all of them the same (§6.3);
+/// - `Transfer-Encoding` only in HTTP/1.1, and only `chunked`, once: the next hop gets the
+///   body re-framed as chunked, so any other coding would be lost on the way (§6.1).
+///
+/// The fast path carries a subset of these heads (`parse_request`), so what is refused here is
+/// refused on both paths.
+pub fn check_request(req: &httparse::Request<'_, '_>) -> Result<HeadFacts, &'static str> {
+    let version = req.version.unwrap_or(1);
+    let method = req.method.unwrap_or_default();
+    let connect = method == "CONNECT";
+    check_target(connect, req.path.unwrap_or_default())?;
+    let mut facts = HeadFacts {
+        tunnel: connect,
+        ..HeadFacts::default()
+    };
+    let mut hosts = 0;
+    let mut encoded = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if hosts > 1 {
+                return Err("the request has more than one Host header");
+            }
+            if !valid_authority(h.value) {
+                return Err("the Host header is not a valid host[:port]");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(h.value).ok_or("Content-Length is not a decimal number")?;
+            if facts.length.is_some_and(|l| l != n) {
+                return Err("the request has conflicting Content-Length values");
+            }
+            facts.length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if version == 0 {
+                return Err("Transfer-Encoding is not allowed in an HTTP/1.0 request");
+            }
+            encoded = true;
+            for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if coding.is_empty() {
+                    continue;
+                }
+                if facts.chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                    return Err("only `Transfer-Encoding: chunked` is accepted, applied once");
+                }
+                facts.chunked = true;
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            facts.tunnel = true;
+        }
+    }
+    if encoded && !facts.chunked {
+        return Err("only `Transfer-Encoding: chunked` is accepted, applied once");
+    }
+    if hosts == 0 && version == 1 {
+        return Err("an HTTP/1.1 request must have a Host header");
+    }
+    Ok(facts)
+}
+
+/// The request-target rule of [`check_request`].
+fn check_target(connect: bool, target: &str) -> Result<(), &'static str> {
+    if connect || target.starts_with('/') {
+        // CONNECT's authority form is the tunnel's business (the outbound listener refuses it).
+        return Ok(());
+    }
+    if target == "*" {
+        return Err("asterisk-form targets (`*`) are not proxied");
+    }
+    let absolute = target.split_once("://").and_then(|(scheme, rest)| {
+        let mut s = scheme.bytes();
+        let scheme_ok = s.next().is_some_and(|b| b.is_ascii_alphabetic())
+            && s.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        scheme_ok.then_some(authority)
+    });
+    match absolute {
+        Some(a) if valid_authority(a.as_bytes()) => Ok(()),
+        Some(_) => Err("the target's authority is not a valid host[:port]"),
+        None => Err("the request target must be a path or an absolute URI"),
+    }
+}
+
 /// Whether a header must not be forwarded: the one hop-by-hop rule of `codec::headers`, over
 /// every `Connection` line of the head. Framing headers are written back by the caller when the
 /// framing passes through.
@@ -488,7 +623,8 @@ fn itoa3(status: u16) -> Vec<u8> {
     ]
 }
 
-/// Where a body ends, fed the bytes as they arrive; the bytes themselves pass through unchanged.
+/// Where a body ends, fed the bytes as they arrive. The bytes pass through unchanged, but
+/// for the extensions of a chunked body's size lines, which are taken out.
 #[derive(Debug)]
 pub enum BodyTracker {
     /// This many bytes still belong to the body.
@@ -499,7 +635,7 @@ pub enum BodyTracker {
     UntilClose,
 }
 
-/// The body is not valid chunked encoding.
+/// The body is not valid chunked encoding, or breaks one of its limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid chunked encoding")]
 pub struct BadChunk;
@@ -524,31 +660,43 @@ impl BodyTracker {
         }
     }
 
-    /// Takes the leading bytes of `input` that belong to the body; returns how many.
-    pub fn feed(&mut self, input: &[u8]) -> Result<usize, BadChunk> {
+    /// Takes the leading bytes of `buf` that belong to the body; returns how many. A chunked
+    /// body's extensions are removed from `buf` on the way (what follows them moves up), so
+    /// `buf[..n]` is what goes on. After an error `buf` is not to be used.
+    pub fn feed(&mut self, buf: &mut BytesMut) -> Result<usize, BadChunk> {
         match self {
             BodyTracker::Length(n) => {
-                let take = (*n).min(input.len() as u64);
+                let take = (*n).min(buf.len() as u64);
                 *n -= take;
                 Ok(take as usize)
             }
-            BodyTracker::Chunked(c) => c.feed(input),
-            BodyTracker::UntilClose => Ok(input.len()),
+            BodyTracker::Chunked(c) => c.feed(buf),
+            BodyTracker::UntilClose => Ok(buf.len()),
         }
     }
 }
 
 /// Largest trailer section accepted after a chunked body.
 const MAX_TRAILERS: usize = 16 * 1024;
+/// Longest chunk-size line, extensions included, CRLF not (`1;` and 4 KiB of anything is not a size
+/// line anyone needs). hyper allows 16 KiB of extensions over a whole body.
+pub const MAX_CHUNK_LINE: usize = 4 * 1024;
 
 /// State of the chunked-encoding scanner (RFC 9112 §7.1).
-#[derive(Debug, Default)]
+///
+/// Chunk extensions are dropped rather than forwarded, as hyper does on the general path: no
+/// extension has a registered meaning, and a proxy that passes them on verbatim hands the next
+/// hop whatever parser quirks they were crafted for. They are still held to the grammar's
+/// characters (visible ASCII, space, HTAB and obs-text; no other control byte) and to
+/// [`MAX_CHUNK_LINE`], so a malformed one gets 400 rather than silence.
+#[derive(Debug, Default, Clone)]
 pub struct Chunked {
     state: ChunkState,
     /// Size of the chunk being read, then bytes of it still to come.
     size: u64,
     digits: u8,
     trailer_bytes: usize,
+    /// Bytes of the current size line or trailer line so far.
     line_len: usize,
 }
 
@@ -567,62 +715,66 @@ enum ChunkState {
     Done,
 }
 
+/// Whether `b` may appear in a field value or a chunk extension (RFC 9110 §5.5: HTAB, SP,
+/// VCHAR, obs-text).
+fn field_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
 impl Chunked {
-    fn done(&self) -> bool {
+    /// Whether the last chunk and the trailers have been read.
+    pub fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
 
-    fn feed(&mut self, input: &[u8]) -> Result<usize, BadChunk> {
-        let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
+    /// [`BodyTracker::feed`] for a chunked body.
+    pub fn feed(&mut self, buf: &mut BytesMut) -> Result<usize, BadChunk> {
+        let (kept, read) = self.scan(buf)?;
+        if kept != read {
+            // Close the gap the extensions left: the bytes after the body's part move up.
+            buf.copy_within(read.., kept);
+            buf.truncate(buf.len() - (read - kept));
+        }
+        Ok(kept)
+    }
+
+    /// Scans `buf` up to the body's end and moves each byte that goes on to the front, over
+    /// the extension bytes dropped before it. Returns the bytes kept and the bytes read.
+    fn scan(&mut self, buf: &mut [u8]) -> Result<(usize, usize), BadChunk> {
+        let (mut i, mut w) = (0, 0);
+        while i < buf.len() {
+            let b = buf[i];
+            let mut keep = true;
             match self.state {
-                ChunkState::Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        if self.digits == 15 {
-                            return Err(BadChunk);
-                        }
-                        let d = (b as char).to_digit(16).expect("a hex digit") as u64;
-                        self.size = self.size * 16 + d;
-                        self.digits += 1;
-                    }
-                    b';' if self.digits > 0 => self.state = ChunkState::Extension,
-                    b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::SizeSpace,
-                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
-                    _ => return Err(BadChunk),
-                },
-                // Whitespace after the size may only lead to an extension or the line's end
-                // (`5 6` is not a size of 5), as hyper's decoder has it.
-                ChunkState::SizeSpace => match b {
-                    b' ' | b'\t' => {}
-                    b';' => self.state = ChunkState::Extension,
-                    b'\r' => self.state = ChunkState::SizeLf,
-                    _ => return Err(BadChunk),
-                },
-                ChunkState::Extension => {
-                    if b == b'\r' {
-                        self.state = ChunkState::SizeLf;
-                    } else if b == b'\n' {
+                ChunkState::Size | ChunkState::SizeSpace | ChunkState::Extension => {
+                    // The line's length, without its CRLF.
+                    self.line_len += usize::from(b != b'\r');
+                    if self.line_len > MAX_CHUNK_LINE {
                         return Err(BadChunk);
                     }
+                    keep = self.size_line(b)?;
                 }
                 ChunkState::SizeLf => {
                     if b != b'\n' {
                         return Err(BadChunk);
                     }
                     self.digits = 0;
+                    self.line_len = 0;
                     if self.size == 0 {
                         self.state = ChunkState::Trailer;
-                        self.line_len = 0;
                     } else {
                         self.state = ChunkState::Data;
                     }
                 }
                 ChunkState::Data => {
                     // Skip the chunk's bytes in one step.
-                    let take = self.size.min((input.len() - i) as u64);
-                    self.size -= take;
-                    i += take as usize;
+                    let take = self.size.min((buf.len() - i) as u64) as usize;
+                    if w != i {
+                        buf.copy_within(i..i + take, w);
+                    }
+                    self.size -= take as u64;
+                    i += take;
+                    w += take;
                     if self.size == 0 {
                         self.state = ChunkState::DataCr;
                     }
@@ -647,10 +799,10 @@ impl Chunked {
                     }
                     if b == b'\r' {
                         self.state = ChunkState::TrailerLf;
-                    } else if b == b'\n' {
-                        return Err(BadChunk);
-                    } else {
+                    } else if field_byte(b) {
                         self.line_len += 1;
+                    } else {
+                        return Err(BadChunk);
                     }
                 }
                 ChunkState::TrailerLf => {
@@ -659,16 +811,53 @@ impl Chunked {
                     }
                     if self.line_len == 0 {
                         self.state = ChunkState::Done;
-                        return Ok(i + 1);
+                        buf[w] = b;
+                        return Ok((w + 1, i + 1));
                     }
                     self.line_len = 0;
                     self.state = ChunkState::Trailer;
                 }
-                ChunkState::Done => return Ok(i),
+                ChunkState::Done => return Ok((w, i)),
+            }
+            if keep {
+                buf[w] = b;
+                w += 1;
             }
             i += 1;
         }
-        Ok(i)
+        Ok((w, i))
+    }
+
+    /// One byte of a chunk-size line before its CR: the hex size, then optional whitespace
+    /// and extensions. Returns whether the byte goes on (the size and the CR do; whitespace
+    /// and extensions do not).
+    fn size_line(&mut self, b: u8) -> Result<bool, BadChunk> {
+        match (self.state, b) {
+            (ChunkState::Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                if self.digits == 15 {
+                    return Err(BadChunk);
+                }
+                let d = (b as char).to_digit(16).expect("a hex digit") as u64;
+                self.size = self.size * 16 + d;
+                self.digits += 1;
+                return Ok(true);
+            }
+            (_, b'\r') if self.digits > 0 => {
+                self.state = ChunkState::SizeLf;
+                return Ok(true);
+            }
+            // Whitespace after the size may only lead to an extension or the line's end
+            // (`5 6` is not a size of 5), as hyper's decoder has it.
+            (ChunkState::Size | ChunkState::SizeSpace, b' ' | b'\t') if self.digits > 0 => {
+                self.state = ChunkState::SizeSpace;
+            }
+            (ChunkState::Size | ChunkState::SizeSpace, b';') if self.digits > 0 => {
+                self.state = ChunkState::Extension;
+            }
+            (ChunkState::Extension, b) if field_byte(b) => {}
+            _ => return Err(BadChunk),
+        }
+        Ok(false)
     }
 }
 
@@ -709,7 +898,8 @@ mod tests {
         assert_eq!(f, Framing::Length(5));
 
         let (_, t, _, f, close, _) = parse(
-            "PUT http://echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            "PUT http://echo HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n",
         )
         .unwrap();
         assert_eq!((t.as_str(), f, close), ("/", Framing::Chunked, true));
@@ -941,23 +1131,36 @@ mod tests {
         );
     }
 
+    /// Feeds `input` to `t` in two reads split at `split`, the way a connection's buffer
+    /// does (bytes after the body stay for the next message); returns what went on and what
+    /// stayed.
+    fn feed_split(t: &mut BodyTracker, input: &[u8], split: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut buf = BytesMut::from(&input[..split]);
+        let mut out = Vec::new();
+        let n = t.feed(&mut buf).unwrap();
+        out.extend_from_slice(&buf.split_to(n));
+        buf.extend_from_slice(&input[split..]);
+        if !t.done() {
+            let n = t.feed(&mut buf).unwrap();
+            out.extend_from_slice(&buf.split_to(n));
+        }
+        (out, buf.to_vec())
+    }
+
     #[test]
     fn chunked_bodies_end_where_the_encoding_says_in_any_split() {
         let body = b"5 ;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: t\r\n\r\n";
+        // What goes on: the same chunks and trailers, without the extension and its space.
+        let sent = b"5\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: t\r\n\r\n";
         let next = b"GET / HTTP/1.1\r\n";
         let mut all = body.to_vec();
         all.extend_from_slice(next);
         // Every split point: the tracker takes exactly the body, wherever the reads end.
         for split in 0..all.len() {
             let mut t = BodyTracker::new(Framing::Chunked);
-            let a = t.feed(&all[..split]).unwrap();
-            assert_eq!(a, split.min(body.len()));
-            let b = if t.done() {
-                0
-            } else {
-                t.feed(&all[a..]).unwrap()
-            };
-            assert_eq!(a + b, body.len(), "split at {split}");
+            let (out, rest) = feed_split(&mut t, &all, split);
+            assert_eq!(out, sent, "split at {split}");
+            assert_eq!(rest, next, "split at {split}");
             assert!(t.done());
         }
         for bad in [
@@ -967,10 +1170,19 @@ mod tests {
             b"0\r\nX\n\r\n",
             b"ffffffffffffffff0\r\n",
             b"5 6\r\n",
+            b";ext\r\n",
+            b"-5\r\n",
+            b"0x5\r\n",
+            // A control byte in an extension or a trailer.
+            b"5;a=\x00\r\n",
+            b"5;a=\x1b[31m\r\n",
+            b"5;a\x7f\r\n",
+            b"5;a\rb\r\n",
+            b"0\r\nX-T: a\x00b\r\n\r\n",
         ] {
             let mut t = BodyTracker::new(Framing::Chunked);
             assert_eq!(
-                t.feed(bad),
+                t.feed(&mut BytesMut::from(bad)),
                 Err(BadChunk),
                 "{:?}",
                 String::from_utf8_lossy(bad)
@@ -978,13 +1190,116 @@ mod tests {
         }
     }
 
+    /// Regression (issue 15, defect 4): a 200 KiB chunk extension with a NUL in it reached the
+    /// app verbatim. Extensions are dropped, held to the field characters and to 4 KiB a line.
+    #[test]
+    fn chunk_extensions_are_dropped_and_bounded() {
+        // Quoted strings, tabs, obs-text and several extensions are fine, and all dropped.
+        let body = b"3;a=1;b=\"x y\"\t;c=\xff\r\nabc\r\n0;last\r\n\r\n";
+        for split in 0..body.len() {
+            let mut t = BodyTracker::new(Framing::Chunked);
+            let (out, rest) = feed_split(&mut t, body, split);
+            assert_eq!(out, b"3\r\nabc\r\n0\r\n\r\n", "split at {split}");
+            assert!(rest.is_empty() && t.done());
+        }
+        // A size line of exactly the limit passes; one byte more does not, in any split.
+        let line = |len: usize| {
+            let mut v = b"1;".to_vec();
+            v.resize(len, b'x');
+            v.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+            v
+        };
+        let mut t = BodyTracker::new(Framing::Chunked);
+        let (out, _) = feed_split(&mut t, &line(MAX_CHUNK_LINE), MAX_CHUNK_LINE / 2);
+        assert_eq!(out, b"1\r\na\r\n0\r\n\r\n");
+        for split in [0, 10, MAX_CHUNK_LINE] {
+            let input = line(MAX_CHUNK_LINE + 1);
+            let mut t = BodyTracker::new(Framing::Chunked);
+            let mut buf = BytesMut::from(&input[..split]);
+            let first = t.feed(&mut buf).map(|n| buf.split_to(n));
+            buf.extend_from_slice(&input[split..]);
+            assert_eq!(
+                first.and_then(|_| t.feed(&mut buf)),
+                Err(BadChunk),
+                "split {split}"
+            );
+        }
+    }
+
     #[test]
     fn length_bodies_take_exactly_their_length() {
         let mut t = BodyTracker::new(Framing::Length(5));
-        assert_eq!(t.feed(b"abc").unwrap(), 3);
+        assert_eq!(t.feed(&mut BytesMut::from(&b"abc"[..])).unwrap(), 3);
         assert!(!t.done());
-        assert_eq!(t.feed(b"deGET").unwrap(), 2);
+        assert_eq!(t.feed(&mut BytesMut::from(&b"deGET"[..])).unwrap(), 2);
         assert!(t.done());
-        assert_eq!(t.feed(b"more").unwrap(), 0);
+        assert_eq!(t.feed(&mut BytesMut::from(&b"more"[..])).unwrap(), 0);
+    }
+
+    /// What [`check_request`] says of a head (`Ok` with its facts, or refused).
+    fn check(raw: &[u8]) -> Result<HeadFacts, &'static str> {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        assert!(req.parse(raw).unwrap().is_complete(), "{raw:?}");
+        check_request(&req)
+    }
+
+    /// Regression (issue 15, defect 1): duplicate and missing `Host`, and `GET *`, were
+    /// forwarded. Every head the fast path carries passes this check too.
+    #[test]
+    fn request_heads_are_held_to_rfc_9112() {
+        for ok in [
+            &b"GET / HTTP/1.1\r\nHost: echo\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET http://echo:80/x HTTP/1.1\r\nHost: other\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        ] {
+            assert!(check(ok).is_ok(), "{:?}", String::from_utf8_lossy(ok));
+        }
+        let facts = check(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert!(facts.framed_twice());
+        assert!(
+            check(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap()
+                .tunnel
+        );
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET http://echo/ HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://user@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET 1http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n",
+            b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(check(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // The fast path declines what the check refuses: no Host, a bad one, userinfo.
+        for raw in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET http://echo/ HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+            "GET http://u@echo/ HTTP/1.1\r\nHost: echo\r\n\r\n",
+        ] {
+            assert!(parse(raw).is_none(), "{raw:?}");
+        }
     }
 }

@@ -1,23 +1,31 @@
-//! The guard under hyper's HTTP/1.1 server: it sees every byte hyper reads, and does two jobs
+//! The guard under hyper's HTTP/1.1 server: it sees every byte hyper reads, and does what
 //! hyper cannot be asked to do.
 //!
-//! **Heads hyper would refuse are answered by the proxy's renderer.** hyper answers a malformed
-//! head with a bare 400 and an oversized one with a bare 431, with no `ferrule-error` and
-//! nothing counted. So a request head is handed to hyper only once it is complete and parses
-//! (httparse, as hyper parses it, within the proxy's head limit). A head that does not is never
+//! **Heads are checked before hyper sees them.** hyper answers a malformed head with a bare
+//! 400 and an oversized one with a bare 431, with no `ferrule-error` and nothing counted, and
+//! it accepts heads RFC 9112 says to refuse (two `Host` lines, none, `GET *`, codings other
+//! than chunked). So a request head is handed to hyper only once it is complete, parses
+//! (httparse, as hyper parses it, within the proxy's head limits) and meets the rules of
+//! [`h1::check_request`], the same the fast path applies. A head that does not is never
 //! shown to hyper: the guard records why ([`FramingGuard::refused`]), the connection's task
 //! closes hyper's side gracefully (the responses before it finish), and the guard writes the
 //! rendered response (`400 bad-request` or `431 header-too-large`, `connection: close`) when
-//! hyper shuts the connection down. Body bytes pass at once, up to where their framing ends.
+//! hyper shuts the connection down.
+//!
+//! **Bodies are framed here too.** The guard follows each request's framing, so it knows
+//! where the next head starts: `Content-Length` bodies pass as they come, chunked ones
+//! through the fast path's decoder ([`h1::Chunked`]), which drops chunk extensions and refuses
+//! malformed chunks. A bad chunk that came with its head refuses the head (400, nothing
+//! forwarded); one that comes later, once hyper is serving the request, fails the read, and
+//! hyper closes the connection.
 //!
 //! **Requests framed twice are refused.** A request with both `Content-Length` and
 //! `Transfer-Encoding` is the classic request-smuggling vector: two hops that disagree on which
 //! header frames the body see different requests in the same bytes. RFC 9112 §6.3 lets a
-//! server either drop `Content-Length` or refuse; hyper silently drops it, and by the time a
-//! request reaches our service the evidence is gone. So a minimal framing tracker (request
-//! heads, `Content-Length` bodies, chunked bodies) marks the request that has both headers; the
-//! service then answers it 400 and closes the connection. HTTP/2 connections (prior-knowledge
-//! preface) and upgraded or CONNECT streams are not scanned.
+//! server either drop `Content-Length` or refuse; hyper silently drops it, so the guard marks
+//! the request and the service answers it 400 and closes the connection. HTTP/2 connections
+//! (prior-knowledge preface) never come here, and the bytes after an upgrade or a CONNECT are
+//! not scanned.
 
 use std::io;
 use std::pin::Pin;
@@ -31,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::base::{Reason, MAX_HEADER_BYTES, MAX_HEADER_FIELDS as MAX_HEADERS};
+use crate::codec::h1::{self, Chunked};
 use crate::codec::headers::ProxyBody;
 use crate::codec::render::ProxyError;
 
@@ -72,7 +81,8 @@ impl FramingGuard {
         (
             Scanned {
                 inner: io,
-                scanner: Scanner::default(),
+                state: State::Head,
+                heads: 0,
                 shared: shared.clone(),
                 held: BytesMut::new(),
                 cleared: 0,
@@ -124,11 +134,35 @@ impl FramingGuard {
     }
 }
 
+/// Where the guard is in the request stream.
+#[derive(Debug)]
+enum State {
+    /// Before a request head (or inside one).
+    Head,
+    /// This many bytes of a `Content-Length` body still to come.
+    Body(u64),
+    /// A chunked body.
+    Chunked(Chunked),
+    /// Not HTTP/1 request framing any more (after an upgrade, a CONNECT, a request marked as
+    /// framed twice): everything passes.
+    Off,
+}
+
+/// Why the guard stopped a connection.
+enum Stop {
+    /// A head it refuses, answered with this reason and explanation.
+    Head(Reason, &'static str),
+    /// A bad chunk in a body hyper is already reading: the read fails.
+    Body,
+}
+
 /// A connection's IO with the framing tracker on its read side.
 #[derive(Debug)]
 pub struct Scanned<T> {
     inner: T,
-    scanner: Scanner,
+    state: State,
+    /// Request heads handed to hyper so far.
+    heads: u64,
     shared: Arc<Shared>,
     /// Bytes read from `inner` and not yet handed to hyper.
     held: BytesMut,
@@ -140,42 +174,105 @@ pub struct Scanned<T> {
 }
 
 impl<T> Scanned<T> {
-    /// Decides how many held bytes may go to hyper; `Err` refuses the head they start with.
-    fn clear(&mut self) -> Result<(), Reason> {
-        let held = &self.held[..];
-        self.cleared = match self.scanner.state {
-            State::Off => held.len(),
-            State::Body(n) | State::ChunkData(n) => held.len().min(n as usize),
-            // A framing line: up to its end (bytes of an unfinished line are the line's).
-            State::ChunkSize | State::ChunkEnd | State::Trailers => held
-                .iter()
-                .position(|b| *b == b'\n')
-                .map_or(held.len(), |i| i + 1),
-            State::Head if held.is_empty() => 0,
-            State::Head => {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::Request::new(&mut headers).parse(held) {
-                    Ok(httparse::Status::Complete(n)) if n <= MAX_HEADER_BYTES => n,
-                    Ok(httparse::Status::Complete(_)) => return Err(Reason::HeaderTooLarge),
-                    Ok(httparse::Status::Partial) if held.len() > MAX_HEADER_BYTES => {
-                        return Err(Reason::HeaderTooLarge)
-                    }
-                    Ok(httparse::Status::Partial) => 0,
-                    Err(httparse::Error::TooManyHeaders) => return Err(Reason::HeaderTooLarge),
-                    Err(_) => return Err(Reason::BadRequest),
+    /// Decides how many held bytes may go to hyper, and moves the framing on past them.
+    fn clear(&mut self) -> Result<(), Stop> {
+        self.cleared = match &mut self.state {
+            State::Off => self.held.len(),
+            State::Body(left) => {
+                let take = (*left).min(self.held.len() as u64);
+                *left -= take;
+                if *left == 0 {
+                    self.state = State::Head;
                 }
+                take as usize
             }
+            State::Chunked(c) => {
+                let n = c.feed(&mut self.held).map_err(|_| Stop::Body)?;
+                if c.done() {
+                    self.state = State::Head;
+                }
+                n
+            }
+            State::Head if self.held.is_empty() => 0,
+            State::Head => self.head()?,
         };
         Ok(())
     }
 
-    fn refuse(&mut self, reason: Reason) {
+    /// A request head at the front of `held`: how many bytes go to hyper (0 while it is
+    /// incomplete), or why it is refused.
+    fn head(&mut self) -> Result<usize, Stop> {
+        const TOO_LARGE: Stop = Stop::Head(
+            Reason::HeaderTooLarge,
+            "the request head is too large or has too many fields",
+        );
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(&self.held) {
+            Ok(httparse::Status::Complete(n)) if n <= MAX_HEADER_BYTES => n,
+            Ok(httparse::Status::Complete(_)) => return Err(TOO_LARGE),
+            Ok(httparse::Status::Partial) if self.held.len() > MAX_HEADER_BYTES => {
+                return Err(TOO_LARGE)
+            }
+            Ok(httparse::Status::Partial) => return Ok(0),
+            Err(httparse::Error::TooManyHeaders) => return Err(TOO_LARGE),
+            Err(_) => {
+                return Err(Stop::Head(
+                    Reason::BadRequest,
+                    "the request head is not valid HTTP/1.1",
+                ))
+            }
+        };
+        let facts = h1::check_request(&req).map_err(|e| Stop::Head(Reason::BadRequest, e))?;
+        let index = self.heads;
+        self.heads += 1;
+        if facts.framed_twice() {
+            // Marked; the service refuses it and the connection closes (see the module doc).
+            let _ =
+                self.shared
+                    .bad
+                    .compare_exchange(NONE, index, Ordering::Relaxed, Ordering::Relaxed);
+            self.state = State::Off;
+            return Ok(n);
+        }
+        if facts.tunnel {
+            self.state = State::Off;
+            return Ok(n);
+        }
+        if !facts.chunked {
+            self.state = match facts.length {
+                Some(len) if len > 0 => State::Body(len),
+                _ => State::Head,
+            };
+            return Ok(n);
+        }
+        // The chunks that came with the head are checked before the head goes: a bad one
+        // refuses the request before anything of it is forwarded.
+        let mut body = self.held.split_off(n);
+        let mut chunked = Chunked::default();
+        let checked = chunked.feed(&mut body);
+        self.held.unsplit(body);
+        let chunks = checked.map_err(|_| {
+            Stop::Head(
+                Reason::BadRequest,
+                "the chunked body is malformed (chunk size line, extension or trailer)",
+            )
+        })?;
+        self.state = if chunked.done() {
+            State::Head
+        } else {
+            State::Chunked(chunked)
+        };
+        Ok(n + chunks)
+    }
+
+    fn refuse(&mut self, reason: Reason, detail: &str) {
         let detail = match reason {
             Reason::HeaderTooLarge => format!(
                 "the request head is larger than {MAX_HEADER_BYTES} bytes or has more than \
                  {MAX_HEADERS} fields"
             ),
-            _ => "the request head is not valid HTTP/1.1".to_owned(),
+            _ => detail.to_owned(),
         };
         let e = ProxyError::new(reason, detail);
         self.answer = Some((e.to_http1(true, false), 0));
@@ -202,24 +299,28 @@ impl<T: AsyncRead + Unpin> AsyncRead for Scanned<T> {
                 return Poll::Pending;
             }
             if this.cleared == 0 {
-                if let Err(reason) = this.clear() {
-                    this.refuse(reason);
-                    continue;
+                match this.clear() {
+                    Ok(()) => {}
+                    Err(Stop::Head(reason, detail)) => {
+                        this.refuse(reason, detail);
+                        continue;
+                    }
+                    Err(Stop::Body) => {
+                        this.held.clear();
+                        this.state = State::Off;
+                        this.eof = true;
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "malformed chunked request body",
+                        )));
+                    }
                 }
             }
             if this.cleared > 0 {
                 let n = this.cleared.min(buf.remaining());
-                let chunk = this.held.split_to(n);
+                buf.put_slice(&this.held[..n]);
+                this.held.advance(n);
                 this.cleared -= n;
-                if let Some(index) = this.scanner.feed(&chunk) {
-                    let _ = this.shared.bad.compare_exchange(
-                        NONE,
-                        index,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-                buf.put_slice(&chunk);
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
@@ -278,232 +379,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Scanned<T> {
     }
 }
 
-#[derive(Debug, Default, PartialEq)]
-enum State {
-    /// Reading a request head, line by line.
-    #[default]
-    Head,
-    /// Skipping this many body bytes.
-    Body(u64),
-    /// Reading a chunk-size line.
-    ChunkSize,
-    /// Skipping chunk data, then its CRLF line.
-    ChunkData(u64),
-    /// Reading the line that ends a chunk's data.
-    ChunkEnd,
-    /// Reading trailer lines until an empty one.
-    Trailers,
-    /// Not HTTP/1 request framing any more (HTTP/2, upgrade, CONNECT, oversized head, marked).
-    Off,
-}
-
-/// Incremental HTTP/1 request framing tracker.
-#[derive(Debug, Default)]
-struct Scanner {
-    state: State,
-    line: Vec<u8>,
-    /// Request heads completed so far.
-    requests: u64,
-    head_len: usize,
-    first_line: bool,
-    content_length: Option<u64>,
-    transfer_encoding: bool,
-    chunked: bool,
-    upgrade: bool,
-}
-
-impl Scanner {
-    /// Feeds newly read bytes; returns the index of a request with both framing headers.
-    fn feed(&mut self, mut data: &[u8]) -> Option<u64> {
-        let mut found = None;
-        while !data.is_empty() {
-            match self.state {
-                State::Off => return found,
-                State::Body(n) | State::ChunkData(n) => {
-                    let take = (data.len() as u64).min(n) as usize;
-                    data = &data[take..];
-                    let left = n - take as u64;
-                    self.state = match (&self.state, left) {
-                        (State::Body(_), 0) => State::Head,
-                        (State::Body(_), l) => State::Body(l),
-                        (_, 0) => State::ChunkEnd,
-                        (_, l) => State::ChunkData(l),
-                    };
-                }
-                _ => {
-                    let Some(nl) = data.iter().position(|b| *b == b'\n') else {
-                        self.push_line_bytes(data);
-                        return found;
-                    };
-                    self.push_line_bytes(&data[..nl]);
-                    data = &data[nl + 1..];
-                    let mut line = std::mem::take(&mut self.line);
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                    if let Some(i) = self.line_done(&line) {
-                        found = Some(i);
-                    }
-                    line.clear();
-                    self.line = line;
-                }
-            }
-        }
-        found
-    }
-
-    fn push_line_bytes(&mut self, bytes: &[u8]) {
-        self.line.extend_from_slice(bytes);
-        self.head_len += bytes.len();
-        // Heads are checked against the limit before they get here; a framing line this long
-        // is refused by hyper. Stop tracking rather than buffer more.
-        if self.head_len > MAX_HEADER_BYTES * 2 {
-            self.state = State::Off;
-        }
-    }
-
-    fn line_done(&mut self, line: &[u8]) -> Option<u64> {
-        match self.state {
-            State::Head => self.head_line(line),
-            State::ChunkSize => {
-                let hex = line.split(|b| *b == b';').next().unwrap_or_default();
-                let size = std::str::from_utf8(hex)
-                    .ok()
-                    .and_then(|s| u64::from_str_radix(s.trim(), 16).ok());
-                self.state = match size {
-                    Some(0) => State::Trailers,
-                    Some(n) => State::ChunkData(n),
-                    // hyper will reject the body; nothing more to track.
-                    None => State::Off,
-                };
-                self.head_len = 0;
-                None
-            }
-            State::ChunkEnd => {
-                self.state = State::ChunkSize;
-                self.head_len = 0;
-                None
-            }
-            State::Trailers => {
-                if line.is_empty() {
-                    self.state = State::Head;
-                }
-                self.head_len = 0;
-                None
-            }
-            _ => None,
-        }
-    }
-
-    fn head_line(&mut self, line: &[u8]) -> Option<u64> {
-        if !self.first_line {
-            if line.is_empty() {
-                // Tolerated blank lines between requests.
-                self.head_len = 0;
-                return None;
-            }
-            self.first_line = true;
-            if line.starts_with(b"PRI * HTTP/2.0") || line.starts_with(b"CONNECT ") {
-                self.state = State::Off;
-            }
-            return None;
-        }
-        if !line.is_empty() {
-            let colon = line.iter().position(|b| *b == b':')?;
-            let name = &line[..colon];
-            let value = trim(&line[colon + 1..]);
-            if name.eq_ignore_ascii_case(b"content-length") {
-                self.content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-                if self.content_length.is_none() {
-                    // hyper answers an unparsable length with 400 itself.
-                    self.state = State::Off;
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                self.transfer_encoding = true;
-                let last = value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .map(trim)
-                    .unwrap_or_default();
-                self.chunked = last.eq_ignore_ascii_case(b"chunked");
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                self.upgrade = true;
-            }
-            return None;
-        }
-        // End of the head.
-        let index = self.requests;
-        self.requests += 1;
-        let bad = self.content_length.is_some() && self.transfer_encoding;
-        self.state = if bad || self.upgrade || (self.transfer_encoding && !self.chunked) {
-            State::Off
-        } else if self.transfer_encoding {
-            State::ChunkSize
-        } else {
-            match self.content_length {
-                Some(n) if n > 0 => State::Body(n),
-                _ => State::Head,
-            }
-        };
-        self.first_line = false;
-        self.content_length = None;
-        self.transfer_encoding = false;
-        self.chunked = false;
-        self.upgrade = false;
-        self.head_len = 0;
-        bad.then_some(index)
-    }
-}
-
-fn trim(mut v: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = v {
-        v = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = v {
-        v = rest;
-    }
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn scan_in_pieces(input: &[u8], piece: usize) -> (Option<u64>, u64) {
-        let mut s = Scanner::default();
-        let mut found = None;
-        for chunk in input.chunks(piece) {
-            if let Some(i) = s.feed(chunk) {
-                found.get_or_insert(i);
-            }
-        }
-        (found, s.requests)
-    }
-
-    #[test]
-    fn finds_the_request_with_both_headers_after_other_bodies() {
-        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
-GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
-POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext\r\nhello\r\n0\r\nx-t: 1\r\n\r\n\
-POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        for piece in [1, 2, 7, 64, input.len()] {
-            assert_eq!(
-                scan_in_pieces(input, piece),
-                (Some(3), 4),
-                "piece size {piece}"
-            );
-        }
-    }
-
-    #[test]
-    fn clean_traffic_is_not_marked() {
-        let input = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhiGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(scan_in_pieces(input, 3), (None, 3));
-    }
-
     /// Reads what the guard lets through from `input` (sent whole, then EOF), until it would
-    /// wait; returns that and why it refused, if it did.
-    async fn through_guard(input: &[u8]) -> (Vec<u8>, Option<Reason>) {
+    /// wait; returns that, why it refused a head if it did, and whether a read failed.
+    async fn through_guard(input: &[u8]) -> (Vec<u8>, Option<Reason>, bool) {
         use futures_util::FutureExt;
         use tokio::io::AsyncReadExt;
         let (mut client, server) = tokio::io::duplex(256 * 1024);
@@ -514,66 +396,150 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r
         let (mut io, guard) = FramingGuard::wrap(server);
         let mut seen = Vec::new();
         let mut buf = [0u8; 4096];
+        let mut failed = false;
         // A refused head leaves the reader waiting (the connection's task closes it).
-        while let Some(Ok(n)) = io.read(&mut buf).now_or_never() {
-            if n == 0 {
-                break;
+        while let Some(r) = io.read(&mut buf).now_or_never() {
+            match r {
+                Ok(0) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
             }
-            seen.extend_from_slice(&buf[..n]);
         }
-        (seen, guard.refused())
+        (seen, guard.refused(), failed)
+    }
+
+    /// The index of the request the guard marked as framed twice, if any, after `input`.
+    async fn marked(input: &[u8]) -> Option<u64> {
+        let (mut io, _guard) = FramingGuard::wrap(std::io::Cursor::new(input.to_vec()));
+        let mut sink = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut io, &mut sink)
+            .await
+            .unwrap();
+        match io.shared.bad.load(Ordering::Relaxed) {
+            NONE => None,
+            i => Some(i),
+        }
+    }
+
+    #[tokio::test]
+    async fn finds_the_request_with_both_headers_after_other_bodies() {
+        let input = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext\r\nhello\r\n0\r\nx-t: 1\r\n\r\n\
+POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(marked(input).await, Some(3));
+        let clean = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\ncontent-length: 2\r\n\r\nhiGET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(marked(clean).await, None);
     }
 
     #[tokio::test]
     async fn heads_reach_hyper_only_once_they_parse() {
         let good = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
 GET /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
-        assert_eq!(through_guard(good).await, (good.to_vec(), None));
+        assert_eq!(through_guard(good).await, (good.to_vec(), None, false));
 
         // A malformed head after a good request: the good one passes, the bad one never does.
         let mut input = good.to_vec();
         input.extend_from_slice(b"GET /\x01 HTTP/1.1\r\n\r\n");
         assert_eq!(
             through_guard(&input).await,
-            (good.to_vec(), Some(Reason::BadRequest))
+            (good.to_vec(), Some(Reason::BadRequest), false)
         );
 
         // A body that looks like a head is a body: only heads are checked.
-        let body = b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\nNOT\x01HTTP\r";
-        assert_eq!(through_guard(body).await, (body.to_vec(), None));
+        let body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nNOT\x01HTTP\r";
+        assert_eq!(through_guard(body).await, (body.to_vec(), None, false));
 
-        // Too large, or too many fields: 431, and nothing of the head passes.
+        // Too large, or too many fields: 431, and nothing of the head passes; exactly at
+        // the field limit passes.
         let big = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
             "a".repeat(MAX_HEADER_BYTES)
         );
         assert_eq!(
             through_guard(big.as_bytes()).await,
-            (Vec::new(), Some(Reason::HeaderTooLarge))
+            (Vec::new(), Some(Reason::HeaderTooLarge), false)
         );
-        let many = format!(
-            "GET / HTTP/1.1\r\n{}\r\n",
-            "X: 1\r\n".repeat(MAX_HEADERS + 1)
+        let fields = |n: usize| {
+            format!(
+                "GET / HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                "X: 1\r\n".repeat(n - 1)
+            )
+        };
+        let at_limit = fields(MAX_HEADERS);
+        assert_eq!(
+            through_guard(at_limit.as_bytes()).await,
+            (at_limit.into_bytes(), None, false)
         );
         assert_eq!(
-            through_guard(many.as_bytes()).await,
-            (Vec::new(), Some(Reason::HeaderTooLarge))
+            through_guard(fields(MAX_HEADERS + 1).as_bytes()).await,
+            (Vec::new(), Some(Reason::HeaderTooLarge), false)
         );
 
         // An unfinished head at EOF goes to hyper, which sees it incomplete.
         assert_eq!(
             through_guard(b"GET / HTTP/1.1\r\nHo").await,
-            (b"GET / HTTP/1.1\r\nHo".to_vec(), None)
+            (b"GET / HTTP/1.1\r\nHo".to_vec(), None, false)
         );
     }
 
-    #[test]
-    fn http2_and_upgrades_are_left_alone() {
-        let mut s = Scanner::default();
-        assert_eq!(s.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), None);
-        assert_eq!(s.state, State::Off);
-        let mut s = Scanner::default();
-        s.feed(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n");
-        assert_eq!(s.state, State::Off);
+    /// Regression (issue 15, defect 1): hyper forwarded these.
+    #[tokio::test]
+    async fn heads_rfc_9112_refuses_never_reach_hyper() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        ] {
+            assert_eq!(
+                through_guard(bad).await,
+                (Vec::new(), Some(Reason::BadRequest), false),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// Regression (issue 15, defect 4): chunk extensions reached the app. They are dropped
+    /// before hyper sees them; a bad chunk that came with its head refuses the head, a later
+    /// one fails the read.
+    #[tokio::test]
+    async fn chunk_extensions_are_dropped_and_bad_chunks_stop_the_request() {
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut input = head.to_vec();
+        input.extend_from_slice(b"3;a=b\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut want = head.to_vec();
+        want.extend_from_slice(b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(through_guard(&input).await, (want, None, false));
+
+        let mut input = head.to_vec();
+        input.extend_from_slice(b"3;a=\x00\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(
+            through_guard(&input).await,
+            (Vec::new(), Some(Reason::BadRequest), false)
+        );
+
+        // A bad chunk after the head was handed over: the read fails.
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let (mut io, guard) = FramingGuard::wrap(server);
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        client.write_all(head).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], head);
+        client.write_all(b"3;a=\x01\r\nabc\r\n").await.unwrap();
+        assert!(io.read(&mut buf).await.is_err());
+        assert_eq!(guard.refused(), None);
+    }
+
+    #[tokio::test]
+    async fn upgrades_are_left_alone() {
+        let input = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x00\x01not http";
+        assert_eq!(through_guard(input).await, (input.to_vec(), None, false));
     }
 }

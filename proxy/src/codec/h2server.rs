@@ -41,8 +41,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::watch;
 
+use crate::base::{Reason, MAX_HEADER_BYTES, MAX_HEADER_FIELDS};
+use crate::codec::h1::valid_authority;
 use crate::codec::h2body::{pump, H2Body};
-use crate::codec::headers::{ProxyBody, RequestBody};
+use crate::codec::headers::{join_cookies, ProxyBody, RequestBody};
+use crate::codec::render::ProxyError;
 use crate::codec::wake::OnWake;
 
 /// What a connection is held to.
@@ -420,7 +423,8 @@ where
     H: Fn(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let (parts, recv) = req.into_parts();
+    let (mut parts, recv) = req.into_parts();
+    join_cookies(&mut parts.headers);
     let body = H2Body::new(recv, &parts.headers);
     // Boxed where it is made: the routing future is several KiB (7–9 KiB measured), and every
     // future that held it by value would copy it again each time it moved (into this one, into
@@ -431,6 +435,55 @@ where
         RequestBody::http2(body),
     )));
     respond_with(respond, response)
+}
+
+/// Why an HTTP/2 request head cannot go on, if it cannot; the pipeline answers it through the
+/// renderer, counted, before planning it.
+///
+/// - Over the limits HTTP/1.1 heads are held to (431): its header list size (RFC 9113
+///   §6.5.2: name, value and 32 per field, pseudo-headers included) or its number of fields,
+///   counted as the request would have them on HTTP/1.1: after its cookie crumbs are joined
+///   (see [`exchange`]), and with `:authority` as the `Host` line it becomes. So a request
+///   exactly at the limit on HTTP/2 is exactly at it on HTTP/1.1 towards the app.
+/// - A `host` that disagrees with `:authority`, two of them, or one that names no authority
+///   (400): RFC 9113 §8.3.1 says they must agree. Refused rather than rewritten, as Envoy does:
+///   a client that sends both and means two hosts is confused or probing for the hop that
+///   routes on one and forwards the other.
+pub fn check_head<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    let uri = req.uri();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if let Some(host) = host {
+        let agrees = uri
+            .authority()
+            .is_none_or(|a| a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()));
+        if hosts.next().is_some() || !valid_authority(host.as_bytes()) || !agrees {
+            return Err(ProxyError::new(
+                Reason::BadRequest,
+                "the host header must be one valid authority, equal to :authority",
+            ));
+        }
+    }
+    let fields = headers.len() + usize::from(host.is_none() && uri.authority().is_some());
+    let pseudo = req.method().as_str().len()
+        + uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + 4 * 32;
+    let size = headers
+        .iter()
+        .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32);
+    if fields > MAX_HEADER_FIELDS || size > MAX_HEADER_BYTES {
+        return Err(ProxyError::new(
+            Reason::HeaderTooLarge,
+            format!(
+                "the request's header list is larger than {MAX_HEADER_BYTES} bytes or has \
+                 more than {MAX_HEADER_FIELDS} fields (the authority counts as one)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Waits for the response and sends it: its head, then its body within the client's window.

@@ -165,6 +165,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
     }
 }
 
+/// Whether an HTTP/1.0 request asks to keep its connection (`Connection: keep-alive`). Its
+/// response must then say so too, or hyper's server closes the connection after it (HTTP/1.0
+/// has no persistent connections by default, and hyper leaves the answer to the service); the
+/// upstream's own `Connection` line is hop-by-hop and never reaches the client.
+pub fn http10_keep_alive<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_10
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+        })
+}
+
+/// Says in a response head that the connection stays open (see [`http10_keep_alive`]).
+pub fn set_keep_alive(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+}
+
+/// Joins the crumbs of a cookie split over several `cookie` fields into one, with "; "
+/// between them, as RFC 9113 §8.2.3 requires before a request goes on as HTTP/1.1 (or to any
+/// code that reads one `Cookie` line). HTTP/2 clients split cookies so that HPACK compresses
+/// each crumb on its own; the HTTP/2 server joins them as each request arrives, so every
+/// later step, the header limits included, sees the request as one cookie line. Costs one
+/// lookup when there is at most one crumb.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for crumb in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each crumb was a valid value, and "; " is too.
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// The authority a request is for: the URI's (absolute-form proxy requests, HTTP/2
 /// `:authority`) or else the `Host` header.
 pub fn authority<B>(req: &Request<B>) -> Option<&str> {
@@ -276,7 +316,11 @@ pub fn set_wire<B>(req: &mut Request<B>, wire: Wire, authority: &str) -> Result<
                     .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
                 *req.uri_mut() = Uri::from(pq);
             }
-            if !req.headers().contains_key(header::HOST) {
+            // `Host` names the authority the request was routed by: an absolute-form
+            // target's wins over a `Host` line that disagrees (RFC 9112 §3.2.2), as on the
+            // fast path, and an HTTP/2 request's `:authority` becomes it.
+            let host = req.headers().get(header::HOST).map(HeaderValue::as_bytes);
+            if host != Some(authority.as_bytes()) {
                 let v = HeaderValue::from_str(authority)
                     .map_err(|_| format!("invalid authority {authority:?}"))?;
                 req.headers_mut().insert(header::HOST, v);
@@ -371,6 +415,37 @@ mod tests {
         }
         // Every bit names one of them.
         assert_eq!(bits, u8::MAX);
+    }
+
+    /// Regression (issue 15, defect 3): an HTTP/2 request's cookie crumbs reached an HTTP/1.1
+    /// app as several `Cookie` lines.
+    #[test]
+    fn cookie_crumbs_become_one_line() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, "a=1".parse().unwrap());
+        h.append(header::COOKIE, "b=2".parse().unwrap());
+        h.append(header::COOKIE, "c=3".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        join_cookies(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
+        assert_eq!(h.len(), 2);
+        let mut one = HeaderMap::new();
+        one.insert(header::COOKIE, "a=1".parse().unwrap());
+        join_cookies(&mut one);
+        assert_eq!(one[header::COOKIE], "a=1");
+    }
+
+    #[test]
+    fn an_http1_hop_gets_the_routed_authority_as_host() {
+        let mut req = Request::get("http://echo:80/x")
+            .header(header::HOST, "other")
+            .body(())
+            .unwrap();
+        set_wire(&mut req, Wire::Http1, "echo:80").unwrap();
+        assert_eq!(req.uri(), "/x");
+        assert_eq!(req.headers().get_all(header::HOST).iter().count(), 1);
+        assert_eq!(req.headers()[header::HOST], "echo:80");
     }
 
     #[test]

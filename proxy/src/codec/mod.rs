@@ -47,8 +47,8 @@ pub trait HeadView {
     fn is_http2(&self) -> bool;
 
     /// The value of cookie `name` in the first `Cookie` header, if it is there. (HTTP/2 may
-    /// split cookies over several `cookie` fields; a key in a later one is not seen, and the
-    /// request is then balanced as one without a key.)
+    /// split cookies over several `cookie` fields; the HTTP/2 server joins them into one first,
+    /// `headers::join_cookies`.)
     fn cookie(&self, name: &str) -> Option<&[u8]> {
         self.header("cookie")?
             .split(|&b| b == b';')

@@ -47,6 +47,10 @@ fn builder(limits: Limits) -> http1::Builder {
     b.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        // A client may send its request and shut its write side (`nc -N`, HTTP/1.0 clients,
+        // scripts): without this hyper takes the FIN for a disconnect and drops the request,
+        // which the app may have served already. The fast path answers such clients too.
+        .half_close(true)
         .keep_alive(true);
     b
 }

@@ -13,9 +13,10 @@ use ferrule_config::resilience::{RetryOn, RetryPolicy};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body_util::Either;
 
+use crate::base::ConnCtx;
 use crate::base::Reason;
-use crate::base::{ConnCtx, MAX_HEADER_BYTES, MAX_HEADER_FIELDS};
 use crate::codec::body::Recorder;
+use crate::codec::h2server;
 use crate::codec::headers::{self as h, ProxyBody, RequestBody, UpstreamBody, Wire};
 use crate::codec::idle::{Activity, IdleBody};
 use crate::codec::render::ProxyError;
@@ -37,18 +38,15 @@ impl Pipeline {
         } else {
             Codec::Http1
         };
-        // A request the fast path stopped at was planned there already. An HTTP/2 head over
-        // the limits HTTP/1.1 heads are held to is refused before planning.
+        // A request the fast path stopped at was planned there already. An HTTP/2 head the
+        // HTTP/2 codec refuses (over the limits HTTP/1.1 heads are held to, or a `host` that
+        // disagrees with `:authority`) is answered before planning.
         let planned = match req.extensions_mut().remove::<Planned>() {
             Some(p) => p,
-            None if codec == Codec::Http2 && too_large(&req) => Err(PlanError::new(
-                Reason::HeaderTooLarge,
-                format!(
-                    "the request's header list is larger than {MAX_HEADER_BYTES} bytes or has \
-                     more than {MAX_HEADER_FIELDS} fields"
-                ),
-                Instant::now(),
-            )),
+            None if codec == Codec::Http2 => match h2server::check_head(&req) {
+                Ok(()) => self.plan(ctx, &req),
+                Err(e) => Err(PlanError::new(e.reason, e.detail, Instant::now())),
+            },
             None => self.plan(ctx, &req),
         };
         let start = match &planned {
@@ -85,6 +83,7 @@ impl Pipeline {
         mut req: Request<RequestBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let downstream = req.version();
+        let keep_alive_10 = h::http10_keep_alive(&req);
         let authority = match (h::authority(&req), &d.dest) {
             (Some(a), _) => a.to_owned(),
             (None, crate::pipeline::Dest::Fixed(app)) => app.addr().to_string(),
@@ -152,6 +151,9 @@ impl Pipeline {
                 h::strip_hop_by_hop(resp.headers_mut(), false);
                 // The client gets its own HTTP version back, whatever the upstream spoke.
                 *resp.version_mut() = downstream;
+                if keep_alive_10 {
+                    h::set_keep_alive(resp.headers_mut());
+                }
                 Ok(resp.map(|body| {
                     Either::Left(match idle {
                         Some((activity, t)) => IdleBody::new(body, activity, t),
@@ -168,26 +170,6 @@ impl Pipeline {
             )),
         }
     }
-}
-
-/// Whether an HTTP/2 request's head is over the limits HTTP/1.1 heads are held to: its header
-/// list size (RFC 9113 §6.5.2: name, value and 32 per field, pseudo-headers included) or its
-/// number of fields.
-fn too_large<B>(req: &Request<B>) -> bool {
-    let headers = req.headers();
-    if headers.len() > MAX_HEADER_FIELDS {
-        return true;
-    }
-    let uri = req.uri();
-    let pseudo = req.method().as_str().len()
-        + uri.scheme_str().map_or(0, str::len)
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(0, |p| p.as_str().len())
-        + 4 * 32;
-    let size = headers
-        .iter()
-        .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32);
-    size > MAX_HEADER_BYTES
 }
 
 /// The stream idle timeout of a route that sets none (Envoy's default too).
