@@ -192,6 +192,9 @@ pub struct Service {
     /// Who may call this service; everyone when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Whether the requests to it are written to the access log; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// One route of a service: which requests it takes and where they go.
@@ -496,6 +499,10 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
         Some((v, path)) => crate::authz::decode(d, path, v).map(Some),
         None => Some(None),
     };
+    let access_log = match o.field("accessLog") {
+        Some((v, path)) => crate::access_log::decode(d, path, v).map(Some),
+        None => Some(None),
+    };
     Some(Service {
         name: name?,
         revision,
@@ -504,6 +511,7 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
         traffic_policy: traffic_policy?,
         mtls: mtls?,
         authorization: authorization?,
+        access_log: access_log?,
     })
 }
 
