@@ -14,7 +14,10 @@
 //! - [`authz`]: a service's authorization policy, and its evaluation.
 //! - [`resilience`]: retries and their budget, timeouts, circuit breaking, outlier ejection,
 //!   locality, rate limits, faults, fallbacks and mirroring.
+//! - [`access_log`]: whether, and for which share of requests, a service's traffic is written
+//!   to the sidecars' access log.
 
+pub mod access_log;
 pub mod authz;
 pub mod decode;
 pub mod document;

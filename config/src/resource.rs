@@ -197,6 +197,9 @@ pub struct Service {
     /// whatever its `Host` says. Addresses are unique across the mesh's services.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<SocketAddr>,
+    /// Whether the requests to it are written to the access log; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// One route of a service: which requests it takes and where they go.
@@ -518,6 +521,10 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
             }
         }
     }
+    let access_log = match o.field("accessLog") {
+        Some((v, path)) => crate::access_log::decode(d, path, v).map(Some),
+        None => Some(None),
+    };
     Some(Service {
         name: name?,
         revision,
@@ -527,6 +534,7 @@ fn decode_service(o: &mut Obj<'_>) -> Option<Service> {
         mtls: mtls?,
         authorization: authorization?,
         addresses: addresses?,
+        access_log: access_log?,
     })
 }
 

@@ -99,9 +99,15 @@ pub struct Args {
     /// pod's CPU with the app (no cross-thread wakeups, no idle workers spinning).
     #[arg(long, env = "FERRULE_THREADS", default_value_t = 1)]
     pub threads: usize,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "FERRULE_LOG_FORMAT", default_value = "text")]
+    /// Log format on stderr: `json`, `text`, or `auto`: text at a terminal, JSON otherwise
+    /// (a collector reading the container's stderr then gets fields, not text to parse). The
+    /// level is `FERRULE_LOG` (default `info`), changeable at run time: `POST /log-level`.
+    #[arg(long, env = "FERRULE_LOG_FORMAT", default_value = "auto", value_parser = ["auto", "json", "text"])]
     pub log_format: String,
+    /// Where access lines go: `stdout` or a file to append to. Which requests are logged is
+    /// policy (`accessLog` on a service; off by default).
+    #[arg(long, env = "FERRULE_ACCESS_LOG", default_value = "stdout")]
+    pub access_log: crate::telemetry::access::Destination,
     /// CPU time slice to ask the kernel for (Linux 6.12+ EEVDF), from `100us` to `100ms`, or
     /// `off` to leave the slice the process started with (normally the kernel's default). A
     /// short slice lets the sidecar preempt longer-running work as soon as a request wakes it;
@@ -197,18 +203,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     ferrule_config::duration::parse(s)
 }
 
-/// Sets up logging to stderr in the chosen format.
+/// Sets up logging to stderr in the chosen format (`json`, `text` or `auto`), with a level
+/// the admin endpoint can change (`telemetry::logs`).
 pub fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRULE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        b.json().init();
-    } else {
-        b.init();
-    }
+    use crate::telemetry::logs::{self, LogFormat};
+    let format = format.parse().unwrap_or_else(|_| LogFormat::detect());
+    logs::init(format);
 }
 
 /// Runs the sidecar until a shutdown signal.
@@ -276,6 +276,7 @@ pub async fn run(args: Args) -> Result<(), String> {
         Identity::enabled()
     };
     let metrics = Arc::new(Metrics::new());
+    metrics.access.start(&args.access_log)?;
     let policy = Arc::new(
         Policy::new(&args.service, metrics.clone(), identity.clone()).with_zone(args.zone.clone()),
     );

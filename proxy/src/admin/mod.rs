@@ -1,6 +1,8 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/identity`, `/endpoints` (with each
-//! destination's balancer, breaker and endpoint health).
-//! Loopback by default; read-only in this version (mutations, when they come, are POST-only).
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/identity`, `/endpoints` (each
+//! destination's balancer, breaker and endpoint health),
+//! `/log-level` and `/debug/requests`. Loopback by default (`--admin 127.0.0.1:4191`).
+//! Reads are GET (or HEAD); the one mutation, setting the log level, is POST only, so a
+//! link followed or a page prefetched can never change anything.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use ferrule_config::time::rfc3339;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full, Limited};
 
 use crate::base::Lifecycle;
 use crate::codec::headers::{ProxyBody, RequestBody};
@@ -18,6 +20,7 @@ use crate::forward::health::State;
 use crate::plan::balance::Member;
 use crate::plan::breaker::Breaker;
 use crate::plan::policy::Policy;
+use crate::telemetry::logs;
 
 /// Serves admin requests.
 #[derive(Debug, Clone)]
@@ -51,8 +54,17 @@ impl Admin {
 
     /// Handles one admin request.
     pub async fn handle(&self, req: Request<RequestBody>) -> Response<ProxyBody> {
+        if req.method() == Method::POST {
+            return match req.uri().path() {
+                "/log-level" => set_log_level(req).await,
+                _ => not_allowed("GET"),
+            };
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+            return not_allowed(match req.uri().path() {
+                "/log-level" => "GET, POST",
+                _ => "GET",
+            });
         }
         match req.uri().path() {
             "/live" => reply(StatusCode::OK, "text/plain", "live\n"),
@@ -68,12 +80,23 @@ impl Admin {
             "/endpoints" => self.endpoints(),
             "/config" => self.config(),
             "/identity" => self.identity(),
+            "/log-level" => log_level(),
+            "/debug/requests" => self.recent_failures(),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found; try /live, /ready, /metrics, /config, /identity, /endpoints\n",
+                "not found; try /live, /ready, /metrics, /config, /identity, /endpoints, \
+                 /log-level, /debug/requests\n",
             ),
         }
+    }
+
+    /// The last proxy-made responses, newest first (`telemetry::recent`).
+    fn recent_failures(&self) -> Response<ProxyBody> {
+        let mut text = serde_json::to_vec_pretty(&self.policy.metrics.recent.to_json())
+            .expect("JSON values serialise");
+        text.push(b'\n');
+        reply(StatusCode::OK, "application/json", text)
     }
 
     fn ready(&self) -> Response<ProxyBody> {
@@ -235,4 +258,74 @@ fn endpoint_json(m: &Member, now: Instant, wall: SystemTime) -> serde_json::Valu
         "latencyMs": r.latency.map(|l| l.as_secs_f64() * 1000.0),
         "consecutiveFailures": r.consecutive_failures,
     })
+}
+
+/// 405, saying which methods the path takes.
+fn not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut resp = reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        format!("use {allow}\n"),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    resp
+}
+
+/// The longest `POST /log-level` body read: a filter is a line of directives.
+const LOG_LEVEL_BODY_MAX: usize = 4096;
+
+/// `GET /log-level`: the filter in force, in the syntax `POST` takes.
+fn log_level() -> Response<ProxyBody> {
+    match logs::installed() {
+        Some(level) => reply(
+            StatusCode::OK,
+            "text/plain",
+            format!("{}\n", level.current()),
+        ),
+        None => no_log_level(),
+    }
+}
+
+/// `POST /log-level` with a filter as the body (`warn`, `ferrule_proxy=debug,info`): replaces
+/// the filter at once; a bad one is refused with why, and the one in force stays.
+async fn set_log_level(req: Request<RequestBody>) -> Response<ProxyBody> {
+    let Some(level) = logs::installed() else {
+        return no_log_level();
+    };
+    let body = match Limited::new(req.into_body(), LOG_LEVEL_BODY_MAX)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("could not read the filter (at most {LOG_LEVEL_BODY_MAX} bytes): {e}\n"),
+            )
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "the filter is not UTF-8 text\n",
+        );
+    };
+    match level.set(text) {
+        Ok(now) => {
+            tracing::info!(filter = %now, "log level changed through the admin endpoint");
+            reply(StatusCode::OK, "text/plain", format!("{now}\n"))
+        }
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    }
+}
+
+fn no_log_level() -> Response<ProxyBody> {
+    reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "text/plain",
+        "this process installed no log subscriber whose level could be read or changed\n",
+    )
 }

@@ -81,6 +81,12 @@ pub trait Transport {
     /// Makes the request ready to be sent again after an attempt that may have delivered it;
     /// `false` when it cannot be (its body was streamed, or was larger than the replay limit).
     fn rearm(&mut self) -> bool;
+
+    /// Told of each attempt once it is over (it reached `upstream`, or failed or timed out
+    /// on the way), so that the finish step can say how many were made and where the last
+    /// went. Nothing by default.
+    #[inline]
+    fn attempted(&mut self, _upstream: &Upstream) {}
 }
 
 /// Why a request got no response from upstream.
@@ -280,6 +286,7 @@ pub async fn run<T: Transport>(
             // endpoint.
             // The head is read once per attempt (on the general path it is header lookups).
             let rtt = now.elapsed();
+            transport.attempted(upstream);
             let head = match &outcome {
                 Some(Ok(out)) => {
                     let head = T::head(out);

@@ -36,9 +36,11 @@ use crate::codec::h1::{self, BodyTracker, Framing, Parsed};
 use crate::codec::headers::Wire;
 use crate::codec::io::{share, split_ref};
 use crate::codec::render::ProxyError;
+use crate::codec::HeadView;
 use crate::forward::upstream::{may_resend, RawConn, Upstream};
 use crate::pipeline::attempt::{self, AttemptError, Failure, HeadInfo, Transport};
-use crate::pipeline::{Decision, Pipeline, Planned};
+use crate::pipeline::{Decision, Finished, Pipeline, Planned, Tally};
+use crate::telemetry::access::{Sampled, TRACEPARENT};
 use crate::telemetry::metrics::Codec;
 
 /// Room made in a buffer before each read. Buffers live as long as their connection (idle
@@ -65,13 +67,40 @@ struct Request {
     is_head: bool,
 }
 
-/// How an exchange ended, for the finish step and the connection's fate.
+/// How an exchange ended, for the connection's fate (the exchange itself calls the finish
+/// step, where everything the finish step records is at hand).
 struct Outcome {
-    status: u16,
-    reason: Option<Reason>,
-    /// From the request head to the response head.
-    latency: Duration,
     close: bool,
+}
+
+/// A body's size as its framing declares it.
+fn declared(framing: Framing) -> Option<u64> {
+    match framing {
+        Framing::Empty => Some(0),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked | Framing::UntilClose => None,
+    }
+}
+
+/// The finish step's facts of a fast-path request that the proxy answered, or whose line
+/// the access log takes; a plain success records only what `Pipeline::finish` takes, so it
+/// costs what it cost before there were access lines.
+fn facts<'a>(
+    ctx: &'a ConnCtx,
+    d: &'a Decision,
+    access: Option<&'a Sampled>,
+    req: &Request,
+    tally: Tally,
+    basic: Finished<'a>,
+) -> Finished<'a> {
+    Finished {
+        ctx: Some(ctx),
+        route: d.route.as_ref().and_then(|r| r.name.as_ref()),
+        access,
+        tally,
+        request_bytes: declared(req.framing),
+        ..basic
+    }
 }
 
 /// Serves HTTP/1.1 requests on `client` for as long as the fast path can carry them.
@@ -95,7 +124,7 @@ where
         // A complete head, within the header-read timeout (which is also the keep-alive idle
         // limit, as on the general path).
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        let (decision, req) = loop {
+        let (decision, req, access) = loop {
             let step = if buf.is_empty() {
                 None
             } else {
@@ -125,13 +154,18 @@ where
                             idempotent: decision.idempotent,
                             is_head: head.method == "HEAD",
                         };
-                        Some((decision, req, head.len))
+                        // The head is gone by the finish step: what an access line needs of
+                        // it is read now.
+                        let access = decision
+                            .logged
+                            .then(|| Sampled::read(head.header(TRACEPARENT)));
+                        Some((decision, req, head.len, access))
                     }
                 }
             };
-            if let Some((decision, req, len)) = step {
+            if let Some((decision, req, len, access)) = step {
                 buf.advance(len);
-                break (decision, req);
+                break (decision, req, access);
             }
             if buf.len() >= MAX_HEADER_BYTES {
                 // The general path answers 431.
@@ -151,7 +185,7 @@ where
         let stopping = *stop.borrow();
         let outcome = exchange(
             p,
-            &decision,
+            (ctx, &decision, access.as_deref()),
             (req, deadline_at),
             &mut client,
             &mut buf,
@@ -159,15 +193,6 @@ where
             &mut out,
         )
         .await;
-        if let Some(o) = &outcome {
-            p.finish(
-                decision.service.as_ref(),
-                Codec::Fast,
-                o.status,
-                o.reason,
-                o.latency,
-            );
-        }
         match outcome {
             Some(o) if !o.close && !req.close && !stopping => {}
             _ => return Exit::Closed,
@@ -187,10 +212,11 @@ struct Sent {
     head_len: usize,
 }
 
-/// One request: `None` if it was aborted without a response.
+/// One request, recorded by the finish step when it ends: `None` if it was aborted without a
+/// response.
 async fn exchange<I>(
     p: &Pipeline,
-    d: &Decision,
+    (ctx, d, access): (&ConnCtx, &Decision, Option<&Sampled>),
     (req, deadline_at): (Request, Option<usize>),
     client: &mut I,
     buf: &mut BytesMut,
@@ -208,12 +234,13 @@ where
     let Ok(initial) = pump.body.feed(buf) else {
         let e = ProxyError::new(Reason::BadRequest, "malformed chunked request body");
         let _ = client.write_all(&e.to_http1(true, req.is_head)).await;
-        return Some(Outcome {
-            status: 400,
-            reason: Some(Reason::BadRequest),
-            latency: start.elapsed(),
-            close: true,
-        });
+        let basic = Finished::new(Codec::Fast, 400, Some(e.reason), start.elapsed());
+        let f = Finished {
+            detail: Some(&e.detail),
+            ..facts(ctx, d, access, &req, Tally::default(), basic)
+        };
+        p.record(d.service.as_ref(), &f);
+        return Some(Outcome { close: true });
     };
     // The body bytes that came with the head leave the client buffer now, whatever happens
     // next: on any failure, what stays in the buffer must be the next request and nothing else.
@@ -226,6 +253,7 @@ where
             .idle_timeout
             .unwrap_or(crate::pipeline::general::DEFAULT_IDLE_TIMEOUT)
     });
+    let mut tally = Tally::default();
     let mut transport = Raw(Outgoing {
         idle,
         req,
@@ -238,6 +266,7 @@ where
         pump: &mut pump,
         out: &mut *out,
         start,
+        tally: &mut tally,
     });
     let result = attempt::run(p, d, &mut transport).await;
     let latency = start.elapsed();
@@ -249,15 +278,20 @@ where
             // Unread request body bytes would be taken for the next request: close instead.
             let close = !pump.done() || req.close || stopping;
             let _ = client.write_all(&e.to_http1(close, req.is_head)).await;
-            return Some(Outcome {
-                status: e.status().as_u16(),
-                reason: Some(e.reason),
-                latency,
-                close,
-            });
+            let basic = Finished::new(Codec::Fast, e.status().as_u16(), Some(e.reason), latency);
+            let f = Finished {
+                detail: Some(&e.detail),
+                ..facts(ctx, d, access, &req, tally, basic)
+            };
+            p.record(d.service.as_ref(), &f);
+            return Some(Outcome { close });
         }
     };
     drop(early_body);
+    let response_bytes = match access {
+        Some(_) => declared(sent.framing),
+        None => None,
+    };
     let (status, close) = relay_response(
         sent,
         client,
@@ -268,12 +302,18 @@ where
         (start, idle),
     )
     .await;
-    Some(Outcome {
-        status,
-        reason: None,
-        latency,
-        close,
-    })
+    let basic = Finished::new(Codec::Fast, status, None, latency);
+    match access {
+        None => p.record(d.service.as_ref(), &basic),
+        Some(_) => {
+            let f = Finished {
+                response_bytes,
+                ..facts(ctx, d, access, &req, tally, basic)
+            };
+            p.record(d.service.as_ref(), &f);
+        }
+    }
+    Some(Outcome { close })
 }
 
 /// The request body on its way from the client to the upstream. Its progress lives here, not
@@ -313,6 +353,8 @@ struct Outgoing<'a, I> {
     out: &'a mut Vec<u8>,
     /// When the request head arrived.
     start: Instant,
+    /// The attempts made, for the finish step.
+    tally: &'a mut Tally,
 }
 
 /// The raw HTTP/1.1 transport: a pooled (or new) plain connection, the head and body written
@@ -383,6 +425,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Transport for Raw<'_, I> {
             grpc_status: None,
             retry_after: sent.retry_after,
         }
+    }
+
+    fn attempted(&mut self, upstream: &Upstream) {
+        self.0.tally.note(upstream);
     }
 
     fn rearm(&mut self) -> bool {

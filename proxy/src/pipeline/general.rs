@@ -22,8 +22,10 @@ use crate::codec::idle::{Activity, IdleBody};
 use crate::codec::render::ProxyError;
 use crate::forward::upstream::{SendError, Upstream};
 use crate::pipeline::attempt::{self, AttemptError, Failure, HeadInfo, Transport};
-use crate::pipeline::{mirror, Decision, Pipeline, PlanError, Planned};
+use crate::pipeline::{mirror, Decision, Finished, Pipeline, PlanError, Planned, Tally};
+use crate::telemetry::access::{Sampled, TRACEPARENT};
 use crate::telemetry::metrics::Codec;
+use http_body::Body as _;
 
 impl Pipeline {
     /// Proxies one request; every failure becomes a response here, through the renderer.
@@ -53,21 +55,49 @@ impl Pipeline {
             Ok(d) => d.start,
             Err(e) => e.start,
         };
-        let (resp, service, reason) = match planned {
+        let mut tally = Tally::default();
+        let (answer, service, route, access, request_bytes) = match planned {
             Err(e) => {
-                let reason = e.error.reason;
-                (self.render(e.error, grpc), e.service, Some(reason))
+                let traceparent = || req.headers().get(TRACEPARENT).map(|v| v.as_bytes());
+                let access = self
+                    .sample_refused(e.service.as_ref(), traceparent)
+                    .then(|| Sampled::read(traceparent()));
+                let bytes = access.as_ref().and_then(|_| req.body().size_hint().exact());
+                (Err(e.error), e.service, None, access, bytes)
             }
-            Ok(d) => match self.forward(ctx, &d, req).await {
-                Ok(resp) => (resp, d.service, None),
-                Err(e) => {
-                    let reason = e.reason;
-                    (self.render(e, grpc), d.service, Some(reason))
-                }
-            },
+            Ok(d) => {
+                let access = d
+                    .logged
+                    .then(|| Sampled::read(req.headers().get(TRACEPARENT).map(|v| v.as_bytes())));
+                let bytes = access.as_ref().and_then(|_| req.body().size_hint().exact());
+                let answer = self.forward(ctx, &d, req, &mut tally).await;
+                (answer, d.service, d.route, access, bytes)
+            }
+        };
+        let (resp, reason, detail) = match answer {
+            Ok(resp) => (resp, None, None),
+            Err(e) => {
+                let (reason, detail) = (e.reason, e.detail.clone());
+                (self.render(e, grpc), Some(reason), Some(detail))
+            }
         };
         let status = resp.status().as_u16();
-        self.finish(service.as_ref(), codec, status, reason, start.elapsed());
+        let response_bytes = access
+            .as_ref()
+            .and_then(|_| resp.body().size_hint().exact());
+        self.record(
+            service.as_ref(),
+            &Finished {
+                ctx: Some(ctx),
+                route: route.as_ref().and_then(|r| r.name.as_ref()),
+                access: access.as_deref(),
+                detail: detail.as_deref(),
+                tally,
+                request_bytes,
+                response_bytes,
+                ..Finished::new(codec, status, reason, start.elapsed())
+            },
+        );
         resp
     }
 
@@ -81,6 +111,7 @@ impl Pipeline {
         ctx: &ConnCtx,
         d: &Decision,
         mut req: Request<RequestBody>,
+        tally: &mut Tally,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let downstream = req.version();
         let keep_alive_10 = h::http10_keep_alive(&req);
@@ -138,6 +169,7 @@ impl Pipeline {
             authority,
             grpc,
             copy,
+            tally: Tally::default(),
         };
         let result = attempt::run(self, d, &mut transport).await;
         // Any other body is in hand if it ended, within the recording's limit, by the time the
@@ -146,6 +178,7 @@ impl Pipeline {
             let copy = transport.copy.as_ref().and_then(Copy::request);
             mirror::send(m, d, ctx, copy, &transport.authority);
         }
+        *tally = transport.tally;
         match result {
             Ok(mut resp) => {
                 h::strip_hop_by_hop(resp.headers_mut(), false);
@@ -249,6 +282,8 @@ struct General {
     grpc: bool,
     /// Kept to send the request again, when its route may retry it.
     copy: Option<Copy>,
+    /// The attempts made, for the finish step.
+    tally: Tally,
 }
 
 impl Transport for General {
@@ -284,6 +319,10 @@ impl Transport for General {
 
     fn head(resp: &Self::Output) -> HeadInfo {
         head_info(resp.status().as_u16(), resp.headers())
+    }
+
+    fn attempted(&mut self, upstream: &Upstream) {
+        self.tally.note(upstream);
     }
 
     fn rearm(&mut self) -> bool {

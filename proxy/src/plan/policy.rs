@@ -165,6 +165,8 @@ pub struct ServiceTable {
     pub mtls: MtlsMode,
     /// Who may call it (enforced on the inbound side of its own sidecars); everyone if `None`.
     pub authz: Option<authz::Compiled>,
+    /// Which share of the requests to it are access-logged (`None`: none).
+    pub access_log: Option<crate::telemetry::access::Sampling>,
 }
 
 impl ServiceTable {
@@ -521,6 +523,7 @@ impl Tables {
                     metrics: metrics.service(Direction::Outbound, &svc.name),
                     mtls: svc.mtls,
                     authz: svc.authorization.as_ref().map(authz::Compiled::new),
+                    access_log: crate::telemetry::access::Sampling::of(svc.access_log.as_ref()),
                 }),
             );
         }

@@ -343,6 +343,7 @@ impl Session<'_> {
                             }
                         };
                         let ControlMessage::Snapshot { version, nonce, snapshot, heartbeat_ms } = msg;
+                        self.policy.metrics.snapshot_pushes.inc();
                         if !got_snapshot {
                             got_snapshot = true;
                             self.life.connected.store(true, Ordering::Relaxed);

@@ -1,4 +1,7 @@
-//! Prometheus metrics of the sidecar, served as text on the admin `/metrics`.
+//! Prometheus metrics of the sidecar, served as text on the admin `/metrics`. The registry
+//! also carries the finish step's two other outlets, the access-log queue ([`access::Sink`])
+//! and the ring of recent failures ([`Recent`]), because everything that records a request
+//! already holds it.
 //!
 //! Label values are bounded: `service` is a service from the snapshot or `unknown` (never the
 //! raw Host header, which a client controls), `status` is a status code and `error` one of
@@ -14,6 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::access;
+use super::recent::Recent;
+
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Direction {
@@ -23,16 +29,23 @@ pub enum Direction {
     Inbound,
 }
 
+impl Direction {
+    /// The name used in labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
 impl EncodeLabelValue for Direction {
     fn encode(
         &self,
         encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
     ) -> Result<(), std::fmt::Error> {
         use std::fmt::Write;
-        encoder.write_str(match self {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        })
+        encoder.write_str(self.as_str())
     }
 }
 
@@ -51,7 +64,8 @@ pub enum Codec {
 impl Codec {
     const ALL: [Codec; 3] = [Codec::Fast, Codec::Http1, Codec::Http2];
 
-    fn as_str(self) -> &'static str {
+    /// The name used in labels and logs.
+    pub fn as_str(self) -> &'static str {
         match self {
             Codec::Fast => "fast",
             Codec::Http1 => "http1",
@@ -195,6 +209,16 @@ impl ServiceMetrics {
     pub fn carried(&self, codec: Codec) -> &Counter {
         &self.carried[codec as usize]
     }
+
+    /// The service these handles count (`unknown` for hosts that name none).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The direction these handles count.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
 }
 
 /// The sidecar's metric registry.
@@ -210,6 +234,8 @@ pub struct Metrics {
     pub snapshot_nacks: Counter,
     /// Snapshots applied.
     pub snapshot_applies: Counter,
+    /// Snapshots received on the push stream (applied or refused).
+    pub snapshot_pushes: Counter,
     /// 1 while the push stream to the control plane is up.
     pub control_plane_connected: Gauge,
     /// 1 while the applied snapshot is the one persisted on disk (no control plane yet).
@@ -233,6 +259,10 @@ pub struct Metrics {
     lb_panic: Family<DestinationLabels, Counter>,
     original_dst: Family<ResolvedLabels, Counter>,
     mirror: Family<OutcomeLabels, Counter>,
+    /// The access-log queue (its counters are registered here).
+    pub access: access::Sink,
+    /// The last proxy-made responses, for `/debug/requests`.
+    pub recent: Recent,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -266,6 +296,8 @@ impl Metrics {
         let snapshot_version = Gauge::<u64, AtomicU64>::default();
         let snapshot_nacks = Counter::default();
         let snapshot_applies = Counter::default();
+        let snapshot_pushes = Counter::default();
+        let access = access::Sink::default();
         let control_plane_connected = Gauge::default();
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
         let authz = Family::<DecisionLabels, Counter>::default();
@@ -398,6 +430,21 @@ impl Metrics {
             snapshot_applies.clone(),
         );
         registry.register(
+            "snapshot_pushes_received",
+            "Snapshots received on the push stream from the control plane, applied or refused",
+            snapshot_pushes.clone(),
+        );
+        registry.register(
+            "access_log_lines",
+            "Access log lines queued for writing",
+            access.lines.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer was behind (never waited for)",
+            access.dropped.clone(),
+        );
+        registry.register(
             "control_plane_connected",
             "1 while the push stream to the control plane is up",
             control_plane_connected.clone(),
@@ -417,6 +464,7 @@ impl Metrics {
             snapshot_version,
             snapshot_nacks,
             snapshot_applies,
+            snapshot_pushes,
             control_plane_connected,
             snapshot_from_disk,
             tls_handshakes,
@@ -435,6 +483,8 @@ impl Metrics {
             rate_limited,
             faults,
             mirror,
+            access,
+            recent: Recent::default(),
         }
     }
 
