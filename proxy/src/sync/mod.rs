@@ -99,22 +99,10 @@ fn verified(file: &[u8]) -> Result<&[u8], &'static str> {
     let sum = head
         .strip_prefix(PERSISTED_TAG.as_bytes())
         .ok_or("no checksum line (written by an older version, or not ours)")?;
-    if sum != hex_sha256(json).as_bytes() {
+    if sum != ferrule_tls::fingerprint(json).as_bytes() {
         return Err("its checksum does not match (edited or corrupted on disk)");
     }
     Ok(json)
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest
-        .as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Writes the snapshot atomically (temp file, fsync, rename) so a crash never leaves half a
@@ -124,7 +112,7 @@ fn persist(data_dir: &Path, snap: &Snapshot) -> std::io::Result<()> {
     let tmp = data_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let json = snap.to_json();
     let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{PERSISTED_TAG}{}", hex_sha256(&json))?;
+    writeln!(f, "{PERSISTED_TAG}{}", ferrule_tls::fingerprint(&json))?;
     f.write_all(&json)?;
     f.sync_all()?;
     std::fs::rename(&tmp, data_dir.join(SNAPSHOT_FILE))?;
